@@ -1,0 +1,1 @@
+"""Example LightningDataModules. Plain Lightning: nothing here imports `launcher`."""

@@ -1,0 +1,291 @@
+"""`launch`: parse arguments, call the other modules, print. Never imports torch or Lightning."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from launcher import config, render
+from launcher.backends import local, summarize
+from launcher.config import JobConfig, LaunchError
+from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
+
+SMOKE_OVERRIDES = (
+    "trainer.max_epochs=1",
+    "trainer.max_steps=-1",
+    "trainer.limit_train_batches=4",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.num_sanity_val_steps=1",
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _request(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> config.Request:
+    return config.Request(
+        job_file=args.job,
+        cluster=getattr(args, "cluster", None),
+        cluster_file=args.cluster_file,
+        nodes=getattr(args, "nodes", None),
+        gpus=getattr(args, "gpus", None),
+        procs=getattr(args, "procs", None),
+        overrides=tuple(extra) + tuple(getattr(args, "set", None) or ()),
+    )
+
+
+def _runs_dir(args: argparse.Namespace, cfg: JobConfig | None = None) -> Path:
+    if args.runs_dir:
+        return Path(args.runs_dir)
+    if os.environ.get("LAUNCH_RUNS_DIR"):
+        return Path(os.environ["LAUNCH_RUNS_DIR"])
+    if cfg is not None and cfg.cluster.runs_dir:
+        return Path(cfg.cluster.runs_dir)
+    return Path("runs")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobConfig:
+    """Fill in what is only known at submission: run identity, paths, interpreter, ports."""
+    res = cfg.resources
+    if res.cpus_per_task is None and cfg.cluster.backend == "local":
+        res = dataclasses.replace(res, cpus_per_task=max(1, (os.cpu_count() or 1) // (res.nodes * cfg.procs_per_node)))
+    run = dataclasses.replace(
+        cfg.run,
+        id=run_id,
+        dir=str(run_path),
+        workdir=os.getcwd(),
+        python=cfg.cluster.python or sys.executable,
+        job_file=str(Path(job_file).resolve()),
+        rdzv_port=_free_port() if cfg.cluster.backend == "local" else cfg.cluster.rdzv_port,
+    )
+    return dataclasses.replace(cfg, resources=res, run=run)
+
+
+def _render(cfg: JobConfig) -> str:
+    if cfg.cluster.backend == "local":
+        return render.render_local(cfg)
+    raise LaunchError(f"profile '{cfg.run.profile}': the slurm backend is not available in this version")
+
+
+def _pump(path: Path, pos: int, out: TextIO) -> int:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(pos)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return pos
+    if chunk:
+        out.write(chunk.decode("utf-8", errors="replace"))
+        out.flush()
+    return pos + len(chunk)
+
+
+def _follow(run: RunDir, path: Path, out: TextIO) -> dict[str, Any]:
+    """Stream `path` until the run ends; return its final summary."""
+    pos = 0
+    while True:
+        pos = _pump(path, pos, out)
+        alive = local.is_alive(run)
+        info = summarize(run, alive)
+        if info["terminal"] or not alive:
+            for _ in range(50):  # the supervisor prints its last line after recording the end
+                if not local.is_alive(run):
+                    break
+                time.sleep(0.1)
+            _pump(path, pos, out)
+            return summarize(run, local.is_alive(run))
+        time.sleep(0.3)
+
+
+def _follow_or_detach(run: RunDir, path: Path) -> dict[str, Any] | None:
+    try:
+        return _follow(run, path, sys.stdout)
+    except KeyboardInterrupt:
+        print(f"\ndetached; the run goes on. Stop it with: launch cancel {run.path}", file=sys.stderr)
+        return None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
+    cfg = config.resolve(_request(args, extra))
+    runs_dir = _runs_dir(args, cfg)
+    if args.dry_run:
+        placeholder = (runs_dir / cfg.job.name / "RUN-ID").resolve()
+        print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
+        print(placeholder)
+        return 0
+    run = RunDir.create(runs_dir, cfg.job.name)
+    cfg = finalize(cfg, run.path, run.run_id, args.job)
+    script = _render(cfg)
+    atomic_write_text(run.config, config.dumps(cfg))
+    atomic_write_text(run.command, script)
+    run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size)
+    local.submit(cfg, run)
+    shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
+    print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
+    code = 0
+    if args.follow:
+        info = _follow_or_detach(run, run.console)
+        if info is None:
+            code = 130
+        else:
+            code = 0 if info["state"] == "completed" else 1
+            print(f"run {info['state']}" + (f": {info['error']}" if info.get("error") else ""), file=sys.stderr)
+    print(run.path)
+    return code
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    cfg = config.resolve(_request(args))
+    placeholder = (_runs_dir(args, cfg) / cfg.job.name / "RUN-ID").resolve()
+    print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace) -> int:
+    args.cluster = config.DEFAULT_PROFILE
+    args.follow, args.dry_run = True, False
+    if args.gpus is None:
+        args.gpus = 0
+    args.procs = args.procs if args.gpus == 0 else None
+    return cmd_submit(args, SMOKE_OVERRIDES)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    runs = list_runs(_runs_dir(args))
+    if not runs:
+        print(f"no runs under {_runs_dir(args)}")
+        return 0
+    rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "SUBMITTED")]
+    for run in runs:
+        info = summarize(run, local.is_alive(run))
+        rows.append((run.run_id, run.job_name, info["state"], str(info["global_step"]), str(info["epoch"]),
+                     str(info["restarts"]), str(info.get("submitted_at") or "")))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    info = summarize(run, local.is_alive(run))
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"run       {info['run_id']} ({info['job']})")
+    print(f"state     {info['state']}")
+    print(f"progress  step {info['global_step']}, epoch {info['epoch']}, restarts {info['restarts']}")
+    for key, value in sorted(info["metrics"].items()):
+        print(f"  {key:<14} {value:.6g}")
+    if info.get("error"):
+        print(f"error     {info['error']}")
+    print(f"dir       {info['run_dir']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    path = run.console if args.rank is None else run.rank_log(args.rank)
+    if args.rank is not None and not path.exists():
+        have = sorted(p.stem.removeprefix("rank-") for p in run.logs.glob("rank-*.log"))
+        raise LaunchError(f"{run.path}: no log for rank {args.rank} (ranks with logs: {', '.join(have) or 'none yet'})")
+    if args.follow:
+        _follow_or_detach(run, path)
+    else:
+        _pump(path, 0, sys.stdout)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    local.cancel(run)
+    deadline = time.monotonic() + 60
+    while local.is_alive(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    info = summarize(run, local.is_alive(run))
+    print(f"{run.run_id}: {info['state']}")
+    return 0 if info["state"] == "cancelled" else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch", description="Run PyTorch Lightning jobs locally or on SLURM.")
+    parser.add_argument("--runs-dir", help="where run directories live (default: ./runs, or the profile's runs_dir)")
+    parser.add_argument("--cluster-file", help="cluster profiles (default: $LAUNCH_CLUSTER_FILE, ./cluster.toml)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def job_args(p: argparse.ArgumentParser, smoke: bool = False) -> None:
+        p.add_argument("job", help="job file (TOML)")
+        if not smoke:
+            p.add_argument("--cluster", help="profile in cluster.toml (default: local)")
+            p.add_argument("--nodes", type=int, help="nodes (local: simulated nodes on this machine)")
+        p.add_argument("--gpus", type=int, help="GPUs per node (0: CPU processes)")
+        p.add_argument("--procs", type=int, help="processes per node for CPU runs (default 2)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any job key, e.g. trainer.max_epochs=3")
+        p.add_argument("--runs-dir", default=argparse.SUPPRESS, help="where run directories live")
+
+    p = sub.add_parser("submit", help="start a run (returns at once unless --follow)")
+    job_args(p)
+    p.add_argument("--follow", action="store_true", help="stream the run's output until it ends; exit 0 only if it completed")
+    p.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("render", help="print exactly what submit would run; submit nothing")
+    job_args(p)
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("smoke", help="a few batches of train/val/test with local torchrun")
+    job_args(p, smoke=True)
+    p.set_defaults(func=cmd_smoke, procs=None)
+
+    p = sub.add_parser("runs", help="list runs")
+    p.add_argument("--runs-dir", default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_runs)
+
+    for name, func, text in (("status", cmd_status, "a run's state and progress"),
+                             ("logs", cmd_logs, "a run's output"),
+                             ("cancel", cmd_cancel, "stop a run")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("run", help="run directory, or run id under the runs dir")
+        p.add_argument("--runs-dir", default=argparse.SUPPRESS)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="machine-readable")
+        if name == "logs":
+            p.add_argument("--rank", type=int, help="that rank's full log (default: the run's console)")
+            p.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LaunchError as err:
+        print(f"launch: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The run directory: one folder per run holds everything a run produced and needs to resume.
+
+Files that matter are written atomically (temp file, fsync, rename); `events.jsonl` is appended
+one whole line per write, and a torn last line is ignored when reading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from launcher.config import LaunchError
+
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[IO[bytes]]:
+    """Write through a temp file beside `path`; on success fsync and rename it into place.
+
+    Readers see either the previous content or the complete new one, never a mix: a crash or a
+    kill at any point leaves the previous file untouched (and at worst a stray temp file).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    # -- layout
+    @property
+    def config(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def command(self) -> Path:
+        return self.path / "command.txt"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def progress(self) -> Path:
+        return self.path / "progress.json"
+
+    @property
+    def console(self) -> Path:
+        return self.path / "console.log"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def errors(self) -> Path:
+        return self.path / "errors"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.path / "supervisor.pid"
+
+    def rank_log(self, rank: int) -> Path:
+        return self.logs / f"rank-{rank}.log"
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def job_name(self) -> str:
+        return self.path.parent.name
+
+    # -- creation
+    @classmethod
+    def create(cls, runs_dir: Path, job_name: str) -> RunDir:
+        """A new, unique run directory; concurrent submissions never share one."""
+        parent = Path(runs_dir) / job_name
+        parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(100):
+            path = parent / new_run_id()
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            for sub in ("logs", "errors", "checkpoints"):
+                (path / sub).mkdir()
+            return cls(path.resolve())
+        raise RuntimeError(f"could not create a unique run directory under {parent}")
+
+    # -- events
+    def add_event(self, event: str, **fields: Any) -> None:
+        record = {"event": event, "time": now_iso(), **fields}
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write of one line: O_APPEND keeps concurrent writers whole
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read_events(self) -> list[dict[str, Any]]:
+        try:
+            raw = self.events.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in raw.splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn write (killed mid-line): the rest is still readable
+        return events
+
+    def read_progress(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.progress.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+
+def find_run(ref: str, runs_dir: Path) -> RunDir:
+    """RUN is a run directory path, or a run id (or job/run-id) under the runs dir."""
+    candidates = [Path(ref), Path(runs_dir) / ref]
+    candidates += sorted(Path(runs_dir).glob(f"*/{ref}")) if "/" not in ref else []
+    for path in candidates:
+        if (path / "config.toml").is_file():
+            return RunDir(path.resolve())
+    raise LaunchError(f"{ref}: no such run (give a run directory, or a run id under {runs_dir})")
+
+
+def list_runs(runs_dir: Path) -> list[RunDir]:
+    runs = [RunDir(p.parent) for p in Path(runs_dir).glob("*/*/config.toml")]
+    return sorted(runs, key=lambda r: r.run_id)

@@ -1,0 +1,3 @@
+from launcher.runtime.job import main
+
+raise SystemExit(main())

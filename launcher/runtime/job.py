@@ -1,0 +1,159 @@
+"""Build the DataModule, the LightningModule and the Trainer from the run's frozen config, and run.
+
+Imports of torch and Lightning happen only after rank-aware output is installed (see output.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+from launcher.config import JobConfig, load_resolved, split_class_path
+from launcher.rundir import RunDir, atomic_write_text
+from launcher.runtime import output
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_path = argv[0] if argv else os.environ.get("LAUNCH_RUN_DIR", "")
+    if not run_path:
+        print("usage: python -m launcher.runtime RUN_DIR", file=sys.stderr)
+        return 2
+    run = RunDir(Path(run_path))
+    rank, _ = output.rank_from_env()
+    output.install(run.rank_log(rank), rank)
+    try:
+        cfg = load_resolved(run.config)
+        if cfg.run.workdir and cfg.run.workdir not in sys.path:
+            sys.path.insert(0, cfg.run.workdir)  # the user's own modules, as at submission
+        train(cfg, run, rank)
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised as exit 1
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        text = traceback.format_exc()
+        output.report_error(text)
+        record = {"rank": rank, "host": os.uname().nodename, "type": type(exc).__name__,
+                  "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
+                  "traceback": text}
+        try:
+            atomic_write_text(run.errors / f"rank-{rank}.json", json.dumps(record, indent=1))
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+def load_class(section: str, class_path: str) -> type:
+    module_name, name = split_class_path(section, class_path)
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ImportError(f"{section}.class_path: module {module_name!r} has no attribute {name!r}") from None
+
+
+def build_trainer(cfg: JobConfig, run: RunDir) -> Any:
+    from datetime import timedelta
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    from launcher.runtime.parts import AtomicCheckpointIO, LaunchDDPStrategy, RunProgress
+
+    # Chosen from how we started the ranks, never guessed: inside a SLURM allocation running
+    # torchrun, Lightning's own detection would pick SLURMEnvironment and get the ranks wrong.
+    if os.environ.get("LAUNCH_MODE") == "srun":
+        environment = SLURMEnvironment(auto_requeue=False)
+    else:
+        environment = TorchElasticEnvironment()
+    strategy = LaunchDDPStrategy(
+        cluster_environment=environment,
+        checkpoint_io=AtomicCheckpointIO(),
+        process_group_backend="nccl" if cfg.uses_gpus else "gloo",
+        timeout=timedelta(minutes=30),
+    )
+    ck = cfg.checkpoint
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename=ck.filename,
+        monitor=ck.monitor,
+        mode=ck.mode,
+        save_top_k=ck.save_top_k,
+        save_last=ck.save_last,
+        every_n_epochs=ck.every_n_epochs,
+        every_n_train_steps=ck.every_n_train_steps,
+    )
+    loggers: list[Any] = []
+    if cfg.logging.tensorboard:
+        loggers.append(TensorBoardLogger(save_dir=run.path, name="tensorboard", version="", default_hp_metric=False))
+    if cfg.logging.csv:
+        loggers.append(CSVLogger(save_dir=run.path, name="", version=""))
+    callbacks: list[Any] = [checkpoint, RunProgress(run)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
+    return pl.Trainer(
+        accelerator="gpu" if cfg.uses_gpus else "cpu",
+        devices=cfg.procs_per_node,
+        num_nodes=cfg.resources.nodes,
+        strategy=strategy,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=run.path,
+        **trainer_args,
+    )
+
+
+def once_per_job(obj: Any, method: str) -> None:
+    """Make `obj.method` run at most once in this process (later calls do nothing)."""
+    original = getattr(obj, method)
+    done = False
+
+    def run_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        if done:
+            return None
+        done = True
+        return original(*args, **kwargs)
+
+    setattr(obj, method, run_once)
+
+
+def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
+    import pytorch_lightning as pl
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    output.route_logging("pytorch_lightning", "lightning_fabric")
+    # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
+    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
+    pl.seed_everything(cfg.job.seed, workers=True)
+    datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
+    model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
+    # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
+    datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
+    once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
+    trainer = build_trainer(cfg, run)
+    if rank == 0:
+        run.add_event("training_started", world_size=cfg.world_size, global_step=0)
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(run.checkpoints / "last.ckpt")
+    if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+    if rank == 0:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        run.add_event(
+            "trained",
+            global_step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            interrupted=bool(trainer.interrupted),
+            metrics=metrics,
+        )

@@ -1,0 +1,120 @@
+"""The Lightning pieces the runtime plugs into every Trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+from pytorch_lightning.strategies import DDPStrategy
+from pytorch_lightning.trainer.states import RunningStage
+from pytorch_lightning.utilities.data import _update_dataloader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from launcher.rundir import RunDir, atomic_open
+
+_EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+
+
+class LaunchDDPStrategy(DDPStrategy):
+    """DDP with evaluation metrics that equal the single-process value exactly.
+
+    Two things in stock Lightning make distributed evaluation inexact:
+    - the evaluation DistributedSampler pads the last round by repeating samples, so those are
+      counted twice when the dataset size is not divisible by the world size;
+    - a `sync_dist` epoch mean divides an int64 batch-size sum by the world size in place,
+      which floors it (3 and 2 samples per rank: 5 / 2 -> 2, and a constant 1.0 logs as 1.25).
+    """
+
+    strategy_name = "launch_ddp"
+
+    def process_dataloader(self, dataloader: object) -> object:
+        trainer = self.lightning_module.trainer
+        if (
+            trainer.state.stage in _EVAL_STAGES
+            and isinstance(dataloader, DataLoader)
+            and type(dataloader.sampler) is DistributedSampler  # the padding one Lightning added
+        ):
+            sampler = UnrepeatedDistributedSampler(
+                dataloader.sampler.dataset, num_replicas=self.world_size, rank=self.global_rank, shuffle=False
+            )
+            dataloader = _update_dataloader(dataloader, sampler, mode=trainer.state.stage)
+        return super().process_dataloader(dataloader)
+
+    def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
+        if (
+            isinstance(tensor, torch.Tensor)
+            and not torch.is_floating_point(tensor)
+            and isinstance(reduce_op, str)
+            and reduce_op.lower() in ("mean", "avg")
+        ):
+            tensor = tensor.double()
+        return super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint is written to a temp file, fsynced and renamed into place.
+
+    A kill or a full disk while saving leaves the previous checkpoint at that path intact.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path) as fh:
+            torch.save(checkpoint, fh)
+
+
+class RunProgress(Callback):
+    """Rank zero keeps `progress.json` current (step, epoch, metrics) for `launch status`."""
+
+    def __init__(self, run: RunDir, every_s: float = 5.0) -> None:
+        self.run, self.every_s = run, every_s
+        self._last = 0.0
+
+    def write(self, trainer: Trainer, stage: str) -> None:
+        if trainer.global_rank != 0:
+            return
+        metrics = {}
+        for key, value in trainer.callback_metrics.items():
+            try:
+                metrics[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+        record = {
+            "stage": stage,
+            "global_step": int(trainer.global_step),
+            "epoch": int(trainer.current_epoch),
+            "metrics": metrics,
+            "world_size": int(trainer.world_size),
+            "time": time.time(),
+            "pid": os.getpid(),
+        }
+        with atomic_open(self.run.progress) as fh:
+            fh.write(json.dumps(record, indent=1).encode())
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self.write(trainer, "fit")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, "fit")
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.write(trainer, "fit" if trainer.state.fn == "fit" else "validate")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, "fit-done")
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write(trainer, "test-done")

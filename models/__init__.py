@@ -1,0 +1,1 @@
+"""Example LightningModules. Plain Lightning: nothing here imports `launcher`."""

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_launch(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, as a user would run it."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+    )
+
+
+@pytest.fixture
+def write(tmp_path: Path):
+    """write('name.toml', text) -> path, with the text dedented."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return _write
+
+
+DIGITS_JOB = """
+    [job]
+    name = "{name}"
+    seed = 7
+
+    [model]
+    class_path = "{model}"
+    init_args = {{ in_features = 64, hidden = 32, lr = {lr} }}
+
+    [data]
+    class_path = "{data}"
+    init_args = {{ {data_args} }}
+
+    [trainer]
+    max_epochs = {epochs}
+    log_every_n_steps = 2
+    enable_progress_bar = false
+    {trainer_extra}
+"""
+
+
+@pytest.fixture
+def digits_job(write, tmp_path: Path):
+    """A small digits job file; keyword arguments fill the template above."""
+
+    def _job(name: str = "tiny", model: str = "mlp", data: str = "digits", lr: float = 0.01, epochs: int = 1,
+             data_args: str | None = None, trainer_extra: str = "", extra: str = "") -> Path:
+        data_args = data_args or f'data_dir = "{tmp_path / "data"}", batch_size = 64'
+        text = DIGITS_JOB.format(name=name, model=model, data=data, lr=lr, epochs=epochs, data_args=data_args,
+                                 trainer_extra=trainer_extra) + textwrap.dedent(extra)
+        return write(f"{name}.toml", text)
+
+    return _job

@@ -1,0 +1,64 @@
+"""Test subjects: plain Lightning modules that record what happened to them on disk."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torchmetrics import SumMetric
+
+from datamodules.digits import DigitsDataModule
+from models.mlp import MLP
+
+
+def _record(path: Path, what: str) -> None:
+    line = f"{what} rank={os.environ.get('RANK')} node={os.environ.get('GROUP_RANK')} t={time.time():.6f}\n"
+    with open(path, "a") as fh:
+        fh.write(line)
+
+
+class CountingDigits(DigitsDataModule):
+    """Digits that log each prepare_data/setup call to `count_dir`, and talk on every rank."""
+
+    def __init__(self, count_dir: str, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.count_dir = Path(count_dir)
+
+    def prepare_data(self) -> None:
+        _record(self.count_dir / "prepare.txt", "prepare")
+        time.sleep(1.0)  # a slow download: no rank may read before it is done
+        super().prepare_data()
+
+    def setup(self, stage: str | None = None) -> None:
+        _record(self.count_dir / "setup.txt", f"setup-{getattr(stage, 'value', stage)}")
+        rank = os.environ.get("RANK")
+        print(f"hello from rank {rank}")
+        warnings.warn(f"careful from rank {rank}")
+        super().setup(stage)
+
+
+class CountingMLP(MLP):
+    """Logs how many validation samples it saw, and a constant 1.0 through a sync_dist mean."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.val_count = SumMetric()
+
+    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        super().validation_step(batch, batch_idx)
+        n = len(batch[1])
+        self.val_count.update(torch.tensor(float(n)))
+        self.log("val_count", self.val_count, on_epoch=True)
+        self.log("val_const", 1.0, on_epoch=True, sync_dist=True, batch_size=n)
+
+
+class FailingMLP(MLP):
+    """Rank 1 raises in its third training step."""
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        if self.global_rank == 1 and batch_idx == 2:
+            raise RuntimeError("boom on rank 1")
+        return super().training_step(batch, batch_idx)

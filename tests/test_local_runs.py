@@ -1,0 +1,188 @@
+"""Real runs: `launch submit` starts real torchrun agents and 2 processes talking over gloo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_launch
+
+pytestmark = pytest.mark.multiprocess
+
+
+def submit(*args: str, runs: Path, timeout: float = 300) -> tuple[object, Path]:
+    result = run_launch("submit", *args, "--runs-dir", str(runs), "--follow", timeout=timeout)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    return result, run_dir
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def last_value(run_dir: Path, key: str) -> float:
+    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)][-1]
+
+
+def status(run_dir: Path) -> dict:
+    result = run_launch("status", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_readme_first_job_trains_digits_to_90_percent_with_two_ddp_processes(tmp_path) -> None:
+    start = time.monotonic()
+    result, run_dir = submit("jobs/digits.toml", runs=tmp_path / "runs")
+    elapsed = time.monotonic() - start
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    assert run_dir.parent == (tmp_path / "runs" / "digits").resolve()
+    assert last_value(run_dir, "val_acc") >= 0.9
+    assert last_value(run_dir, "test_acc") >= 0.9
+    info = status(run_dir)
+    assert info["state"] == "completed" and info["restarts"] == 0 and info["world_size"] == 2
+    assert info["global_step"] > 0 and info["epoch"] == 15
+    print(f"digits default job: {elapsed:.1f} s wall, val_acc {last_value(run_dir, 'val_acc'):.4f}")
+
+    # everything the run produced is in its directory, and reads back with the real readers
+    for name in ("config.toml", "command.txt", "events.jsonl", "console.log", "logs/rank-0.log", "logs/rank-1.log"):
+        assert (run_dir / name).is_file(), name
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == info["global_step"] and "net.1.weight" in ckpt["state_dict"]
+    assert len(list((run_dir / "checkpoints").glob("epoch=*.ckpt"))) == 1  # save_top_k = 1
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # one TensorBoard run: every event file of fit and test in one directory, read as one
+    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    acc.Reload()
+    val_acc = acc.Scalars("val_acc")
+    assert len(val_acc) == 15 and val_acc[-1].value == pytest.approx(last_value(run_dir, "val_acc"))
+    assert acc.Scalars("test_acc")[-1].value == pytest.approx(last_value(run_dir, "test_acc"))
+
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events == ["submitted", "started", "training_started", "trained", "finished"]
+
+    # logs: the console by default, one rank's full log with --rank, runs lists it
+    logs = run_launch("logs", str(run_dir))
+    assert logs.returncode == 0 and "completed in" in logs.stdout
+    rank1 = run_launch("logs", str(run_dir), "--rank", "1")
+    assert rank1.returncode == 0 and rank1.stdout == (run_dir / "logs" / "rank-1.log").read_text()
+    missing = run_launch("logs", str(run_dir), "--rank", "7")
+    assert missing.returncode == 2 and "no log for rank 7" in missing.stderr
+    listing = run_launch("--runs-dir", str(tmp_path / "runs"), "runs")
+    assert run_dir.name in listing.stdout and "completed" in listing.stdout
+    by_id = run_launch("--runs-dir", str(tmp_path / "runs"), "status", run_dir.name, "--json")
+    assert json.loads(by_id.stdout)["run_dir"] == str(run_dir)
+
+
+def read_records(path: Path) -> list[dict[str, str]]:
+    out = []
+    for line in path.read_text().splitlines():
+        what, *fields = line.split()
+        out.append({"what": what, **dict(f.split("=", 1) for f in fields)})
+    return out
+
+
+def test_prepare_data_once_setup_on_every_rank_and_output_is_rank_aware(digits_job, tmp_path) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    job = digits_job(data="tests.helpers.modules.CountingDigits",
+                     data_args=f'count_dir = "{counts}", data_dir = "{tmp_path / "data"}"')
+    result, run_dir = submit(str(job), runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    prepares, setups = read_records(counts / "prepare.txt"), read_records(counts / "setup.txt")
+    assert [p["rank"] for p in prepares] == ["0"]
+    fit_setups = [s for s in setups if s["what"] == "setup-fit"]
+    assert sorted(s["rank"] for s in fit_setups) == ["0", "1"]
+    # the barrier: no rank set up (read data) before prepare_data had finished (it sleeps 1 s)
+    assert min(float(s["t"]) for s in fit_setups) >= float(prepares[0]["t"]) + 1.0
+
+    console = (run_dir / "console.log").read_text()
+    assert "hello from rank 0" in console and "hello from rank 1" not in console
+    assert "hello from rank 1" in (run_dir / "logs" / "rank-1.log").read_text()
+    assert "[rank 1] " in console and "careful from rank 1" in console
+    assert "[rank 0] " in console and "careful from rank 0" in console
+    assert console.count("Test metric") == 1
+
+
+def test_two_node_run_prepares_data_once_per_node_without_shared_filesystem(digits_job, write, tmp_path) -> None:
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    cluster = write("cluster.toml", '[local]\nbackend = "local"\ngpus_per_node = 0\nshared_filesystem = false\n')
+    job = digits_job(data="tests.helpers.modules.CountingDigits",
+                     data_args=f'count_dir = "{counts}", data_dir = "{tmp_path / "data"}"')
+    result = run_launch("--cluster-file", str(cluster), "submit", str(job), "--nodes", "2", "--procs", "1",
+                        "--runs-dir", str(tmp_path / "runs"), "--follow", timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    prepares = read_records(counts / "prepare.txt")
+    assert sorted(p["node"] for p in prepares) == ["0", "1"]  # one per node, by local rank 0 of each
+    assert sorted(s["rank"] for s in read_records(counts / "setup.txt") if s["what"] == "setup-fit") == ["0", "1"]
+    command = (run_dir / "command.txt").read_text()
+    assert command.count("--nnodes 2") == 2 and "is_host=1" in command and "is_host=0" in command
+    assert status(run_dir)["world_size"] == 2
+
+
+def test_validation_metrics_are_exact_on_an_odd_validation_set(digits_job, tmp_path) -> None:
+    """181 validation samples on 2 ranks: stock DDP evaluates 182 (one twice) and floors a mean."""
+    rows = {}
+    for procs in ("1", "2"):
+        job = digits_job(name=f"exact{procs}", model="tests.helpers.modules.CountingMLP", lr=0.0,
+                         data_args=f'data_dir = "{tmp_path / "data"}", batch_size = 16, val_size = 181')
+        result, run_dir = submit(str(job), "--procs", procs, runs=tmp_path / "runs")
+        assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+        rows[procs] = {k: last_value(run_dir, k) for k in ("val_count", "val_const", "val_acc", "val_loss", "test_acc")}
+    assert rows["2"]["val_count"] == 181.0 == rows["1"]["val_count"]
+    assert rows["2"]["val_const"] == 1.0
+    assert rows["2"]["val_acc"] == rows["1"]["val_acc"]
+    assert rows["2"]["test_acc"] == rows["1"]["test_acc"]
+    assert rows["2"]["val_loss"] == pytest.approx(rows["1"]["val_loss"], rel=1e-6)  # float sums, other order
+
+
+def test_a_failing_rank_fails_the_run_with_its_rank_and_error(digits_job, tmp_path) -> None:
+    job = digits_job(name="fails", model="tests.helpers.modules.FailingMLP", epochs=3)
+    start = time.monotonic()
+    result, run_dir = submit(str(job), runs=tmp_path / "runs")
+    assert result.returncode == 1
+    assert time.monotonic() - start < 120
+    info = status(run_dir)
+    assert info["state"] == "failed" and info["failed_rank"] == 1
+    assert "RuntimeError: boom on rank 1" in info["error"]
+    assert "[rank 1] " in (run_dir / "console.log").read_text()
+    assert json.loads((run_dir / "errors" / "rank-1.json").read_text())["type"] == "RuntimeError"
+
+
+def test_cancel_stops_every_process_of_a_running_job(digits_job, tmp_path) -> None:
+    job = digits_job(name="long", epochs=1000)
+    result = run_launch("submit", str(job), "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 120
+    while status(run_dir)["global_step"] < 5:  # training for real before we cancel
+        assert time.monotonic() < deadline, (run_dir / "console.log").read_text()[-3000:]
+        time.sleep(0.5)
+    assert status(run_dir)["state"] == "running"
+    cancel = run_launch("cancel", str(run_dir))
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stderr
+    from launcher.backends.local import processes_of
+    from launcher.rundir import RunDir
+
+    assert processes_of(RunDir(run_dir)) == []
+    assert status(run_dir)["state"] == "cancelled"
+    again = run_launch("cancel", str(run_dir))
+    assert again.returncode == 2 and "not running" in again.stderr
+
+
+def test_smoke_runs_a_few_batches_of_everything(tmp_path) -> None:
+    result = run_launch("smoke", "jobs/digits.toml", "--runs-dir", str(tmp_path / "runs"), timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    info = status(run_dir)
+    assert info["state"] == "completed" and info["global_step"] == 4 and info["world_size"] == 2
+    assert "test_acc" in info["metrics"]
