@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from launcher import config, render
-from launcher.backends import local, summarize
+from launcher import backends
 from launcher.config import JobConfig, LaunchError
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 
@@ -60,9 +61,15 @@ def _free_port() -> int:
 
 def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobConfig:
     """Fill in what is only known at submission: run identity, paths, interpreter, ports."""
+    config.check_path("the run directory", str(run_path))
+    config.check_path("the working directory", os.getcwd())
     res = cfg.resources
-    if res.cpus_per_task is None and cfg.cluster.backend == "local":
-        res = dataclasses.replace(res, cpus_per_task=max(1, (os.cpu_count() or 1) // (res.nodes * cfg.procs_per_node)))
+    if res.cpus_per_task is None:  # share the node's CPUs evenly between its ranks
+        if cfg.cluster.backend == "local":
+            cpus = max(1, (os.cpu_count() or 1) // (res.nodes * cfg.procs_per_node))
+        else:
+            cpus = max(1, cfg.cluster.cpus_per_node // cfg.procs_per_node) if cfg.cluster.cpus_per_node else None
+        res = dataclasses.replace(res, cpus_per_task=cpus)
     run = dataclasses.replace(
         cfg.run,
         id=run_id,
@@ -76,9 +83,11 @@ def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobC
 
 
 def _render(cfg: JobConfig) -> str:
-    if cfg.cluster.backend == "local":
-        return render.render_local(cfg)
-    raise LaunchError(f"profile '{cfg.run.profile}': the slurm backend is not available in this version")
+    return render.render_local(cfg) if cfg.cluster.backend == "local" else render.render_sbatch(cfg)
+
+
+def _script_path(cfg: JobConfig, run: RunDir) -> Path:
+    return run.command if cfg.cluster.backend == "local" else run.path / "job.sbatch"
 
 
 def _pump(path: Path, pos: int, out: TextIO) -> int:
@@ -94,24 +103,26 @@ def _pump(path: Path, pos: int, out: TextIO) -> int:
     return pos + len(chunk)
 
 
-def _follow(run: RunDir, path: Path, out: TextIO) -> dict[str, Any]:
-    """Stream `path` until the run ends; return its final summary."""
+def _follow(run: RunDir, path: Path | None, out: TextIO) -> dict[str, Any]:
+    """Stream the run's console (or `path`) until the run ends; return its final summary."""
+    backend = backends.for_run(run)
     pos = 0
     while True:
-        pos = _pump(path, pos, out)
-        alive = local.is_alive(run)
-        info = summarize(run, alive)
-        if info["terminal"] or not alive:
-            for _ in range(50):  # the supervisor prints its last line after recording the end
-                if not local.is_alive(run):
+        current = path or backend.console_path(run)
+        pos = _pump(current, pos, out)
+        info = backends.describe(run)
+        if info["terminal"] or info["state"] not in ("pending", "running"):
+            for _ in range(50):  # the last lines are printed after the end is recorded
+                if not backend.is_alive(run):
                     break
                 time.sleep(0.1)
-            _pump(path, pos, out)
-            return summarize(run, local.is_alive(run))
-        time.sleep(0.3)
+            time.sleep(0.2)
+            _pump(current, pos, out)
+            return backends.describe(run)
+        time.sleep(0.5)
 
 
-def _follow_or_detach(run: RunDir, path: Path) -> dict[str, Any] | None:
+def _follow_or_detach(run: RunDir, path: Path | None) -> dict[str, Any] | None:
     try:
         return _follow(run, path, sys.stdout)
     except KeyboardInterrupt:
@@ -134,14 +145,18 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
     cfg = finalize(cfg, run.path, run.run_id, args.job)
     script = _render(cfg)
     atomic_write_text(run.config, config.dumps(cfg))
-    atomic_write_text(run.command, script)
+    atomic_write_text(_script_path(cfg, run), script)
     run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size)
-    local.submit(cfg, run)
+    try:
+        backends.for_run(run).submit(cfg, run)
+    except LaunchError:
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
+        raise
     shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
     print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
     code = 0
     if args.follow:
-        info = _follow_or_detach(run, run.console)
+        info = _follow_or_detach(run, None)
         if info is None:
             code = 130
         else:
@@ -152,6 +167,10 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if (Path(args.job) / "config.toml").is_file():  # an existing run: what it was submitted with
+        cfg = config.load_resolved(Path(args.job) / "config.toml")
+        print(_render(cfg), end="")
+        return 0
     cfg = config.resolve(_request(args))
     placeholder = (_runs_dir(args, cfg) / cfg.job.name / "RUN-ID").resolve()
     print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
@@ -174,7 +193,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "SUBMITTED")]
     for run in runs:
-        info = summarize(run, local.is_alive(run))
+        info = backends.describe(run)
         rows.append((run.run_id, run.job_name, info["state"], str(info["global_step"]), str(info["epoch"]),
                      str(info["restarts"]), str(info.get("submitted_at") or "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -185,7 +204,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    info = summarize(run, local.is_alive(run))
+    info = backends.describe(run)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -202,7 +221,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    path = run.console if args.rank is None else run.rank_log(args.rank)
+    path = backends.for_run(run).console_path(run) if args.rank is None else run.rank_log(args.rank)
     if args.rank is not None and not path.exists():
         have = sorted(p.stem.removeprefix("rank-") for p in run.logs.glob("rank-*.log"))
         raise LaunchError(f"{run.path}: no log for rank {args.rank} (ranks with logs: {', '.join(have) or 'none yet'})")
@@ -215,11 +234,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    local.cancel(run)
+    backend = backends.for_run(run)
+    backend.cancel(run)
     deadline = time.monotonic() + 60
-    while local.is_alive(run) and time.monotonic() < deadline:
+    while backend.is_alive(run) and time.monotonic() < deadline:
         time.sleep(0.2)
-    info = summarize(run, local.is_alive(run))
+    info = backends.describe(run)
     print(f"{run.run_id}: {info['state']}")
     return 0 if info["state"] == "cancelled" else 1
 
@@ -249,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("render", help="print exactly what submit would run; submit nothing")
+    p = sub.add_parser("render", help="print exactly what submit would run (or what a run directory ran)")
     job_args(p)
     p.set_defaults(func=cmd_render)
 

@@ -8,6 +8,7 @@ what is allowed. This module must not import torch: the CLI's fast commands depe
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import os
 import re
@@ -255,7 +256,21 @@ def _describe(value: Any) -> str:
     return f"{kind} {shown}".strip()
 
 
+# Trainer arguments launch sets itself, from [resources] and the profile.
+OWNED_TRAINER_KEYS = {
+    "devices": "set resources.gpus_per_node (--gpus) or resources.procs_per_node (--procs)",
+    "num_nodes": "set resources.nodes (--nodes)",
+    "accelerator": "launch uses GPUs when resources.gpus_per_node > 0, else the CPU",
+    "strategy": "launch runs DDP (gloo on CPU, NCCL on GPU) with exact evaluation",
+    "plugins": "launch chooses the cluster environment from how the ranks were started",
+    "logger": "use the [logging] section",
+    "default_root_dir": "everything goes to the run directory",
+}
+
+
 def _unknown_key(cls: type, name: str, source: str, key: str) -> ConfigError:
+    if cls is TrainerSection and name in OWNED_TRAINER_KEYS:
+        return ConfigError(source, key, f"is set by launch: {OWNED_TRAINER_KEYS[name]}")
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -320,6 +335,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    if isinstance(value, (dt.date, dt.time)):
+        value = raw  # 12:00:00 is a SLURM time here, not a TOML time of day
     return key.split("."), value
 
 
@@ -596,9 +613,22 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
         comp: ComponentSection = getattr(cfg, section)
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):
             raise err(f"{section}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
+    for i, extra in enumerate(prof.sbatch_extra):
+        if not re.fullmatch(r"--[a-z][a-z0-9-]*(=[^\n\r]+)?", extra):
+            raise ConfigError(src.of(f"cluster.sbatch_extra[{i}]"), f"cluster.sbatch_extra[{i}]",
+                              f"{extra!r}: each item is one sbatch option, e.g. '--exclusive' or '--reservation=gpu'")
+    for i, line in enumerate(prof.setup):
+        if "\n" in line or "\r" in line:
+            raise ConfigError(src.of(f"cluster.setup[{i}]"), f"cluster.setup[{i}]", "one shell line per item (no newlines)")
     for name in cfg.cluster.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ConfigError(src.of(f"cluster.env.{name}"), f"cluster.env.{name}", "not a valid environment variable name")
+
+
+def check_path(label: str, path: str) -> None:
+    """Paths end up in scripts and #SBATCH lines: quoting handles anything but line breaks."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise LaunchError(f"{label} {path!r} contains a line break or control character; use another directory")
 
 
 # --------------------------------------------------------------------------- components

@@ -87,3 +87,97 @@ def render_local(cfg: JobConfig) -> str:
     else:
         lines += [shell_line(c) + " &" for c in cmds] + ["wait"]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def submitit_folder(cfg: JobConfig) -> str:
+    return f"{cfg.run.dir}/submitit"
+
+
+def submitit_command(cfg: JobConfig) -> str:
+    """The command submitit runs in every task (its `_submitit_command_str`, character for character)."""
+    return " ".join([shlex.quote(cfg.run.python or "python"), "-u -m submitit.core._submit",
+                     shlex.quote(submitit_folder(cfg))])
+
+
+def rdzv_port_expr(cfg: JobConfig) -> str:
+    """Shell arithmetic: a per-job port, so jobs sharing a node do not collide."""
+    return f"$(( {cfg.cluster.rdzv_port} + SLURM_JOB_ID % 1000 ))"
+
+
+def sbatch_directives(cfg: JobConfig) -> list[tuple[str, str | None]]:
+    res, prof = cfg.resources, cfg.cluster
+    per_node_tasks = cfg.procs_per_node if prof.launch_mode == "srun" else 1
+    cpus = res.cpus_per_task
+    if cpus is not None and prof.launch_mode == "torchrun":
+        cpus *= cfg.procs_per_node  # one task per node runs all of that node's ranks
+    folder = submitit_folder(cfg)
+    items: list[tuple[str, str | None]] = [
+        ("job-name", cfg.job.name),
+        ("partition", prof.partition),
+        ("account", prof.account),
+        ("qos", prof.qos),
+        ("constraint", prof.constraint),
+        ("nodes", str(res.nodes)),
+        ("ntasks-per-node", str(per_node_tasks)),
+        ("gpus-per-node", str(res.gpus_per_node) if res.gpus_per_node else None),
+        ("cpus-per-task", str(cpus) if cpus else None),
+        ("mem", res.mem),
+        ("time", res.time or prof.max_time),
+        ("signal", f"{prof.signal}@{prof.signal_grace_s}"),
+        ("requeue", ""),
+        ("open-mode", "append"),
+        ("output", f"{folder}/%j_0_log.out"),
+    ]
+    return [(k, v) for k, v in items if v is not None]
+
+
+def render_sbatch(cfg: JobConfig) -> str:
+    """The batch script `launch submit` hands to sbatch (through submitit), top to bottom.
+
+    srun mode: one task per GPU (or CPU process), Lightning's SLURM environment.
+    torchrun mode: one task per node running `torchrun --nnodes N --nproc-per-node G`, with a
+    c10d rendezvous on the allocation's first node, resolved here, inside the job.
+    """
+    prof = cfg.cluster
+    folder = submitit_folder(cfg)
+    py = shlex.quote(cfg.run.python or "python")
+    run_dir = shlex.quote(cfg.run.dir)
+    lines = [
+        "#!/bin/bash",
+        f"# launch: job {shlex.quote(cfg.job.name)}, run {shlex.quote(cfg.run.id)}, "
+        f"profile {shlex.quote(cfg.run.profile)}, {prof.launch_mode} mode",
+        f"# {cfg.resources.nodes} node(s) x {cfg.procs_per_node} rank(s), "
+        + (f"{cfg.resources.gpus_per_node} GPU(s) per node (nccl)" if cfg.uses_gpus else "CPU (gloo)"),
+    ]
+    for key, value in sbatch_directives(cfg):
+        lines.append(f"#SBATCH --{key}" + (f"={shlex.quote(value)}" if value else ""))
+    lines += [f"#SBATCH {extra}" for extra in prof.sbatch_extra]
+    if prof.setup:
+        lines += ["", "# setup (from the profile)"] + list(prof.setup)
+    lines += ["", f"cd {shlex.quote(cfg.run.workdir or '.')}"]
+    env = rank_env(cfg, prof.launch_mode)
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    lines.append("export SUBMITIT_EXECUTOR=slurm")
+    srun = ["srun", "--unbuffered", "--output", f"{folder}/%j_%t_log.out"]
+    if prof.launch_mode == "torchrun":
+        lines += [
+            "# the rendezvous host: the first node of this allocation",
+            'LAUNCH_RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+            f'export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:{rdzv_port_expr(cfg)}"',
+            "# each node's task runs: " + " ".join(
+                shlex.quote(w) for w in torchrun_argv(cfg, 0, "$LAUNCH_RDZV_ENDPOINT")
+            ).replace("is_host=1", "is_host=<1 on the first node, else 0>"),
+        ]
+        srun += ["--ntasks-per-node", "1"]
+    lines += [
+        "",
+        f"{py} -m launcher.backends.slurm_hooks started {run_dir}",
+        " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg),
+        "rc=$?",
+        f'{py} -m launcher.backends.slurm_hooks ended {run_dir} "$rc"',
+        'exit "$rc"',
+    ]
+    return "\n".join(lines) + "\n"

@@ -78,6 +78,7 @@ def test_set_values_are_toml_typed_else_strings() -> None:
     assert config.parse_override("model.init_args.lr=1e-3") == (["model", "init_args", "lr"], 1e-3)
     assert config.parse_override("trainer.deterministic=true") == (["trainer", "deterministic"], True)
     assert config.parse_override("job.name=my run") == (["job", "name"], "my run")
+    assert config.parse_override("resources.time=12:00:00") == (["resources", "time"], "12:00:00")
     assert config.parse_override('data.init_args.data_dir="/x y"') == (["data", "init_args", "data_dir"], "/x y")
 
 
@@ -116,6 +117,8 @@ ERRORS = [
      "resources.procs_per_node", "one process per GPU"),
     (JOB + "\n[run]\nid = 'x'\n", {}, "job.toml", "run", "filled in by launch"),
     ("[job\nname='x'", {}, "job.toml", "", "invalid TOML"),
+    (JOB + "\n[trainer]\ndevices = 4\n", {}, "job.toml", "trainer.devices", "is set by launch: set resources.gpus_per_node"),
+    (JOB + "\n[trainer]\nnum_nodes = 4\n", {}, "job.toml", "trainer.num_nodes", "set resources.nodes (--nodes)"),
     ("model = 3\n" + JOB, {}, "job.toml", "", "invalid TOML"),
     (JOB.replace("[model]", "[model]\ninit_args = 3"), {}, "job.toml", "model.init_args", "expected a table"),
 ]
@@ -139,6 +142,8 @@ PROFILE_ERRORS = [
     ("local = 3\n", "local", "expected a [profile] table"),
     ("[s]\nbackend = 'slurm'\n", "cluster.partition", "needs a partition"),
     ("[local]\nsignal_grace_s = 0\n", "cluster.signal_grace_s", "at least 1 second"),
+    ("[local]\nsbatch_extra = [\"--exclusive=1\\n#SBATCH --x\"]\n", "cluster.sbatch_extra[0]", "one sbatch option"),
+    ("[local]\nsetup = [\"module load a\\nrm -rf x\"]\n", "cluster.setup[0]", "no newlines"),
     ("[local]\nenv = { 'BAD NAME' = 'x' }\n", "cluster.env.BAD NAME", "not a valid environment variable"),
 ]
 

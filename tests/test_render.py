@@ -96,3 +96,83 @@ def test_nasty_paths_reach_the_command_unchanged(write, tmp_path) -> None:
     got = json.loads(result.stdout)
     assert got["argv"][-1] == NASTY and got["dir"] == NASTY and got["env"] == "a b;c$(x)'\""
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+
+
+SLURM_CLUSTER = """
+[gpu8]
+backend = "slurm"
+partition = "gpu"
+account = "ml-team"
+qos = "high"
+constraint = "h100"
+gpus_per_node = 8
+cpus_per_node = 96
+mem_per_node = "1000G"
+max_time = "2-00:00:00"
+launch_mode = "{mode}"
+signal = "USR1"
+signal_grace_s = 120
+sbatch_extra = ["--exclusive"]
+setup = ["module load cuda/12.4", "source /opt/venvs/train/bin/activate"]
+env = {{ NCCL_DEBUG = "WARN" }}
+python = "python"
+
+[cpu]
+backend = "slurm"
+partition = "debug"
+gpus_per_node = 0
+cpus_per_node = 2
+launch_mode = "{mode}"
+python = "python"
+"""
+
+
+def slurm_config(write, mode: str, profile: str, run_dir: str = "/shared/runs/mnist/RUN", **kwargs) -> config.JobConfig:
+    job = write("job.toml", JOB + "\n[resources]\ncpus_per_task = 1\n")
+    cluster = write("cluster.toml", SLURM_CLUSTER.format(mode=mode))
+    cfg = config.resolve(Request(job_file=str(job), cluster_file=str(cluster), cluster=profile, **kwargs))
+    run = dataclasses.replace(cfg.run, id="RUN", dir=run_dir, workdir="/home/me/project", python="python")
+    return dataclasses.replace(cfg, run=run)
+
+
+SBATCH_CASES = [
+    ("sbatch_srun_1x1cpu.sh", "srun", "cpu", {"nodes": 1, "procs": 1}),
+    ("sbatch_srun_1x2cpu.sh", "srun", "cpu", {"nodes": 1, "procs": 2}),
+    ("sbatch_srun_2x1cpu.sh", "srun", "cpu", {"nodes": 2, "procs": 1}),
+    ("sbatch_srun_4x8gpu.sh", "srun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": ("resources.mem=900G", "resources.time=12:00:00")}),
+    ("sbatch_torchrun_1x1cpu.sh", "torchrun", "cpu", {"nodes": 1, "procs": 1}),
+    ("sbatch_torchrun_2x1cpu.sh", "torchrun", "cpu", {"nodes": 2, "procs": 1}),
+    ("sbatch_torchrun_4x8gpu.sh", "torchrun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": ("resources.mem=900G", "resources.time=12:00:00")}),
+]
+
+
+@pytest.mark.parametrize("name,mode,profile,kwargs", SBATCH_CASES, ids=[c[0] for c in SBATCH_CASES])
+def test_sbatch_render_matches_golden(write, name, mode, profile, kwargs) -> None:
+    check_golden(name, render.render_sbatch(slurm_config(write, mode, profile, **kwargs)))
+
+
+def test_sbatch_task_command_is_submitits_own(write, tmp_path) -> None:
+    """The task command we render is byte for byte what submitit's executor generates."""
+    import shlex
+
+    import submitit
+
+    cfg = slurm_config(write, "srun", "cpu", run_dir=str(tmp_path / "a run's \"dir\""))
+    executor = submitit.SlurmExecutor.__new__(submitit.SlurmExecutor)
+    executor.folder = Path(render.submitit_folder(cfg))
+    executor.python = shlex.quote(cfg.run.python)
+    assert executor._submitit_command_str == render.submitit_command(cfg)
+
+
+def test_sbatch_quotes_every_value_and_runs_in_bash(write, tmp_path) -> None:
+    """A nasty run directory and env value: bash -n parses the script, and the exports hold them."""
+    nasty = NASTY.replace("\n", " ")  # line breaks in paths are refused at submission
+    cfg = slurm_config(write, "torchrun", "cpu", run_dir=nasty)
+    cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, env={"WEIRD": "a b;c$(x)'\""}))
+    script = render.render_sbatch(cfg)
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    exports = "\n".join(line for line in script.splitlines() if line.startswith("export ") and "RDZV" not in line)
+    probe = exports + '\nprintf "%s\\0%s" "$LAUNCH_RUN_DIR" "$WEIRD"\n'
+    result = subprocess.run(["bash", "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert result.stdout.split("\0") == [nasty, "a b;c$(x)'\""]
+    assert not (tmp_path / "PWNED").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+from types import ModuleType
 from typing import Any
 
 from launcher.rundir import TERMINAL_STATES, RunDir
@@ -9,6 +11,7 @@ from launcher.rundir import TERMINAL_STATES, RunDir
 # Lifecycle events and the state each leaves a run in.
 STATE_OF_EVENT = {
     "submitted": "pending",
+    "queued": "pending",
     "started": "running",
     "finished": "completed",
     "failed": "failed",
@@ -16,8 +19,42 @@ STATE_OF_EVENT = {
 }
 
 
-def summarize(run: RunDir, alive: bool | None) -> dict[str, Any]:
-    """The run's state from its own records; `alive` is whether its supervisor still runs."""
+def backend_name(run: RunDir) -> str:
+    try:
+        with open(run.config, "rb") as fh:
+            return tomllib.load(fh).get("cluster", {}).get("backend", "local")
+    except (OSError, tomllib.TOMLDecodeError):
+        return "local"
+
+
+def for_run(run: RunDir) -> ModuleType:
+    """The backend module that runs `run` (imported lazily: slurm pulls in submitit)."""
+    if backend_name(run) == "slurm":
+        from launcher.backends import slurm
+
+        return slurm
+    from launcher.backends import local
+
+    return local
+
+
+def describe(run: RunDir) -> dict[str, Any]:
+    """Everything `launch status` shows: the run's own records, checked against the backend."""
+    backend = for_run(run)
+    alive = backend.is_alive(run)
+    extra = backend.details(run)
+    ended_as = None
+    if not alive and hasattr(backend, "explain_end"):
+        ended_as = backend.explain_end(extra.get("slurm_state"))
+    info = summarize(run, alive, ended_as)
+    info["backend"] = backend_name(run)
+    info.update(extra)
+    return info
+
+
+def summarize(run: RunDir, alive: bool | None, ended_as: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The run's state from its own records; `alive` is whether its supervisor or job still runs,
+    and `ended_as` is the backend's (state, reason) for a run gone without recording its end."""
     events = run.read_events()
     state, info = "unknown", {}
     restarts = -1
@@ -34,7 +71,8 @@ def summarize(run: RunDir, alive: bool | None) -> dict[str, Any]:
             info["exit_code"] = ev.get("exit_code")
             info["failed_rank"] = ev.get("rank")
     if state in ("pending", "running") and alive is False:
-        state, error = "failed", error or "the run's supervisor is gone without recording an end (killed?)"
+        state, why = ended_as or ("failed", "the run's supervisor is gone without recording an end (killed?)")
+        error = error or why
     progress = run.read_progress()
     trained = next((ev for ev in reversed(events) if ev.get("event") == "trained"), None)
     metrics = (trained or {}).get("metrics") or progress.get("metrics", {})

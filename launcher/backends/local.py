@@ -105,5 +105,9 @@ def _exists(pid: int) -> bool:
         return False
 
 
-def describe_plan(run: RunDir) -> dict[str, Any]:
-    return json.loads(run.plan.read_text())
+def details(run: RunDir) -> dict[str, Any]:
+    return {"supervisor_pid": supervisor_pid(run)}
+
+
+def console_path(run: RunDir) -> Path:
+    return run.console

@@ -62,3 +62,25 @@ class FailingMLP(MLP):
         if self.global_rank == 1 and batch_idx == 2:
             raise RuntimeError("boom on rank 1")
         return super().training_step(batch, batch_idx)
+
+
+class ReportingMLP(MLP):
+    """Every rank writes the metrics it ended with (and its world size) to `report_dir`."""
+
+    def __init__(self, report_dir: str, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.report_dir = report_dir
+
+    def _report(self, stage: str) -> None:
+        import json
+
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
+        record = {"rank": self.global_rank, "world_size": self.trainer.world_size, "metrics": metrics,
+                  "node": os.environ.get("SLURMD_NODENAME"), "env": type(self.trainer.strategy.cluster_environment).__name__}
+        Path(self.report_dir, f"{stage}-rank-{self.global_rank}.json").write_text(json.dumps(record))
+
+    def on_fit_end(self) -> None:
+        self._report("fit")
+
+    def on_test_end(self) -> None:
+        self._report("test")

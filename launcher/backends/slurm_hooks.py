@@ -1,0 +1,39 @@
+"""Called by the rendered batch script around `srun`: records the attempt in `events.jsonl`.
+
+    python -m launcher.backends.slurm_hooks started RUN_DIR
+    python -m launcher.backends.slurm_hooks ended RUN_DIR EXIT_CODE
+
+This keeps `launch status` working on clusters without accounting (no sacct).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from launcher.backends.outcome import record_end
+from launcher.rundir import RunDir
+
+
+def main(argv: list[str]) -> int:
+    what, run = argv[0], RunDir(Path(argv[1]))
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if what == "started":
+        run.add_event("started", backend="slurm", slurm_job_id=job_id, host=socket.gethostname(),
+                      restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
+        return 0
+    if what == "ended":
+        started = [e for e in run.read_events() if e.get("event") == "started"]
+        t0 = float(started[-1].get("t", time.time())) if started else time.time()
+        finished, summary = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1))
+        print(f"[launch] run {run.run_id} {summary}", flush=True)
+        return 0
+    print(f"usage: {sys.argv[0]} started|ended RUN_DIR [EXIT_CODE]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,25 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile cpu, srun mode
+# 1 node(s) x 1 rank(s), CPU (gloo)
+#SBATCH --job-name=digits
+#SBATCH --partition=debug
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=1
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+
+cd /home/me/project
+export LAUNCH_MODE=srun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+
+python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"

@@ -1,0 +1,37 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile gpu8, srun mode
+# 4 node(s) x 8 rank(s), 8 GPU(s) per node (nccl)
+#SBATCH --job-name=digits
+#SBATCH --partition=gpu
+#SBATCH --account=ml-team
+#SBATCH --qos=high
+#SBATCH --constraint=h100
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=900G
+#SBATCH --time=12:00:00
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+#SBATCH --exclusive
+
+# setup (from the profile)
+module load cuda/12.4
+source /opt/venvs/train/bin/activate
+
+cd /home/me/project
+export LAUNCH_MODE=srun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export NCCL_DEBUG=WARN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+
+python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"

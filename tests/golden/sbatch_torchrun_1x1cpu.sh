@@ -1,0 +1,29 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile cpu, torchrun mode
+# 1 node(s) x 1 rank(s), CPU (gloo)
+#SBATCH --job-name=digits
+#SBATCH --partition=debug
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=1
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+
+cd /home/me/project
+export LAUNCH_MODE=torchrun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+# the rendezvous host: the first node of this allocation
+LAUNCH_RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:$(( 29400 + SLURM_JOB_ID % 1000 ))"
+# each node's task runs: python -m torch.distributed.run --nnodes 1 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint '$LAUNCH_RDZV_ENDPOINT' --rdzv-id RUN --max-restarts 0 -m launcher.runtime /shared/runs/mnist/RUN
+
+python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --ntasks-per-node 1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"

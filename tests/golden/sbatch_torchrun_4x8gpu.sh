@@ -1,0 +1,41 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile gpu8, torchrun mode
+# 4 node(s) x 8 rank(s), 8 GPU(s) per node (nccl)
+#SBATCH --job-name=digits
+#SBATCH --partition=gpu
+#SBATCH --account=ml-team
+#SBATCH --qos=high
+#SBATCH --constraint=h100
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=8
+#SBATCH --mem=900G
+#SBATCH --time=12:00:00
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+#SBATCH --exclusive
+
+# setup (from the profile)
+module load cuda/12.4
+source /opt/venvs/train/bin/activate
+
+cd /home/me/project
+export LAUNCH_MODE=torchrun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export NCCL_DEBUG=WARN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+# the rendezvous host: the first node of this allocation
+LAUNCH_RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:$(( 29400 + SLURM_JOB_ID % 1000 ))"
+# each node's task runs: python -m torch.distributed.run --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint '$LAUNCH_RDZV_ENDPOINT' --rdzv-id RUN --rdzv-conf is_host=<1 on the first node, else 0> --max-restarts 0 -m launcher.runtime /shared/runs/mnist/RUN
+
+python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --ntasks-per-node 1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"

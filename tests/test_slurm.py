@@ -1,0 +1,151 @@
+"""Real SLURM: a controller and two node daemons on this machine (tests/slurm/cluster.sh)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_launch
+
+pytestmark = pytest.mark.slurm
+
+PROFILES = """
+[test-srun]
+backend = "slurm"
+partition = "debug"
+gpus_per_node = 0
+cpus_per_node = 2
+max_nodes = 2
+max_time = "02:00:00"
+launch_mode = "srun"
+
+[test-torchrun]
+backend = "slurm"
+partition = "debug"
+gpus_per_node = 0
+cpus_per_node = 2
+max_nodes = 2
+max_time = "02:00:00"
+launch_mode = "torchrun"
+
+[test-bad-partition]
+backend = "slurm"
+partition = "no-such-partition"
+gpus_per_node = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    script = REPO / "tests" / "slurm" / "cluster.sh"
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        pytest.fail(f"could not start the SLURM test cluster:\n{up.stdout}\n{up.stderr}")
+    yield
+    subprocess.run(["bash", str(script), "down"], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def cluster_file(slurm_cluster, tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(PROFILES)
+    return path
+
+
+def launch(cluster_file: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run_launch("--cluster-file", str(cluster_file), *args, timeout=timeout)
+
+
+def queue_size() -> int:
+    return len(subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.splitlines())
+
+
+def reports(report_dir: Path, stage: str) -> dict[int, dict]:
+    return {int(p.stem.split("-")[-1]): json.loads(p.read_text()) for p in report_dir.glob(f"{stage}-rank-*.json")}
+
+
+@pytest.mark.parametrize(
+    "profile,nodes,procs,environment",
+    [
+        ("test-srun", 2, 1, "SLURMEnvironment"),
+        ("test-torchrun", 2, 1, "TorchElasticEnvironment"),
+        ("test-srun", 1, 2, "SLURMEnvironment"),
+    ],
+    ids=["srun-2x1", "torchrun-2x1", "srun-1x2"],
+)
+def test_digits_job_completes_on_slurm(cluster_file, digits_job, tmp_path, profile, nodes, procs, environment) -> None:
+    report = tmp_path / "report"
+    report.mkdir()
+    job = digits_job(model="tests.helpers.modules.ReportingMLP", epochs=2)
+    job.write_text(job.read_text().replace("init_args = { in_features", f'init_args = {{ report_dir = "{report}", in_features'))
+    result = launch(cluster_file, "submit", str(job), "--cluster", profile, "--nodes", str(nodes), "--procs", str(procs),
+                    "--runs-dir", str(tmp_path / "runs"), "--follow")
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:] + (run_dir / "events.jsonl").read_text()
+
+    for stage, metric in (("fit", "val_acc"), ("test", "test_acc")):
+        ranks = reports(report, stage)
+        assert sorted(ranks) == [0, 1]
+        assert {r["world_size"] for r in ranks.values()} == {2}
+        assert {r["env"] for r in ranks.values()} == {environment}
+        assert ranks[0]["metrics"] == ranks[1]["metrics"]  # synchronised, exactly
+        assert metric in ranks[0]["metrics"]
+        if nodes == 2:
+            assert {r["node"] for r in ranks.values()} == {"n1", "n2"}
+
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["backend"] == "slurm" and info["slurm_state"] == "COMPLETED"
+    assert info["world_size"] == 2 and info["global_step"] > 0
+    for rank in (0, 1):
+        log = launch(cluster_file, "logs", str(run_dir), "--rank", str(rank))
+        assert log.returncode == 0 and log.stdout == (run_dir / "logs" / f"rank-{rank}.log").read_text() != ""
+    assert "completed in" in launch(cluster_file, "logs", str(run_dir)).stdout
+
+    # what was submitted is exactly what render prints, byte for byte
+    submitted = (run_dir / "submitit" / f"{info['slurm_job_id']}_submission.sh").read_text()
+    assert submitted == (run_dir / "job.sbatch").read_text()
+    assert submitted == launch(cluster_file, "render", str(run_dir)).stdout
+    fresh = launch(cluster_file, "render", str(job), "--cluster", profile, "--nodes", str(nodes), "--procs", str(procs),
+                   "--runs-dir", str(tmp_path / "runs")).stdout
+    assert fresh == submitted.replace(run_dir.name, "RUN-ID")
+    events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events == ["submitted", "queued", "started", "training_started", "trained", "finished"]
+
+
+def test_cancel_ends_a_running_slurm_job(cluster_file, digits_job, tmp_path) -> None:
+    job = digits_job(name="long", epochs=1000)
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-srun", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + 120
+    while json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)["global_step"] < 5:
+        assert time.monotonic() < deadline, (run_dir / "events.jsonl").read_text()
+        time.sleep(1)
+    cancel = launch(cluster_file, "cancel", str(run_dir))
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "cancelled" and info["slurm_state"] == "CANCELLED"
+    listing = launch(cluster_file, "--runs-dir", str(tmp_path / "runs"), "runs")
+    assert "cancelled" in listing.stdout
+
+
+def test_impossible_requests_are_refused_before_sbatch(cluster_file, digits_job, tmp_path) -> None:
+    job = digits_job()
+    before = queue_size()
+    for args, fragment in [
+        (("--cluster", "test-srun", "--gpus", "1"), "1 GPUs per node requested; profile 'test-srun' nodes have 0"),
+        (("--cluster", "test-srun", "--nodes", "3"), "3 nodes requested; profile 'test-srun' allows at most 2"),
+        (("--cluster", "test-srun", "--set", "resources.time=03:00:00"), "allows at most 02:00:00"),
+        (("--cluster", "test-srun", "--procs", "2", "--set", "resources.cpus_per_task=2"), "exceeds the 2 CPUs"),
+        (("--cluster", "test-bad-partition"), "sbatch refused the job"),
+    ]:
+        result = launch(cluster_file, "submit", str(job), *args, "--runs-dir", str(tmp_path / "runs"))
+        assert result.returncode == 2, result.stderr
+        assert fragment in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert queue_size() == before
+    assert not list((tmp_path / "runs").glob("*/*/config.toml"))  # refused runs leave nothing behind
