@@ -244,6 +244,33 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0 if info["state"] == "cancelled" else 1
 
 
+def cmd_preempt(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    cfg = config.load_resolved(run.config)
+    print(f"{run.run_id}: {backends.for_run(run).preempt(run, cfg.cluster.signal)}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    backend = backends.for_run(run)
+    info = backends.describe(run)
+    if backend.is_alive(run):
+        raise LaunchError(f"{run.path}: still {info['state']}; cancel it first or let it finish")
+    if info["state"] == "completed":
+        raise LaunchError(f"{run.path}: already completed")
+    cfg = config.load_resolved(run.config)
+    run.add_event("resume_requested", previous_state=info["state"])
+    backend.submit(cfg, run)
+    print(f"resuming {cfg.job.name} run {run.run_id} from its newest checkpoint", file=sys.stderr)
+    code = 0
+    if args.follow:
+        final = _follow_or_detach(run, None)
+        code = 130 if final is None else (0 if final["state"] == "completed" else 1)
+    print(run.path)
+    return code
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -283,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func, text in (("status", cmd_status, "a run's state and progress"),
                              ("logs", cmd_logs, "a run's output"),
-                             ("cancel", cmd_cancel, "stop a run")):
+                             ("cancel", cmd_cancel, "stop a run (it saves a checkpoint first)"),
+                             ("preempt", cmd_preempt, "send the preemption signal now, as the cluster would"),
+                             ("resume", cmd_resume, "continue a failed or cancelled run from its newest checkpoint")):
         p = sub.add_parser(name, help=text)
         p.add_argument("run", help="run directory, or run id under the runs dir")
         p.add_argument("--runs-dir", default=argparse.SUPPRESS)
@@ -291,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="machine-readable")
         if name == "logs":
             p.add_argument("--rank", type=int, help="that rank's full log (default: the run's console)")
+        if name in ("logs", "resume"):
             p.add_argument("--follow", action="store_true", help="keep printing until the run ends")
         p.set_defaults(func=func)
     return parser

@@ -667,8 +667,12 @@ def check_component(section: str, class_path: str, source: str) -> None:
     import ast
     import importlib.util
 
+    import sys
+
     key = f"{section}.class_path"
     module, name = split_class_path(section, class_path)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as in the job, where the submit directory is importable
     registered = ", ".join(REGISTRY[section])
     if not module:
         raise ConfigError(source, key, f"{class_path!r} is neither a registered name ({registered}) nor 'module.Class'")

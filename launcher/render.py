@@ -27,6 +27,7 @@ def rank_env(cfg: JobConfig, launch_mode: str) -> dict[str, str]:
     threads = cfg.resources.cpus_per_task or 1
     env = {
         "LAUNCH_RUN_DIR": cfg.run.dir,
+        "LAUNCH_BACKEND": cfg.cluster.backend,
         "LAUNCH_MODE": launch_mode,
         "OMP_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",

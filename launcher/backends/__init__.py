@@ -13,6 +13,8 @@ STATE_OF_EVENT = {
     "submitted": "pending",
     "queued": "pending",
     "started": "running",
+    "resume_requested": "pending",
+    "requeued": "pending",
     "finished": "completed",
     "failed": "failed",
     "cancelled": "cancelled",

@@ -66,6 +66,20 @@ def cancel(run: RunDir) -> None:
     os.kill(pid, signal.SIGTERM)
 
 
+def preempt(run: RunDir, signal_name: str) -> str:
+    """Send the preemption signal to every process of the run, as SLURM signals a job step."""
+    if not is_alive(run):
+        raise LaunchError(f"{run.path}: not running")
+    signum = getattr(signal, f"SIG{signal_name}")
+    pids = processes_of(run)
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    return f"sent SIG{signal_name} to {len(pids)} process(es) of the run"
+
+
 def processes_of(run: RunDir) -> list[int]:
     """Every process on this machine started for this run (the ranks carry LAUNCH_RUN_DIR)."""
     needle = f"LAUNCH_RUN_DIR={run.path}".encode()

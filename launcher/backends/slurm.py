@@ -104,10 +104,20 @@ def explain_end(state: str | None) -> tuple[str, str]:
     return "failed", f"the job ended without recording its end (SLURM state {state or 'unknown'})"
 
 
+def preempt(run: RunDir, signal_name: str) -> str:
+    """What the cluster does before preempting: signal every task of the job's steps."""
+    jid = job_id(run)
+    if jid is None or not is_alive(run):
+        raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
+    subprocess.run(["scancel", f"--signal={signal_name}", jid], check=True)
+    return f"scancel --signal={signal_name} {jid}"
+
+
 def cancel(run: RunDir) -> None:
     jid = job_id(run)
     if jid is None or not is_alive(run):
         raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
+    run.add_event("cancel_requested", slurm_job_id=jid)  # so the ranks save but do not requeue
     subprocess.run(["scancel", jid], check=True)
     deadline = time.monotonic() + 60
     while is_alive(run) and time.monotonic() < deadline:

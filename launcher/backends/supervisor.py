@@ -7,6 +7,7 @@ run is cancelled every process of the run is gone before `cancelled` is written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any
 
 from launcher.backends.local import processes_of, wait_gone
 from launcher.backends.outcome import record_end
+from launcher.config import load_resolved
 from launcher.rundir import RunDir
 
 TERM_GRACE_S = 30.0  # torchrun's own grace before it SIGKILLs its workers
@@ -48,11 +50,16 @@ def stop(agents: list[subprocess.Popen], run: RunDir, grace: float) -> None:
     wait_gone(leftovers, 10)
 
 
+def spawn(plan: dict[str, Any]) -> list[subprocess.Popen]:
+    return [subprocess.Popen(node["argv"], env={**os.environ, **node["env"]}, cwd=plan["workdir"] or None)
+            for node in plan["nodes"]]
+
+
 def main(argv: list[str]) -> int:
     run = RunDir(Path(argv[0]).resolve())
     plan = json.loads(run.plan.read_text())
+    cfg = load_resolved(run.config)
     cancelled = False
-    agents: list[subprocess.Popen] = []
 
     def request_cancel(signum: int, frame: Any) -> None:
         nonlocal cancelled
@@ -61,40 +68,51 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, request_cancel)
     signal.signal(signal.SIGINT, request_cancel)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # The agents inherit "ignore" for the preemption signal: torchrun's agent dies on SIGUSR1 and
+    # leaves its workers orphaned. The workers install their own handler at start.
+    preempt_signum = getattr(signal, f"SIG{cfg.cluster.signal}")
+    if preempt_signum != signal.SIGTERM:
+        signal.signal(preempt_signum, signal.SIG_IGN)
 
-    start = time.time()
-    run.add_event("started", backend="local", pid=os.getpid(), host=socket.gethostname())
-    nodes = plan["nodes"]
-    say(f"run {run.run_id}: {len(nodes)} torchrun agent(s), logs in {run.logs}")
-    for node in nodes:
-        agents.append(subprocess.Popen(node["argv"], env={**os.environ, **node["env"]}, cwd=plan["workdir"] or None))
-
-    while True:
-        codes = [a.poll() for a in agents]
+    first_start = time.time()
+    for attempt in itertools.count():
+        start = time.time()
+        events_before = len(run.read_events())
+        run.add_event("started", backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt)
+        say(f"run {run.run_id}: {len(plan['nodes'])} torchrun agent(s), logs in {run.logs}"
+            + (f" (attempt {attempt + 1})" if attempt else ""))
+        agents = spawn(plan)
+        while True:
+            codes = [a.poll() for a in agents]
+            if cancelled:
+                say("cancel requested: stopping the ranks (they save a checkpoint first)")
+                stop(agents, run, TERM_GRACE_S)
+                break
+            if all(c is not None for c in codes):
+                break
+            bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
+            if bad:
+                say(f"node {bad[0]}'s torchrun exited with {codes[bad[0]]}: stopping the other nodes")
+                stop(agents, run, 15.0)
+                break
+            time.sleep(0.2)
+        codes = [a.wait() for a in agents]
+        elapsed = round(time.time() - first_start, 1)
         if cancelled:
-            say("cancel requested: stopping the ranks")
-            stop(agents, run, TERM_GRACE_S)
-            break
-        if all(c is not None for c in codes):
-            break
-        bad = [i for i, c in enumerate(codes) if c not in (None, 0)]
-        if bad:
-            say(f"node {bad[0]}'s torchrun exited with {codes[bad[0]]}: stopping the other nodes")
-            stop(agents, run, 15.0)
-            break
-        time.sleep(0.2)
-
-    codes = [a.wait() for a in agents]
-    elapsed = round(time.time() - start, 1)
-    if cancelled:
-        run.add_event("cancelled", elapsed_s=elapsed)
-        say(f"run {run.run_id} cancelled after {elapsed} s")
-        return 0
-    exit_code = next((c for c in codes if c != 0), 0)
-    finished, summary = record_end(run, exit_code, start, elapsed)
-    say(f"run {run.run_id} {summary}")
-    return 0 if finished else 1
-
+            run.add_event("cancelled", elapsed_s=elapsed)
+            say(f"run {run.run_id} cancelled after {elapsed} s")
+            return 0
+        preempted = [e for e in run.read_events()[events_before:] if e.get("event") == "preempted"]
+        if preempted and all(c == 0 for c in codes):
+            # As SLURM would requeue the job: start the same ranks again; they resume.
+            run.add_event("requeued", after_step=preempted[-1].get("step"), exited_s=round(time.time() - start, 1))
+            say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
+            continue
+        exit_code = next((c for c in codes if c != 0), 0)
+        finished, summary = record_end(run, exit_code, start, elapsed)
+        say(f"run {run.run_id} {summary}")
+        return 0 if finished else 1
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

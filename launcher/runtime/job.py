@@ -16,7 +16,7 @@ from typing import Any
 
 from launcher.config import JobConfig, load_resolved, split_class_path
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.runtime import output
+from launcher.runtime import output, signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     output.install(run.rank_log(rank), rank)
     try:
         cfg = load_resolved(run.config)
+        # Own the preemption signal from the first moment: its default action kills the process.
+        signals.install(signals.preemption_signals(cfg.cluster.signal))
         if cfg.run.workdir and cfg.run.workdir not in sys.path:
             sys.path.insert(0, cfg.run.workdir)  # the user's own modules, as at submission
         train(cfg, run, rank)
@@ -58,15 +60,15 @@ def load_class(section: str, class_path: str) -> type:
         raise ImportError(f"{section}.class_path: module {module_name!r} has no attribute {name!r}") from None
 
 
-def build_trainer(cfg: JobConfig, run: RunDir) -> Any:
+def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> Any:
     from datetime import timedelta
 
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    from launcher.runtime.parts import AtomicCheckpointIO, LaunchDDPStrategy, RunProgress
+    from launcher.runtime.parts import AtomicCheckpointIO, ContinuingCSVLogger, LaunchDDPStrategy, RunProgress
 
     # Chosen from how we started the ranks, never guessed: inside a SLURM allocation running
     # torchrun, Lightning's own detection would pick SLURMEnvironment and get the ranks wrong.
@@ -95,8 +97,8 @@ def build_trainer(cfg: JobConfig, run: RunDir) -> Any:
     if cfg.logging.tensorboard:
         loggers.append(TensorBoardLogger(save_dir=run.path, name="tensorboard", version="", default_hp_metric=False))
     if cfg.logging.csv:
-        loggers.append(CSVLogger(save_dir=run.path, name="", version=""))
-    callbacks: list[Any] = [checkpoint, RunProgress(run)]
+        loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
+    callbacks: list[Any] = [checkpoint, RunProgress(run), *extra_callbacks]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
@@ -127,9 +129,31 @@ def once_per_job(obj: Any, method: str) -> None:
     setattr(obj, method, run_once)
 
 
+def find_resume_checkpoint(run: RunDir) -> Path | None:
+    """The newest complete checkpoint of the run (writes are atomic: a visible file is whole)."""
+    candidates = [p for p in run.checkpoints.glob("*.ckpt") if not p.name.startswith(".")]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def requeue_on_slurm(run: RunDir) -> None:
+    """Rank zero puts the job back in the queue, unless the user asked to cancel it."""
+    import subprocess
+
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or any(e.get("event") == "cancel_requested" for e in run.read_events()):
+        return
+    out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if out.returncode == 0:
+        run.add_event("requeued", slurm_job_id=job_id)
+    else:
+        run.add_event("requeue_failed", slurm_job_id=job_id, error=(out.stderr or out.stdout).strip()[:300])
+
+
 def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    from launcher.runtime.preemption import PREEMPT_CKPT, Preempted, PreemptionHandler
 
     output.route_logging("pytorch_lightning", "lightning_fabric")
     # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
@@ -140,15 +164,36 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
-    trainer = build_trainer(cfg, run)
+
+    def on_preempt(trainer: Any, info: dict[str, Any]) -> None:
+        if trainer.global_rank == 0:
+            run.add_event("preempted", **info)
+        print(f"preemption: all ranks stop after step {info['step']} (signal: {info['signal']})", flush=True)
+
+    def on_resume(trainer: Any, mid_epoch: bool) -> None:
+        if trainer.global_rank == 0:
+            run.add_event("resumed", global_step=int(trainer.global_step), epoch=int(trainer.current_epoch),
+                          mid_epoch=mid_epoch, checkpoint=resume.name if resume else None)
+
+    handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.checkpoints / PREEMPT_CKPT),
+                                on_preempt, on_resume)
+    trainer = build_trainer(cfg, run, [handler])
+    resume = find_resume_checkpoint(run)
     if rank == 0:
-        run.add_event("training_started", world_size=cfg.world_size, global_step=0)
-    trainer.fit(model, datamodule=datamodule)
+        run.add_event("training_started", world_size=cfg.world_size, resume_from=resume.name if resume else None)
+    try:
+        # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+    except Preempted:
+        if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
+            requeue_on_slurm(run)
+        return
     trainer.save_checkpoint(run.checkpoints / "last.ckpt")
     if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None)
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
     if rank == 0:
+        (run.checkpoints / PREEMPT_CKPT).unlink(missing_ok=True)  # superseded by last.ckpt
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         run.add_event(
             "trained",

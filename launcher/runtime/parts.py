@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -11,6 +12,9 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import RunningStage
@@ -18,6 +22,7 @@ from pytorch_lightning.utilities.data import _update_dataloader
 from torch.utils.data import DataLoader, DistributedSampler
 
 from launcher.rundir import RunDir, atomic_open
+from launcher.runtime.preemption import ResumableDistributedSampler
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
 
@@ -36,15 +41,19 @@ class LaunchDDPStrategy(DDPStrategy):
 
     def process_dataloader(self, dataloader: object) -> object:
         trainer = self.lightning_module.trainer
-        if (
-            trainer.state.stage in _EVAL_STAGES
-            and isinstance(dataloader, DataLoader)
-            and type(dataloader.sampler) is DistributedSampler  # the padding one Lightning added
-        ):
-            sampler = UnrepeatedDistributedSampler(
-                dataloader.sampler.dataset, num_replicas=self.world_size, rank=self.global_rank, shuffle=False
-            )
-            dataloader = _update_dataloader(dataloader, sampler, mode=trainer.state.stage)
+        stage = trainer.state.stage
+        # Only the DistributedSampler Lightning itself added is replaced; a user's own is kept.
+        if isinstance(dataloader, DataLoader) and type(dataloader.sampler) is DistributedSampler:
+            old = dataloader.sampler
+            if stage in _EVAL_STAGES:
+                sampler = UnrepeatedDistributedSampler(old.dataset, num_replicas=old.num_replicas, rank=old.rank,
+                                                       shuffle=False)
+                dataloader = _update_dataloader(dataloader, sampler, mode=stage)
+            elif stage == RunningStage.TRAINING:
+                sampler = ResumableDistributedSampler(old.dataset, num_replicas=old.num_replicas, rank=old.rank,
+                                                      shuffle=old.shuffle, seed=old.seed, drop_last=old.drop_last)
+                dataloader = _update_dataloader(dataloader, sampler, mode=stage)
+                dataloader.generator = sampler.loader_generator = torch.Generator()
         return super().process_dataloader(dataloader)
 
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
@@ -76,7 +85,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class RunProgress(Callback):
     """Rank zero keeps `progress.json` current (step, epoch, metrics) for `launch status`."""
 
-    def __init__(self, run: RunDir, every_s: float = 5.0) -> None:
+    def __init__(self, run: RunDir, every_s: float = 1.0) -> None:
         self.run, self.every_s = run, every_s
         self._last = 0.0
 
@@ -118,3 +127,30 @@ class RunProgress(Callback):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.write(trainer, "test-done")
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """CSVLogger that continues `metrics.csv` across restarts of the same run.
+
+    Lightning's writer starts with no known columns, so its first save after a restart rewrites
+    the file with only the new columns and drops the rows already there.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                self.metrics_keys = next(csv.reader(fh), [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # a restart continues the run in the same directory: nothing to warn about

@@ -84,3 +84,37 @@ class ReportingMLP(MLP):
 
     def on_test_end(self) -> None:
         self._report("test")
+
+
+class PreemptableMLP(MLP):
+    """Dropout, a step LR schedule, torchmetrics, EarlyStopping; slow enough to preempt mid-epoch."""
+
+    def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.step_sleep = step_sleep
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        if self.step_sleep:
+            time.sleep(self.step_sleep)
+        # randomness beyond dropout, on every rank, to prove each rank's RNG comes back
+        noise = torch.randn(()) * 1e-3
+        self.log("train_noise", noise, on_step=True, on_epoch=True, sync_dist=True)
+        return super().training_step(batch, batch_idx) + 0 * noise
+
+    def configure_optimizers(self):  # noqa: ANN201
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=7, gamma=0.7)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self):  # noqa: ANN201
+        from pytorch_lightning.callbacks import EarlyStopping
+
+        return [EarlyStopping(monitor="val_loss", patience=50, mode="min")]
+
+
+class BigPreemptableMLP(PreemptableMLP):
+    """The same model carrying a large buffer, so that writing a checkpoint takes a while."""
+
+    def __init__(self, ballast_mb: int = 200, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.register_buffer("ballast", torch.zeros(ballast_mb * 1024 * 1024 // 4))

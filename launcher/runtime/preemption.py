@@ -1,0 +1,285 @@
+"""Preemption: one signal owner, a stop all ranks agree on, a full-state checkpoint, exact resume.
+
+The signal handler only sets a flag. At the next *safe* batch boundary every rank joins one
+small all-reduce (MAX of the flags), so a signal seen by any rank stops all of them at the same
+step. A boundary is safe when the optimizer has just stepped (no half-accumulated gradients) and
+no validation or epoch end follows it: Lightning's restart logic would skip those.
+
+At that boundary the checkpoint is saved (atomically, by rank zero, with every rank's RNG and
+metric state gathered into it); the ranks raise `Preempted` at the start of the next batch, after
+Lightning has logged the stopped step, so no metric row is lost or repeated.
+
+On resume the state that Lightning does not restore is put back at the first resumed batch:
+the data position (the sampler skips the batches already seen this epoch), the torch / numpy /
+python / CUDA RNG of every rank, torchmetrics states, and the epoch accumulators of `self.log`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from pytorch_lightning import Callback, LightningModule, Trainer
+from torch.utils.data import DistributedSampler
+from torchmetrics import Metric
+
+from launcher.runtime import signals
+
+PREEMPT_CKPT = "preempt.ckpt"
+
+class Preempted(Exception):
+    """Raised on every rank after the preemption checkpoint is complete."""
+
+    def __init__(self, step: int, epoch: int) -> None:
+        super().__init__(f"preempted at step {step} (epoch {epoch}); state saved")
+        self.step, self.epoch = step, epoch
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler that can start an epoch part-way (to resume mid-epoch), and that
+    reseeds the DataLoader's own generator every epoch, so creating a loader iterator (which
+    draws a base seed for workers) never consumes the global RNG the model's dropout uses."""
+
+    loader_generator: torch.Generator | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._skip_epoch: int | None = None
+        self._skip_samples = 0
+
+    def resume_at(self, epoch: int, samples: int) -> None:
+        self._skip_epoch, self._skip_samples = epoch, samples
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self.loader_generator is not None:
+            self.loader_generator.manual_seed((self.seed * 1_000_003 + epoch * 7_919 + self.rank) % 2**63)
+
+    def __iter__(self):  # noqa: ANN204
+        indices = super().__iter__()
+        if self._skip_samples and self.epoch == self._skip_epoch:
+            skip, self._skip_samples = self._skip_samples, 0
+            return itertools.islice(indices, skip, None)
+        return indices
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_cpu(v) for v in value]
+    return value
+
+
+def _metric_states(module: LightningModule) -> dict[str, Any]:
+    """Every torchmetrics Metric's accumulated state (not in state_dict: they are non-persistent)."""
+    out = {}
+    for name, metric in module.named_modules():
+        if isinstance(metric, Metric):
+            out[name] = {
+                "state": {attr: _cpu(getattr(metric, attr)) for attr in metric._defaults},
+                "update_count": metric._update_count,
+            }
+    return out
+
+
+def _load_metric_states(module: LightningModule, states: dict[str, Any]) -> None:
+    modules = dict(module.named_modules())
+    for name, saved in states.items():
+        metric = modules.get(name)
+        if not isinstance(metric, Metric):
+            continue
+        device = metric.device
+        for attr, value in saved["state"].items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(device)
+            elif isinstance(value, list):
+                value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+            setattr(metric, attr, value)
+        metric._update_count = saved["update_count"]
+        metric._computed = None
+
+
+def _epoch_accumulators(trainer: Trainer) -> dict[str, Any]:
+    """The running epoch sums behind `self.log(..., on_epoch=True)` for the training loop."""
+    out = {}
+    for key, result in trainer.fit_loop.epoch_loop._results.items():
+        if getattr(result, "is_tensor", False) and result.meta.on_epoch:
+            entry = {"value": _cpu(result.value)}
+            if hasattr(result, "cumulated_batch_size"):
+                entry["cumulated_batch_size"] = _cpu(result.cumulated_batch_size)
+            entry["reduce"] = "max" if result.meta.is_max_reduction else "min" if result.meta.is_min_reduction else "sum"
+            out[key] = entry
+    return out
+
+
+def _add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """Fold the accumulators of the steps before the preemption into this attempt's."""
+    results = trainer.fit_loop.epoch_loop._results
+    for key, entry in saved.items():
+        result = results.get(key)
+        if result is None:
+            continue
+        value = entry["value"].to(result.value.device, result.value.dtype)
+        if entry["reduce"] == "max":
+            result.value = torch.maximum(result.value, value)
+        elif entry["reduce"] == "min":
+            result.value = torch.minimum(result.value, value)
+        else:
+            result.value = value + result.value
+        if "cumulated_batch_size" in entry and hasattr(result, "cumulated_batch_size"):
+            result.cumulated_batch_size = entry["cumulated_batch_size"].to(result.cumulated_batch_size.device) + \
+                result.cumulated_batch_size
+
+
+def train_sampler(trainer: Trainer) -> ResumableDistributedSampler | None:
+    loader = trainer.fit_loop._combined_loader
+    for dl in loader.flattened if loader is not None else []:
+        sampler = getattr(dl, "sampler", None)
+        if isinstance(sampler, ResumableDistributedSampler):
+            return sampler
+    return None
+
+
+class PreemptionHandler(Callback):
+    """Owns the preemption signal for the whole fit (see the module docstring)."""
+
+    def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any) -> None:
+        self.signals = signal_numbers
+        self.checkpoint_path = checkpoint_path
+        self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
+        self.on_resume = on_resume  # called on every rank with (trainer, mid_epoch) when training restarts
+        self._stop_at: tuple[int, int] | None = None
+        self._pending_restore: dict[str, Any] | None = None
+        self._accumulators_to_add: dict[str, Any] | None = None
+        self._resume_position: tuple[int, int] | None = None
+        self._saving_batch: tuple[int, int | None] = (0, None)
+        self._resumed = False
+
+    # -- ownership of the signal
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Lightning registered its handlers in Trainer._run, just before this hook: replace them
+        # (its SIGTERM handler runs a broadcast inside the signal handler).
+        signals.install(self.signals)
+
+    # -- saving
+    def _safe_boundary(self, trainer: Trainer, batch_idx: int) -> bool:
+        loop = trainer.fit_loop.epoch_loop
+        if loop._should_accumulate():
+            return False
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return False  # an epoch end follows: validation, epoch-interval schedulers, callbacks
+        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            return False
+        return not (0 < trainer.max_steps <= trainer.global_step)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._accumulators_to_add is not None:
+            _add_epoch_accumulators(trainer, self._accumulators_to_add)
+            self._accumulators_to_add = None
+        if not self._safe_boundary(trainer, batch_idx):
+            return
+        flag = torch.tensor([1 if signals.is_set() else 0], device=trainer.strategy.root_device)
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not flag.item():
+            return
+        started = time.time()
+        self._saving_batch = (trainer.current_epoch, batch_idx + 1)
+        trainer.save_checkpoint(self.checkpoint_path)
+        saved = time.time()
+        self._stop_at = (trainer.global_step, trainer.current_epoch)
+        self.on_preempt(trainer, {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batch_in_epoch": batch_idx + 1,
+            "signal": signal.Signals(signals.received["signum"]).name if signals.is_set() else "from another rank",
+            "signal_to_saved_s": round(saved - signals.received["at"], 3) if signals.is_set() else None,
+            "save_s": round(saved - started, 3),
+            "checkpoint_bytes": os.path.getsize(self.checkpoint_path) if trainer.global_rank == 0 else None,
+        })
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Gather every rank's state that Lightning does not keep (a collective: all ranks save)."""
+        epoch, batches = self._saving_batch
+        if batches is None:
+            epoch = trainer.current_epoch
+        self._saving_batch = (trainer.current_epoch, None)
+        mine = {
+            "rank": trainer.global_rank,
+            "rng": _rng_state(),
+            "metrics": _metric_states(pl_module),
+            "accumulators": _epoch_accumulators(trainer) if batches is not None else {},
+        }
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            ranks: list[Any] = [None] * trainer.world_size
+            dist.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        checkpoint["launch"] = {"world_size": trainer.world_size, "ranks": ranks, "epoch": epoch,
+                                "batches_in_epoch": batches}
+
+    # -- resuming
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._resumed = True
+        state = checkpoint.get("launch")
+        if not state:
+            return
+        if state.get("batches_in_epoch") is None:
+            # An epoch-end checkpoint: Lightning restores the rest; metric states were reset then.
+            if state["world_size"] == trainer.world_size:
+                self._pending_restore = {"rng": state["ranks"][trainer.global_rank]["rng"], "metrics": {}}
+            return
+        if state["world_size"] != trainer.world_size:
+            raise RuntimeError(
+                f"the checkpoint was saved by {state['world_size']} ranks and this job has {trainer.world_size}; "
+                "exact resume needs the same world size"
+            )
+        mine = state["ranks"][trainer.global_rank]
+        self._pending_restore = mine
+        self._accumulators_to_add = mine["accumulators"]
+        self._resume_position = (state["epoch"], state["batches_in_epoch"])
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._resumed:
+            self.on_resume(trainer, self._resume_position is not None)
+        if self._resume_position is None:
+            return
+        sampler = train_sampler(trainer)
+        if sampler is None:
+            raise RuntimeError("resuming mid-epoch needs the training loader to use launch's sampler "
+                               "(a map-style dataset with Lightning's default sampler)")
+        epoch, batches = self._resume_position
+        loader = trainer.fit_loop._combined_loader.flattened[0]
+        sampler.resume_at(epoch, batches * loader.batch_size)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._stop_at is not None:
+            raise Preempted(*self._stop_at)
+        if self._pending_restore is not None:
+            _set_rng_state(self._pending_restore["rng"])
+            _load_metric_states(pl_module, self._pending_restore["metrics"])
+            self._pending_restore = None

@@ -1,0 +1,31 @@
+"""The preemption signal flag. Torch-free, so it is installed before the heavy imports start."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+# The first preemption signal and when it came; written only by the handler.
+received: dict[str, Any] = {"signum": None, "at": None}
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # A handler may run between any two bytecodes: only set the flag, never do work here.
+    if received["signum"] is None:
+        received.update(signum=signum, at=time.time())
+
+
+def install(signals: list[int]) -> None:
+    """Make the flag-setting handler the only one for `signals`."""
+    for signum in signals:
+        signal.signal(signum, _on_signal)
+
+
+def is_set() -> bool:
+    return received["signum"] is not None
+
+
+def preemption_signals(name: str) -> list[int]:
+    """The profile's signal plus SIGTERM (preemption with GraceTime, scancel, torchrun's shutdown)."""
+    return sorted({int(getattr(signal, f"SIG{name}")), int(signal.SIGTERM)})
