@@ -26,8 +26,13 @@ def main(argv: list[str]) -> int:
                       restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
         return 0
     if what == "ended":
-        started = [e for e in run.read_events() if e.get("event") == "started"]
-        t0 = float(started[-1].get("t", time.time())) if started else time.time()
+        events = run.read_events()
+        last_start = max((i for i, e in enumerate(events) if e.get("event") == "started"), default=-1)
+        if any(e.get("event") == "preempted" for e in events[last_start + 1:]):
+            print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
+            return 0
+        started = events[last_start] if last_start >= 0 else {}
+        t0 = float(started.get("t", time.time()))
         finished, summary = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1))
         print(f"[launch] run {run.run_id} {summary}", flush=True)
         return 0
