@@ -260,6 +260,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if info["state"] == "completed":
         raise LaunchError(f"{run.path}: already completed")
     cfg = config.load_resolved(run.config)
+    if cfg.cluster.backend == "local":  # the old rendezvous port may be taken by now
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=_free_port()))
     run.add_event("resume_requested", previous_state=info["state"])
     backend.submit(cfg, run)
     print(f"resuming {cfg.job.name} run {run.run_id} from its newest checkpoint", file=sys.stderr)

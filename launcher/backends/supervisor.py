@@ -105,7 +105,9 @@ def main(argv: list[str]) -> int:
         preempted = [e for e in run.read_events()[events_before:] if e.get("event") == "preempted"]
         if preempted and all(c == 0 for c in codes):
             # As SLURM would requeue the job: start the same ranks again; they resume.
-            run.add_event("requeued", after_step=preempted[-1].get("step"), exited_s=round(time.time() - start, 1))
+            signal_at = preempted[-1].get("signal_at")
+            run.add_event("requeued", after_step=preempted[-1].get("step"),
+                          signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
             say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
             continue
         exit_code = next((c for c in codes if c != 0), 0)

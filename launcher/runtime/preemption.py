@@ -217,6 +217,7 @@ class PreemptionHandler(Callback):
             "epoch": trainer.current_epoch,
             "batch_in_epoch": batch_idx + 1,
             "signal": signal.Signals(signals.received["signum"]).name if signals.is_set() else "from another rank",
+            "signal_at": signals.received["at"],
             "signal_to_saved_s": round(saved - signals.received["at"], 3) if signals.is_set() else None,
             "save_s": round(saved - started, 3),
             "checkpoint_bytes": os.path.getsize(self.checkpoint_path) if trainer.global_rank == 0 else None,
