@@ -10,28 +10,21 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_launch
+from tests.test_preemption import STEPS_PER_EPOCH, assert_same_training, progress_step, wait_for, write_job
 
 pytestmark = pytest.mark.slurm
 
-PROFILES = """
-[test-srun]
+PROFILE = """
+[test-{mode}]
 backend = "slurm"
 partition = "debug"
 gpus_per_node = 0
 cpus_per_node = 2
 max_nodes = 2
 max_time = "02:00:00"
-launch_mode = "srun"
-
-[test-torchrun]
-backend = "slurm"
-partition = "debug"
-gpus_per_node = 0
-cpus_per_node = 2
-max_nodes = 2
-max_time = "02:00:00"
-launch_mode = "torchrun"
-
+launch_mode = "{mode}"
+"""
+PROFILES = PROFILE.format(mode="srun") + PROFILE.format(mode="torchrun") + """
 [test-bad-partition]
 backend = "slurm"
 partition = "no-such-partition"
@@ -151,48 +144,16 @@ def test_impossible_requests_are_refused_before_sbatch(cluster_file, digits_job,
     assert not list((tmp_path / "runs").glob("*/*/config.toml"))  # refused runs leave nothing behind
 
 
-PREEMPT_JOB = """
-[job]
-name = "pre"
-seed = 3
-
-[model]
-class_path = "tests.helpers.modules.PreemptableMLP"
-init_args = {{ in_features = 64, hidden = 32, lr = 0.01, dropout = 0.3, step_sleep = {sleep} }}
-
-[data]
-class_path = "digits"
-init_args = {{ data_dir = "{data}", batch_size = 32 }}
-
-[trainer]
-max_epochs = 4
-log_every_n_steps = 3
-enable_progress_bar = false
-
-[checkpoint]
-monitor = "val_acc"
-mode = "max"
-save_top_k = 2
-"""
-
-
 def slurm_events(run_dir: Path) -> list[str]:
     return [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-
-
-def wait_until(predicate, timeout: float, what: str, run_dir: Path) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {(run_dir / 'events.jsonl').read_text()}"
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def slurm_baseline(slurm_cluster, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("slurm-baseline")
     (tmp / "cluster.toml").write_text(PROFILES)
-    (tmp / "pre.toml").write_text(PREEMPT_JOB.format(sleep=0.0, data=tmp / "data"))
-    result = launch(tmp / "cluster.toml", "submit", str(tmp / "pre.toml"), "--cluster", "test-srun", "--nodes", "2",
+    job = write_job(tmp, "pre", sleep=0.0, epochs=4)
+    result = launch(tmp / "cluster.toml", "submit", str(job), "--cluster", "test-srun", "--nodes", "2",
                     "--procs", "1", "--runs-dir", str(tmp / "runs"), "--follow")
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr + (run_dir / "events.jsonl").read_text()
@@ -204,24 +165,21 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
                                                                        profile) -> None:
     import torch
 
-    from tests.test_preemption import assert_same_training, progress_step
-
-    job = tmp_path / "pre.toml"
-    job.write_text(PREEMPT_JOB.format(sleep=0.05, data=tmp_path / "data"))
+    job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
     result = launch(cluster_file, "submit", str(job), "--cluster", profile, "--nodes", "2", "--procs", "1",
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    wait_until(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
+    wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
     job_id = json.loads((run_dir / "slurm.json").read_text())["job_id"]
     preempt = launch(cluster_file, "preempt", str(run_dir))
     assert preempt.returncode == 0 and f"scancel --signal=USR1 {job_id}" in preempt.stdout, preempt.stderr
-    wait_until(lambda: "requeued" in slurm_events(run_dir), 120, "the requeue", run_dir)
-    wait_until(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
-               run_dir)
+    wait_for(lambda: "requeued" in slurm_events(run_dir), 120, "the requeue", run_dir)
+    wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
+             run_dir)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["restarts"] == 1 and info["slurm_job_id"] == job_id, info
     events = slurm_events(run_dir)
     assert events.index("preempted") < events.index("requeued") < events.index("resumed") < events.index("finished")
     assert_same_training(run_dir, slurm_baseline)
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * 23
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH

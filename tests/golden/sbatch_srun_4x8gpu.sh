@@ -23,6 +23,7 @@ module load cuda/12.4
 source /opt/venvs/train/bin/activate
 
 cd /home/me/project
+export LAUNCH_BACKEND=slurm
 export LAUNCH_MODE=srun
 export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
 export NCCL_DEBUG=WARN

@@ -12,6 +12,7 @@
 #SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
 
 cd /home/me/project
+export LAUNCH_BACKEND=slurm
 export LAUNCH_MODE=torchrun
 export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
 export OMP_NUM_THREADS=1
