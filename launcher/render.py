@@ -104,8 +104,9 @@ def submitit_command(cfg: JobConfig) -> str:
 
 
 def rdzv_port_expr(cfg: JobConfig) -> str:
-    """Shell arithmetic: a per-job port, so jobs sharing a node do not collide."""
-    return f"$(( {cfg.cluster.rdzv_port} + SLURM_JOB_ID % 1000 ))"
+    """Shell arithmetic: a port per job and per requeue (a requeued job keeps its id, and the last
+    attempt's store may still hold its port), so neither sharing a node nor a restart collides."""
+    return f"$(( {cfg.cluster.rdzv_port} + (SLURM_JOB_ID + 97 * ${{SLURM_RESTART_COUNT:-0}}) % 1000 ))"
 
 
 def sbatch_directives(cfg: JobConfig) -> list[tuple[str, str | None]]:

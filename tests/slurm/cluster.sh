@@ -77,7 +77,8 @@ up() {
     write_conf
     start_munge
     down_daemons
-    slurmctld
+    rm -rf "$DIR/state" "$DIR/spool" && mkdir -p "$DIR/state" "$DIR/spool"  # a clean cluster: no recovered jobs
+    slurmctld -c
     slurmd -N n1
     slurmd -N n2
     for _ in $(seq 120); do
@@ -94,6 +95,8 @@ up() {
 }
 
 down_daemons() {
+    scancel --full --signal=KILL --user=root 2>/dev/null || true  # no job survives into the next cluster
+    scancel --user=root 2>/dev/null || true
     for f in "$DIR"/slurmd-n1.pid "$DIR"/slurmd-n2.pid "$DIR"/slurmctld.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
