@@ -48,8 +48,8 @@ def main() -> None:
                                    ("CIFAR-10 ResNet-18", ResNet18(), (8, 3, 32, 32))):
             ckpt = checkpoint_of(model, shape)
             atomic_path, plain_path = Path(tmp, "atomic.ckpt"), Path(tmp, "plain.ckpt")
-            atomic = timed(lambda: io.save_checkpoint(ckpt, atomic_path), args.repeats)
-            plain = timed(lambda: torch.save(ckpt, plain_path), args.repeats)
+            atomic = timed(lambda c=ckpt, p=atomic_path: io.save_checkpoint(c, p), args.repeats)
+            plain = timed(lambda c=ckpt, p=plain_path: torch.save(c, p), args.repeats)
             size = atomic_path.stat().st_size
             print(f"{name}: {size / 1e6:.2f} MB; atomic write {atomic * 1000:.1f} ms, "
                   f"plain torch.save {plain * 1000:.1f} ms; ratio atomic/plain {atomic / plain:.2f}")

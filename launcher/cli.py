@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from launcher import config, render
-from launcher import backends
+from launcher import backends, config, render
 from launcher.config import JobConfig, LaunchError
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 
@@ -198,7 +197,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                      str(info["restarts"]), str(info.get("submitted_at") or "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 

@@ -590,7 +590,8 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
     if prof.signal_grace_s < 1:
         raise ConfigError(src.of("cluster.signal_grace_s"), "cluster.signal_grace_s", "must be at least 1 second")
     if prof.backend == "slurm" and not prof.partition:
-        raise ConfigError(src.of("cluster.partition"), "cluster.partition", f"profile '{src.profile}' uses SLURM and needs a partition")
+        raise ConfigError(src.of("cluster.partition"), "cluster.partition",
+                          f"profile '{src.profile}' uses SLURM and needs a partition")
     for key in ("max_epochs", "min_epochs", "check_val_every_n_epoch"):
         value = getattr(tr, key)
         if value is not None and value < (0 if key != "check_val_every_n_epoch" else 1):
@@ -666,7 +667,6 @@ def check_component(section: str, class_path: str, source: str) -> None:
     """
     import ast
     import importlib.util
-
     import sys
 
     key = f"{section}.class_path"

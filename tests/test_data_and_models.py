@@ -67,4 +67,4 @@ def test_models_map_inputs_to_ten_logits_and_train(model, shape) -> None:
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))

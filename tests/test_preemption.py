@@ -103,7 +103,7 @@ def assert_same_training(run: Path, baseline: Path) -> None:
     assert not different, f"weights differ from the uninterrupted run: {different}"
     rows, base_rows = metric_rows(run), metric_rows(baseline)
     assert len(rows) == len(base_rows)
-    for row, base in zip(rows, base_rows):
+    for row, base in zip(rows, base_rows, strict=True):
         assert row == base
     # TensorBoard: one run continued across restarts (an event file per attempt), every step once
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -131,11 +131,11 @@ def baseline(tmp_path_factory) -> Path:
 def test_preempted_three_times_mid_epoch_ends_bit_identical_to_uninterrupted(baseline, tmp_path) -> None:
     run_dir = submit(write_job(tmp_path, "pre", sleep=0.05), tmp_path / "runs")
     for n, target in enumerate((10, 45, 80), start=1):
-        wait_for(lambda: progress_step(run_dir) >= target and count(run_dir, "resumed") == n - 1, 180,
+        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1, 180,
                  f"step {target}", run_dir)
         result = run_launch("preempt", str(run_dir))
         assert result.returncode == 0 and "SIGUSR1" in result.stdout, result.stderr
-        wait_for(lambda: count(run_dir, "resumed") == n, 180, f"resume #{n}", run_dir)
+        wait_for(lambda k=n: count(run_dir, "resumed") == k, 180, f"resume #{n}", run_dir)
     info = wait_end(run_dir)
     assert info["state"] == "completed" and info["restarts"] == 3, info
     preempted = [e for e in events(run_dir) if e["event"] == "preempted"]

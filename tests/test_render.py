@@ -85,7 +85,10 @@ def test_nasty_paths_reach_the_command_unchanged(write, tmp_path) -> None:
     cfg = fixed_config(write, run_dir=NASTY)
     cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(cfg.cluster, env={"WEIRD": "a b;c$(x)'\""}))
     fake = tmp_path / "fakepython"
-    fake.write_text('#!/usr/bin/env python3\nimport json, os, sys\nprint(json.dumps({"argv": sys.argv[1:], "env": os.environ.get("WEIRD"), "dir": os.environ.get("LAUNCH_RUN_DIR")}))\n')
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, os, sys\n"
+        'print(json.dumps({"argv": sys.argv[1:], "env": os.environ.get("WEIRD"), "dir": os.environ.get("LAUNCH_RUN_DIR")}))\n'
+    )
     fake.chmod(0o755)
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, python=str(fake)))
     (cmd,) = render.local_commands(cfg)
@@ -135,14 +138,15 @@ def slurm_config(write, mode: str, profile: str, run_dir: str = "/shared/runs/mn
     return dataclasses.replace(cfg, run=run)
 
 
+BIG = ("resources.mem=900G", "resources.time=12:00:00")
 SBATCH_CASES = [
     ("sbatch_srun_1x1cpu.sh", "srun", "cpu", {"nodes": 1, "procs": 1}),
     ("sbatch_srun_1x2cpu.sh", "srun", "cpu", {"nodes": 1, "procs": 2}),
     ("sbatch_srun_2x1cpu.sh", "srun", "cpu", {"nodes": 2, "procs": 1}),
-    ("sbatch_srun_4x8gpu.sh", "srun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": ("resources.mem=900G", "resources.time=12:00:00")}),
+    ("sbatch_srun_4x8gpu.sh", "srun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": BIG}),
     ("sbatch_torchrun_1x1cpu.sh", "torchrun", "cpu", {"nodes": 1, "procs": 1}),
     ("sbatch_torchrun_2x1cpu.sh", "torchrun", "cpu", {"nodes": 2, "procs": 1}),
-    ("sbatch_torchrun_4x8gpu.sh", "torchrun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": ("resources.mem=900G", "resources.time=12:00:00")}),
+    ("sbatch_torchrun_4x8gpu.sh", "torchrun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": BIG}),
 ]
 
 

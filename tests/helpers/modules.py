@@ -36,7 +36,7 @@ class CountingDigits(DigitsDataModule):
         _record(self.count_dir / "setup.txt", f"setup-{getattr(stage, 'value', stage)}")
         rank = os.environ.get("RANK")
         print(f"hello from rank {rank}")
-        warnings.warn(f"careful from rank {rank}")
+        warnings.warn(f"careful from rank {rank}", stacklevel=2)
         super().setup(stage)
 
 
