@@ -46,6 +46,7 @@ class JobSection:
     name: str
     seed: int = 0
     test_after_fit: bool = True
+    preemptible: bool = True  # false: no signal handling, no per-step stop agreement (benchmarks, opt-out)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_resolved(run.config)
         # Own the preemption signal from the first moment: its default action kills the process.
-        signals.install(signals.preemption_signals(cfg.cluster.signal))
+        if cfg.job.preemptible:
+            signals.install(signals.preemption_signals(cfg.cluster.signal))
         if cfg.run.workdir and cfg.run.workdir not in sys.path:
             sys.path.insert(0, cfg.run.workdir)  # the user's own modules, as at submission
         train(cfg, run, rank)
@@ -177,7 +178,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
 
     handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.checkpoints / PREEMPT_CKPT),
                                 on_preempt, on_resume)
-    trainer = build_trainer(cfg, run, [handler])
+    trainer = build_trainer(cfg, run, [handler] if cfg.job.preemptible else [])
     resume = find_resume_checkpoint(run)
     if rank == 0:
         run.add_event("training_started", world_size=cfg.world_size, resume_from=resume.name if resume else None)

@@ -183,6 +183,9 @@ class PreemptionHandler(Callback):
         # Lightning registered its handlers in Trainer._run, just before this hook: replace them
         # (its SIGTERM handler runs a broadcast inside the signal handler).
         signals.install(self.signals)
+        # With its handler gone, Lightning's SIGTERM flag can never be set, yet its training loop
+        # broadcasts that flag from rank zero before every batch: a collective per step, for nothing.
+        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
     # -- saving
     def _safe_boundary(self, trainer: Trainer, batch_idx: int) -> bool:

@@ -1,0 +1,72 @@
+"""Shared pieces of the benchmarks: the same model and data for ours and the plain baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from models.cnn import SmallCNN
+
+SAMPLES, BATCH = 4096, 64
+
+
+def synthetic_mnist(seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(SAMPLES, 1, 28, 28, generator=g), torch.randint(0, 10, (SAMPLES,), generator=g))
+
+
+class SyntheticDataModule(pl.LightningDataModule):
+    def __init__(self, batch_size: int = BATCH) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = synthetic_mnist()
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+
+class StepTimer:
+    """Rank zero's wall time of each training step, written as JSON for the bench script."""
+
+    def __init__(self, out: str | None) -> None:
+        self.out, self.times, self._t = out, [], None
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def stop(self) -> None:
+        if self._t is not None:
+            self.times.append(time.perf_counter() - self._t)
+
+    def lap(self) -> None:
+        """Time between consecutive calls: the whole step, data loading and hooks included."""
+        now = time.perf_counter()
+        if self._t is not None:
+            self.times.append(now - self._t)
+        self._t = now
+
+    def save(self, rank: int) -> None:
+        if self.out and rank == 0:
+            Path(self.out).write_text(json.dumps(self.times))
+
+
+class TimedCNN(SmallCNN):
+    """SmallCNN that records the wall time between the starts of consecutive training batches."""
+
+    def __init__(self, timings: str = "", **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.timer = StepTimer(timings or os.environ.get("BENCH_TIMINGS"))
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        self.timer.lap()
+
+    def on_train_end(self) -> None:
+        self.timer.save(self.global_rank)

@@ -1,0 +1,52 @@
+"""The baseline: a hand-written PyTorch DDP loop, same model, data, batch size and optimizer.
+
+    torchrun --nproc-per-node P bench/plain_ddp.py STEPS TIMINGS_JSON
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+sys.path.insert(0, os.getcwd())
+from bench.common import BATCH, StepTimer, TimedCNN, synthetic_mnist  # noqa: E402
+
+
+def main() -> None:
+    steps, out = int(sys.argv[1]), sys.argv[2]
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = TimedCNN()
+    ddp = DistributedDataParallel(model)
+    optimizer = model.configure_optimizers()
+    data = synthetic_mnist()
+    sampler = DistributedSampler(data, shuffle=True, seed=0)
+    loader = DataLoader(data, batch_size=BATCH, sampler=sampler)
+    timer = StepTimer(out)
+    done, epoch = 0, 0
+    ddp.train()
+    while done < steps:
+        sampler.set_epoch(epoch)
+        for x, y in loader:
+            timer.lap()
+            loss = F.cross_entropy(ddp(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if done >= steps:
+                break
+        epoch += 1
+    timer.lap()
+    timer.save(dist.get_rank())
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Training throughput: launch (Lightning DDP over gloo, defaults on) vs a hand-written PyTorch DDP
+loop, same model, data, batch size, optimizer, steps and threads per process.
+
+    python bench/throughput.py [--procs 2 1] [--steps 200] [--repeats 3]
+
+Alternates the two, takes the median samples/s of each (steps after the first 20 only), and prints
+the ratio ours/plain last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WARMUP = 20
+
+
+def samples_per_s(timings: Path, procs: int, batch: int = 64) -> float:
+    times = json.loads(timings.read_text())[WARMUP:]
+    return procs * batch * len(times) / sum(times)
+
+
+def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> float:
+    timings = tmp / "ours.json"
+    cmd = [sys.executable, "-m", "launcher.cli", "submit", "bench/throughput.toml", "--procs", str(procs),
+           "--runs-dir", str(tmp / "runs"), "--follow", "--set", f"trainer.max_steps={steps}",
+           "--set", f'model.init_args.timings="{timings}"']
+    for item in sets:
+        cmd += ["--set", item]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    return samples_per_s(timings, procs)
+
+
+def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
+    timings = tmp / "plain.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+           "bench/plain_ddp.py", str(steps), str(timings)]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    return samples_per_s(timings, procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--procs", type=int, nargs="+", default=[2, 1])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="K=V", help="a job override for ours")
+    args = parser.parse_args()
+    for procs in args.procs:
+        threads = max(1, (os.cpu_count() or 1) // procs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        results: dict[str, list[float]] = {"ours": [], "plain": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for _ in range(args.repeats):
+                results["plain"].append(plain(procs, args.steps, Path(tmp), env))
+                results["ours"].append(ours(procs, args.steps, Path(tmp), env, args.set))
+        o, p = statistics.median(results["ours"]), statistics.median(results["plain"])
+        label = f" ({', '.join(args.set)})" if args.set else ""
+        print(f"{procs} process(es), {threads} thread(s) each{label}: ours {o:.0f} samples/s "
+              f"{[round(x) for x in results['ours']]}, plain {p:.0f} samples/s {[round(x) for x in results['plain']]}; "
+              f"ratio ours/plain {o / p:.3f}")
+
+
+if __name__ == "__main__":
+    main()
