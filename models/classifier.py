@@ -31,12 +31,9 @@ class Classifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         acc = getattr(self, f"{stage}_acc")
         acc(logits, y)
-        if stage == "train":
-            # The step value is this rank's (no collective per step); the epoch mean is synchronised once.
-            self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True)
-            self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(y))
-        else:
-            self.log(f"{stage}_loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y), prog_bar=stage == "val")
+        on_step = stage == "train"
+        self.log(f"{stage}_loss", loss, on_step=on_step, on_epoch=True, sync_dist=True, batch_size=len(y),
+                 prog_bar=stage != "test")
         self.log(f"{stage}_acc", acc, on_step=False, on_epoch=True, prog_bar=stage != "train")
         return loss
 

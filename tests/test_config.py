@@ -71,6 +71,8 @@ def test_precedence_flags_and_set_over_job_over_profile(write) -> None:
                   overrides=("trainer.max_epochs=9", "model.init_args.lr=0.5", "cluster.partition=debug"))
     assert (cfg.resources.gpus_per_node, cfg.resources.nodes, cfg.trainer.max_epochs) == (2, 4, 9)
     assert cfg.model.init_args == {"lr": 0.5} and cfg.cluster.partition == "debug"
+    assert cfg.job.preemptible is True
+    assert resolve(write, overrides=("job.preemptible=false",)).job.preemptible is False
 
 
 def test_set_values_are_toml_typed_else_strings() -> None:

@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.run.workdir and cfg.run.workdir not in sys.path:
             sys.path.insert(0, cfg.run.workdir)  # the user's own modules, as at submission
         train(cfg, run, rank)
+        close_process_group()
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised as exit 1
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
@@ -50,6 +51,20 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 1
     return 0
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Left to exit-time destructors, gloo's background threads are sometimes destroyed while
+    joinable, and the process aborts ("terminate called without an active exception") after the
+    run has already succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def load_class(section: str, class_path: str) -> type:
