@@ -125,6 +125,18 @@ def test_cancel_ends_a_running_slurm_job(cluster_file, digits_job, tmp_path) -> 
     assert info["state"] == "cancelled" and info["slurm_state"] == "CANCELLED"
     listing = launch(cluster_file, "--runs-dir", str(tmp_path / "runs"), "runs")
     assert "cancelled" in listing.stdout
+    assert "requeued" not in slurm_events(run_dir)  # the ranks saved on SIGTERM but did not requeue
+
+    # resumed as a new job, it is preemptible again: the old cancel does not block its requeue
+    resumed = launch(cluster_file, "resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    new_job = json.loads((run_dir / "slurm.json").read_text())["job_id"]
+    assert new_job != info["slurm_job_id"]
+    wait_for(lambda: slurm_events(run_dir).count("training_started") == 2 and progress_step(run_dir) >= 10, 120,
+             "the resumed job to train", run_dir)
+    assert launch(cluster_file, "preempt", str(run_dir)).returncode == 0
+    wait_for(lambda: "requeued" in slurm_events(run_dir), 120, "the requeue of the resumed job", run_dir)
+    assert launch(cluster_file, "cancel", str(run_dir)).returncode == 0
 
 
 def test_impossible_requests_are_refused_before_sbatch(cluster_file, digits_job, tmp_path) -> None:

@@ -28,8 +28,13 @@ def main(argv: list[str]) -> int:
     if what == "ended":
         events = run.read_events()
         last_start = max((i for i, e in enumerate(events) if e.get("event") == "started"), default=-1)
-        if any(e.get("event") == "preempted" for e in events[last_start + 1:]):
+        since_start = [e.get("event") for e in events[last_start + 1:]]
+        if "preempted" in since_start and "requeued" in since_start:
             print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
+            return 0
+        if "preempted" in since_start:
+            run.add_event("failed", exit_code=int(argv[2]) or 1, rank=None,
+                          error=f"preempted and saved, but not requeued; continue it with: launch resume {run.path}")
             return 0
         started = events[last_start] if last_start >= 0 else {}
         t0 = float(started.get("t", time.time()))

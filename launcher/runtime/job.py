@@ -156,7 +156,9 @@ def requeue_on_slurm(run: RunDir) -> None:
     import subprocess
 
     job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id or any(e.get("event") == "cancel_requested" for e in run.read_events()):
+    # Only a cancel of this job counts: a run resumed after `launch cancel` is a new job.
+    this_job = [e for e in run.read_events() if e.get("slurm_job_id") == job_id]
+    if not job_id or any(e.get("event") == "cancel_requested" for e in this_job):
         return
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if out.returncode == 0:
