@@ -43,18 +43,14 @@ def for_run(run: RunDir) -> ModuleType:
 def describe(run: RunDir) -> dict[str, Any]:
     """Everything `launch status` shows: the run's own records, checked against the backend."""
     backend = for_run(run)
-    alive = backend.is_alive(run)
-    extra = backend.details(run)
-    ended_as = None
-    if not alive and hasattr(backend, "explain_end"):
-        ended_as = backend.explain_end(extra.get("slurm_state"))
-    info = summarize(run, alive, ended_as)
+    alive, extra = backend.probe(run)
+    info = summarize(run, alive, None if alive else backend.explain_end(extra))
     info["backend"] = backend_name(run)
     info.update(extra)
     return info
 
 
-def summarize(run: RunDir, alive: bool | None, ended_as: tuple[str, str] | None = None) -> dict[str, Any]:
+def summarize(run: RunDir, alive: bool, ended_as: tuple[str, str] | None) -> dict[str, Any]:
     """The run's state from its own records; `alive` is whether its supervisor or job still runs,
     and `ended_as` is the backend's (state, reason) for a run gone without recording its end."""
     events = run.read_events()
@@ -72,8 +68,8 @@ def summarize(run: RunDir, alive: bool | None, ended_as: tuple[str, str] | None 
             error = ev.get("error")
             info["exit_code"] = ev.get("exit_code")
             info["failed_rank"] = ev.get("rank")
-    if state in ("pending", "running") and alive is False:
-        state, why = ended_as or ("failed", "the run's supervisor is gone without recording an end (killed?)")
+    if state in ("pending", "running") and not alive and ended_as is not None:
+        state, why = ended_as
         error = error or why
     progress = run.read_progress()
     trained = next((ev for ev in reversed(events) if ev.get("event") == "trained"), None)

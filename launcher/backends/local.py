@@ -54,9 +54,19 @@ def pid_runs_this(pid: int, run: RunDir) -> bool:
     return str(run.path).encode() in cmdline
 
 
-def is_alive(run: RunDir) -> bool:
+def probe(run: RunDir) -> tuple[bool, dict[str, Any]]:
+    """(whether the run's supervisor still runs, what `launch status` shows of it)."""
     pid = supervisor_pid(run)
-    return pid is not None and pid_runs_this(pid, run)
+    return pid is not None and pid_runs_this(pid, run), {"supervisor_pid": pid}
+
+
+def is_alive(run: RunDir) -> bool:
+    return probe(run)[0]
+
+
+def explain_end(details: dict[str, Any]) -> tuple[str, str]:
+    """(our state, why) for a run whose supervisor is gone without recording its end."""
+    return "failed", "the run's supervisor is gone without recording an end (killed?)"
 
 
 def cancel(run: RunDir) -> None:
@@ -117,10 +127,6 @@ def _exists(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def details(run: RunDir) -> dict[str, Any]:
-    return {"supervisor_pid": supervisor_pid(run)}
 
 
 def console_path(run: RunDir) -> Path:

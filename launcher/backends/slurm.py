@@ -85,18 +85,20 @@ def slurm_state(jid: str) -> str | None:
     return None
 
 
+def probe(run: RunDir) -> tuple[bool, dict[str, Any]]:
+    """(whether the job is still in the queue, its id and SLURM state): one squeue/scontrol look."""
+    jid = job_id(run)
+    state = slurm_state(jid) if jid else None
+    return state in ACTIVE, {"slurm_job_id": jid, "slurm_state": state}
+
+
 def is_alive(run: RunDir) -> bool:
-    jid = job_id(run)
-    return jid is not None and slurm_state(jid) in ACTIVE
+    return probe(run)[0]
 
 
-def details(run: RunDir) -> dict[str, Any]:
-    jid = job_id(run)
-    return {"slurm_job_id": jid, "slurm_state": slurm_state(jid) if jid else None}
-
-
-def explain_end(state: str | None) -> tuple[str, str]:
+def explain_end(details: dict[str, Any]) -> tuple[str, str]:
     """(our state, why) for a job that is gone from the queue without recording its end."""
+    state = details["slurm_state"]
     if state == "CANCELLED":
         return "cancelled", "cancelled outside launch (scancel)"
     if state == "TIMEOUT":

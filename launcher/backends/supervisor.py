@@ -116,5 +116,6 @@ def main(argv: list[str]) -> int:
         return 0 if finished else 1
     return 1
 
+
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

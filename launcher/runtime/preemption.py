@@ -154,12 +154,13 @@ def _add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
                 result.cumulated_batch_size
 
 
-def train_sampler(trainer: Trainer) -> ResumableDistributedSampler | None:
-    loader = trainer.fit_loop._combined_loader
-    for dl in loader.flattened if loader is not None else []:
+def train_loader_and_sampler(trainer: Trainer) -> tuple[Any, ResumableDistributedSampler] | None:
+    """The training DataLoader that uses launch's resumable sampler, with that sampler."""
+    combined = trainer.fit_loop._combined_loader
+    for dl in combined.flattened if combined is not None else []:
         sampler = getattr(dl, "sampler", None)
         if isinstance(sampler, ResumableDistributedSampler):
-            return sampler
+            return dl, sampler
     return None
 
 
@@ -272,12 +273,12 @@ class PreemptionHandler(Callback):
             self.on_resume(trainer, self._resume_position is not None)
         if self._resume_position is None:
             return
-        sampler = train_sampler(trainer)
-        if sampler is None:
+        found = train_loader_and_sampler(trainer)
+        if found is None:
             raise RuntimeError("resuming mid-epoch needs the training loader to use launch's sampler "
                                "(a map-style dataset with Lightning's default sampler)")
+        loader, sampler = found
         epoch, batches = self._resume_position
-        loader = trainer.fit_loop._combined_loader.flattened[0]
         sampler.resume_at(epoch, batches * loader.batch_size)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
