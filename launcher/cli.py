@@ -290,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--procs", type=int, help="processes per node for CPU runs (default 2)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any job key, e.g. trainer.max_epochs=3")
         p.add_argument("--runs-dir", default=argparse.SUPPRESS, help="where run directories live")
+        p.add_argument("--cluster-file", default=argparse.SUPPRESS, help="cluster profiles (default: ./cluster.toml)")
 
     p = sub.add_parser("submit", help="start a run (returns at once unless --follow)")
     job_args(p)

@@ -47,6 +47,9 @@ class JobSection:
     seed: int = 0
     test_after_fit: bool = True
     preemptible: bool = True  # false: no signal handling, no per-step stop agreement (benchmarks, opt-out)
+    # How long a rank waits in a collective for the others before the job fails. A rank that
+    # exits is noticed at once (torchrun, srun --kill-on-bad-exit); this bounds a rank that hangs.
+    collective_timeout_s: int = 600
 
 
 @dataclass(frozen=True)
@@ -466,15 +469,18 @@ def resolve(req: Request) -> JobConfig:
     for text in req.overrides:
         path, value = parse_override(text)
         _set_path(cli, path, value)
-    flag_values = {"nodes": req.nodes, "gpus_per_node": req.gpus, "procs_per_node": req.procs}
-    for name, value in flag_values.items():
+    flag_values = {"nodes": (req.nodes, "--nodes"), "gpus_per_node": (req.gpus, "--gpus"),
+                   "procs_per_node": (req.procs, "--procs")}
+    flags = {}
+    for name, (value, flag) in flag_values.items():
         if value is not None:
             cli.setdefault("resources", {})[name] = value
+            flags[f"resources.{name}"] = flag
     _check_keys(JobConfig, cli, "--set")
 
     cluster_path = find_cluster_file(req.cluster_file)
     profiles, cluster_src = load_profiles(cluster_path)
-    name = req.cluster or job_raw.get("cluster", {}).get("name") or DEFAULT_PROFILE
+    name = req.cluster or DEFAULT_PROFILE
     if name not in profiles:
         close = difflib.get_close_matches(name, list(profiles), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -484,7 +490,7 @@ def resolve(req: Request) -> JobConfig:
     merged = _merge(merged, cli)
     merged.setdefault("run", {})["profile"] = name
     # Which source a key came from, for error messages after merging.
-    src = _Sources(job_src, cluster_src, name, job_raw, cli)
+    src = _Sources(job_src, cluster_src, name, job_raw, cli, flags)
     try:
         cfg = _build(JobConfig, merged, "<merged>")
     except ConfigError as err:
@@ -503,8 +509,11 @@ class _Sources:
     profile: str
     job_raw: dict[str, Any]
     cli: dict[str, Any]
+    flags: dict[str, str] = field(default_factory=dict)  # key -> the command-line flag that set it
 
     def of(self, key: str) -> str:
+        if key in self.flags:
+            return self.flags[key]
         parts = key.split(".")
         for raw, name in ((self.cli, "--set"), (self.job_raw, self.job)):
             node: Any = raw
@@ -548,6 +557,10 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", cfg.job.name):
         raise err("job.name", f"{cfg.job.name!r}: use letters, digits and . _ + - (at most 64, no spaces)")
+    if isinstance(prof.gpus_per_node, int) and prof.gpus_per_node < 0:
+        raise ConfigError(src.of("cluster.gpus_per_node"), "cluster.gpus_per_node", "must be 0 or more, or 'auto'")
+    if cfg.job.collective_timeout_s < 1:
+        raise err("job.collective_timeout_s", f"{cfg.job.collective_timeout_s}: must be at least 1 second")
     if res.nodes < 1:
         raise err("resources.nodes", f"{res.nodes}: must be at least 1")
     if prof.max_nodes is not None and res.nodes > prof.max_nodes:
@@ -557,8 +570,6 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
         raise err("resources.gpus_per_node", f"{res.gpus_per_node}: must be 0 or more")
     if res.procs_per_node < 1:
         raise err("resources.procs_per_node", f"{res.procs_per_node}: must be at least 1")
-    if isinstance(prof.gpus_per_node, int) and prof.gpus_per_node < 0:
-        raise ConfigError(src.of("cluster.gpus_per_node"), "cluster.gpus_per_node", "must be 0 or more, or 'auto'")
     have = prof.gpus_per_node
     if have == "auto" and prof.backend == "local":
         have = detect_local_gpus()
@@ -615,6 +626,11 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
         comp: ComponentSection = getattr(cfg, section)
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):
             raise err(f"{section}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
+    for key in ("partition", "account", "qos", "constraint", "max_time", "mem_per_node", "python", "runs_dir"):
+        value = getattr(prof, key)
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ConfigError(src.of(f"cluster.{key}"), f"cluster.{key}",
+                              f"{value!r}: line breaks and control characters are not allowed")
     for i, extra in enumerate(prof.sbatch_extra):
         if not re.fullmatch(r"--[a-z][a-z0-9-]*(=[^\n\r]+)?", extra):
             raise ConfigError(src.of(f"cluster.sbatch_extra[{i}]"), f"cluster.sbatch_extra[{i}]",
@@ -686,9 +702,11 @@ def check_component(section: str, class_path: str, source: str) -> None:
     if not spec.origin or not spec.origin.endswith(".py"):
         return
     try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return  # the job's own import reports this with its traceback
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
+    except SyntaxError as exc:
+        raise ConfigError(source, key, f"{spec.origin}, line {exc.lineno}: SyntaxError: {exc.msg}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(source, key, f"cannot read {spec.origin}: {exc}") from None
     defined = {
         n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))
     } | {

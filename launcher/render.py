@@ -163,7 +163,9 @@ def render_sbatch(cfg: JobConfig) -> str:
     env = rank_env(cfg, prof.launch_mode)
     lines += [f"export {k}={shlex.quote(v)}" for k, v in sorted(env.items())]
     lines.append("export SUBMITIT_EXECUTOR=slurm")
-    srun = ["srun", "--unbuffered", "--output", f"{folder}/%j_%t_log.out"]
+    # --kill-on-bad-exit: a rank (or node agent) that exits non-zero ends the step at once; the
+    # others would otherwise wait in a collective until job.collective_timeout_s.
+    srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--output", f"{folder}/%j_%t_log.out"]
     if prof.launch_mode == "torchrun":
         lines += [
             "# the rendezvous host: the first node of this allocation",

@@ -118,6 +118,9 @@ class RunDir:
     def supervisor_pid(self) -> Path:
         return self.path / "supervisor.pid"
 
+    def alive_marker(self, rank: int) -> Path:
+        return self.errors / f"rank-{rank}.alive"
+
     def rank_log(self, rank: int) -> Path:
         return self.logs / f"rank-{rank}.log"
 
@@ -167,7 +170,12 @@ class RunDir:
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a torn write (killed mid-line): the rest is still readable
+                # A torn write (a full disk cut a line short): the record appended after it
+                # shares its line; keep that one, drop the torn part.
+                start = line.rfind('{"event": ')
+                if start > 0:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        events.append(json.loads(line[start:]))
         return events
 
     def read_progress(self) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def probe(run: RunDir) -> tuple[bool, dict[str, Any]]:
 
 
 def is_alive(run: RunDir) -> bool:
-    return probe(run)[0]
+    """The supervisor, or any rank of the run (one orphaned by a killed supervisor), still runs."""
+    return probe(run)[0] or bool(processes_of(run))
 
 
 def explain_end(details: dict[str, Any]) -> tuple[str, str]:

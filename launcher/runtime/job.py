@@ -28,6 +28,20 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(Path(run_path))
     rank, _ = output.rank_from_env()
     output.install(run.rank_log(rank), rank)
+    # Removed on every way out of this function; left behind only by a rank that died without a
+    # Python error (SIGKILL, out of memory, a native crash), which is how the backends name it.
+    alive = run.alive_marker(rank)
+    try:
+        atomic_write_text(alive, json.dumps({"rank": rank, "host": os.uname().nodename, "pid": os.getpid()}))
+    except OSError:
+        pass
+    try:
+        return _main(run, rank)
+    finally:
+        alive.unlink(missing_ok=True)
+
+
+def _main(run: RunDir, rank: int) -> int:
     try:
         cfg = load_resolved(run.config)
         # Own the preemption signal from the first moment: its default action kills the process.
@@ -96,7 +110,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         cluster_environment=environment,
         checkpoint_io=AtomicCheckpointIO(),
         process_group_backend="nccl" if cfg.uses_gpus else "gloo",
-        timeout=timedelta(minutes=30),
+        timeout=timedelta(seconds=cfg.job.collective_timeout_s),
     )
     ck = cfg.checkpoint
     checkpoint = ModelCheckpoint(
@@ -118,7 +132,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=5))
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
-    return pl.Trainer(
+    trainer = pl.Trainer(
         accelerator="gpu" if cfg.uses_gpus else "cpu",
         devices=cfg.procs_per_node,
         num_nodes=cfg.resources.nodes,
@@ -128,6 +142,14 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         default_root_dir=run.path,
         **trainer_args,
     )
+    # Lightning would install its own SIGTERM handler at every fit, after on_fit_start, and it
+    # runs a broadcast inside the handler (a collective one rank can enter alone): launch's
+    # handlers, installed at start, stay the only ones.
+    trainer._signal_connector.register_signal_handlers = lambda: None
+    # ...so its SIGTERM flag can never be set, yet its training loop broadcasts that flag from
+    # rank zero before every batch: a collective per step, for nothing.
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+    return trainer
 
 
 def once_per_job(obj: Any, method: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import time
@@ -78,8 +79,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path) as fh:
-            torch.save(checkpoint, fh)
+        writer = None
+        try:
+            with atomic_open(path) as fh:
+                writer = _ErrorKeepingWriter(fh)
+                torch.save(checkpoint, writer)
+        except Exception as exc:
+            # torch reports a failed write as "unexpected pos"; the OSError underneath says why
+            cause = writer.error if writer is not None and writer.error is not None else exc
+            if not isinstance(cause, OSError) or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            raise OSError(cause.errno, f"{os.strerror(cause.errno)} while writing checkpoint {path.name}; nothing "
+                          f"was replaced: the previous checkpoints in {path.parent} are intact") from exc
+
+
+class _ErrorKeepingWriter:
+    """A file for torch.save that remembers the first OSError of a write (torch replaces it)."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
 
 
 class RunProgress(Callback):
@@ -107,9 +139,12 @@ class RunProgress(Callback):
             "time": time.time(),
             "pid": os.getpid(),
         }
-        with atomic_open(self.run.progress) as fh:
-            fh.write(json.dumps(record, indent=1).encode())
         self._last = time.monotonic()
+        try:
+            with atomic_open(self.run.progress) as fh:
+                fh.write(json.dumps(record, indent=1).encode())
+        except OSError:
+            pass  # a status view may lag (a full disk); training must not stop for it
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if time.monotonic() - self._last >= self.every_s:

@@ -181,12 +181,9 @@ class PreemptionHandler(Callback):
 
     # -- ownership of the signal
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # Lightning registered its handlers in Trainer._run, just before this hook: replace them
-        # (its SIGTERM handler runs a broadcast inside the signal handler).
+        # Installed at process start already; again here in case user code replaced them.
+        # (build_trainer keeps Lightning from registering its own.)
         signals.install(self.signals)
-        # With its handler gone, Lightning's SIGTERM flag can never be set, yet its training loop
-        # broadcasts that flag from rank zero before every batch: a collective per step, for nothing.
-        trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
     # -- saving
     def _safe_boundary(self, trainer: Trainer, batch_idx: int) -> bool:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import faulthandler
 import signal
+import sys
 import time
 from typing import Any
+
+# A rank still alive this long after SIGTERM is stuck: its threads' stacks go to its log, to
+# show where (torchrun and SLURM kill it soon after).
+STACK_DUMP_AFTER_S = 20
 
 # The first preemption signal and when it came; written only by the handler.
 received: dict[str, Any] = {"signum": None, "at": None}
@@ -14,6 +20,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     # A handler may run between any two bytecodes: only set the flag, never do work here.
     if received["signum"] is None:
         received.update(signum=signum, at=time.time())
+    if signum == signal.SIGTERM and sys.__stderr__ is not None:
+        faulthandler.dump_traceback_later(STACK_DUMP_AFTER_S, exit=False, file=sys.__stderr__)
 
 
 def install(signals: list[int]) -> None:

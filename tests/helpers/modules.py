@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -118,3 +119,28 @@ class BigPreemptableMLP(PreemptableMLP):
     def __init__(self, ballast_mb: int = 200, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
         self.register_buffer("ballast", torch.zeros(ballast_mb * 1024 * 1024 // 4))
+
+
+class HangingMLP(MLP):
+    """Rank 1 stops making progress in its third training step (a deadlock, a stuck filesystem)."""
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        if self.global_rank == 1 and batch_idx == 2:
+            print("rank 1 hangs now", flush=True)
+            while True:
+                time.sleep(0.5)
+        return super().training_step(batch, batch_idx)
+
+
+class EchoMLP(MLP):
+    """Every rank writes what reached it (an init arg, an env value, its run dir) to `report_dir`."""
+
+    def __init__(self, note: str, report_dir: str, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.note, self.report_dir = note, report_dir
+
+    def on_fit_start(self) -> None:
+        seen = {"note": self.note, "weird": os.environ.get("WEIRD"), "run_dir": os.environ.get("LAUNCH_RUN_DIR"),
+                "token": os.environ.get("MY_API_TOKEN")}
+        Path(self.report_dir).mkdir(parents=True, exist_ok=True)
+        (Path(self.report_dir) / f"rank-{self.global_rank}.json").write_text(json.dumps(seen))

@@ -1,0 +1,308 @@
+"""Failing safely: dead and hung ranks, torn writes, a full disk, injection, concurrent runs, secrets.
+
+Real runs on the local backend (torchrun, 2 processes over gloo); the SLURM side is in test_slurm.py.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launcher.backends.local import processes_of
+from launcher.rundir import RunDir
+from tests.conftest import REPO, run_launch
+
+pytestmark = pytest.mark.multiprocess
+
+JOB = """
+[job]
+name = "{name}"
+seed = 5
+collective_timeout_s = {timeout}
+
+[model]
+class_path = "tests.helpers.modules.{model}"
+init_args = {{ in_features = 64, hidden = 32, lr = 0.01{args} }}
+
+[data]
+class_path = "digits"
+init_args = {{ data_dir = "{data}", batch_size = 32 }}
+
+[trainer]
+max_epochs = {epochs}
+max_steps = {steps}
+log_every_n_steps = 5
+enable_progress_bar = false
+num_sanity_val_steps = 0
+{extra}
+"""
+
+
+def write_job(tmp: Path, name: str, model: str = "PreemptableMLP", args: str = "", epochs: int = 100,
+              steps: int = -1, timeout: int = 600, extra: str = "") -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(JOB.format(name=name, model=model, args=args, data=tmp / "data", epochs=epochs, steps=steps,
+                               timeout=timeout, extra=extra))
+    return path
+
+
+def submit(job: Path, runs: Path, *extra: str, env: dict | None = None) -> Path:
+    result = run_launch("submit", str(job), "--runs-dir", str(runs), *extra, env=env)
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def status(run_dir: Path) -> dict:
+    result = run_launch("status", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(predicate, timeout: float, what: str, run_dir: Path) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            console = run_dir / "console.log"
+            raise AssertionError(f"timed out waiting for {what}\n" + (console.read_text()[-3000:] if console.exists() else ""))
+        time.sleep(0.1)
+
+
+def step_of(run_dir: Path) -> int:
+    return RunDir(run_dir).read_progress().get("global_step", -1)
+
+
+def ended(run_dir: Path) -> bool:
+    return any(e["event"] in ("finished", "failed", "cancelled") for e in RunDir(run_dir).read_events())
+
+
+def rank_pid(run_dir: Path, rank: int) -> int:
+    return json.loads((run_dir / "errors" / f"rank-{rank}.alive").read_text())["pid"]
+
+
+# --------------------------------------------------------------------------- dead and hung ranks
+
+
+def test_a_killed_rank_fails_the_job_within_seconds_and_is_named(tmp_path: Path) -> None:
+    run_dir = submit(write_job(tmp_path, "killed", args=", step_sleep = 0.1"), tmp_path / "runs")
+    wait_for(lambda: step_of(run_dir) >= 5, 120, "training", run_dir)
+    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: ended(run_dir), 60, "the job to fail", run_dir)
+    took = time.monotonic() - killed_at
+    info = status(run_dir)
+    print(f"SIGKILL of rank 1 -> job failed in {took:.1f} s")
+    assert info["state"] == "failed" and info["failed_rank"] == 1, info
+    assert "rank 1 (" in info["error"] and "without a Python error" in info["error"], info["error"]
+    assert not processes_of(RunDir(run_dir)), "processes of the failed run are left behind"
+
+
+def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(tmp_path: Path) -> None:
+    job = write_job(tmp_path, "hung", model="HangingMLP", timeout=8)
+    run_dir = submit(job, tmp_path / "runs")
+    log = run_dir / "logs" / "rank-1.log"
+    wait_for(lambda: log.exists() and "rank 1 hangs now" in log.read_text(), 120, "the hang", run_dir)
+    hung_at = time.monotonic()
+    wait_for(lambda: ended(run_dir), 60, "the job to fail", run_dir)
+    took = time.monotonic() - hung_at
+    info = status(run_dir)
+    print(f"rank 1 hung -> job failed in {took:.1f} s (collective timeout 8 s)")
+    assert info["state"] == "failed" and info["failed_rank"] == 1, info
+    assert "Timed out" in info["error"], info["error"]  # rank 0's collective gave up
+    text = log.read_text()
+    assert "Timeout (0:00:" in text and "in training_step" in text, text[-2000:]  # where rank 1 was stuck
+
+
+# --------------------------------------------------------------------------- torn writes
+
+
+def _rewrite_forever(path: str, size: int) -> None:
+    from launcher.rundir import atomic_write_bytes
+
+    for i in range(10**9):
+        atomic_write_bytes(Path(path), bytes([i % 251]) * size)
+
+
+def test_kill_during_atomic_writes_leaves_a_whole_file(tmp_path: Path) -> None:
+    """A writer SIGKILLed at random moments: the file is always one complete version."""
+    target = tmp_path / "config.toml"
+    target.write_bytes(b"\x00" * 300_000)
+    ctx = multiprocessing.get_context("spawn")
+    for delay in (0.05, 0.11, 0.17, 0.23, 0.31):
+        writer = ctx.Process(target=_rewrite_forever, args=(str(target), 300_000))
+        writer.start()
+        time.sleep(delay)
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        data = target.read_bytes()
+        assert len(data) == 300_000 and data == data[:1] * len(data), "a torn file"
+
+
+def test_a_crashed_run_with_torn_records_is_reported_and_resumes(tmp_path: Path) -> None:
+    """The machine dies mid-run: every process SIGKILLed, a record half-written, a temp file left."""
+    job = write_job(tmp_path, "crash", args=", step_sleep = 0.05", epochs=3,
+                    extra='[checkpoint]\nevery_n_train_steps = 10\nsave_top_k = -1\nsave_last = false\nfilename = "s-{step}"')
+    run_dir = submit(job, tmp_path / "runs")
+    run = RunDir(run_dir)
+    wait_for(lambda: len(list(run.checkpoints.glob("s*.ckpt"))) >= 2, 120, "two checkpoints", run_dir)
+    for pid in [int(run.supervisor_pid.read_text())] + processes_of(run):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not processes_of(run), 30, "every process gone", run_dir)
+    # what a kill in the middle of writing would leave: a torn event line, a partial temp file
+    with open(run.events, "ab") as fh:
+        fh.write(b'{"event": "preempted", "time": "2026-')
+    (run_dir / ".config.toml.tmp-999-dead").write_text("[job]\nname = ")
+    info = status(run_dir)
+    assert info["state"] == "failed" and "gone without recording" in info["error"], info
+    assert run.read_events()[-1]["event"] != "preempted"
+    result = run_launch("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"), "--follow")
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = status(run_dir)
+    assert info["state"] == "completed" and info["global_step"] == 3 * 23, info
+    resumed = [e for e in run.read_events() if e["event"] == "training_started"][-1]
+    assert resumed["resume_from"].startswith("s"), resumed
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 48 MB tmpfs: a filesystem that really runs out of space."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        if os.geteuid() == 0:
+            pytest.fail(f"cannot mount a tmpfs as root: {done.stderr}")
+        pytest.skip("mounting a small filesystem needs root")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(tmp_path: Path, small_disk: Path) -> None:
+    # ~4 MB per checkpoint (a ballast buffer); save_top_k=1 would delete the old one after a good save
+    job = write_job(tmp_path, "full", model="BigPreemptableMLP", args=", step_sleep = 0.3, ballast_mb = 4",
+                    steps=60, extra="[checkpoint]\nevery_n_train_steps = 10\nsave_last = false")
+    run_dir = submit(job, small_disk / "runs")
+    run = RunDir(run_dir)
+    wait_for(lambda: list(run.checkpoints.glob("*step=10.ckpt")), 120, "the first checkpoint", run_dir)
+    first = next(run.checkpoints.glob("*step=10.ckpt"))
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - 1_500_000))  # room for logs, not for a checkpoint
+    wait_for(lambda: ended(run_dir), 120, "the job to fail", run_dir)
+    info = status(run_dir)
+    assert info["state"] == "failed" and info["failed_rank"] == 0, info
+    assert "No space left on device while writing checkpoint" in info["error"], info["error"]
+    assert "previous checkpoints" in info["error"]
+    assert [p.name for p in run.checkpoints.iterdir()] == [first.name], "a partial checkpoint was left behind"
+    assert torch.load(first, map_location="cpu", weights_only=False)["global_step"] == 10
+    (small_disk / "filler").unlink()
+    result = run_launch("resume", str(run_dir), "--runs-dir", str(small_disk / "runs"), "--follow")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert status(run_dir)["global_step"] == 60
+
+
+# --------------------------------------------------------------------------- injection
+
+NASTY = "it's a \"run\" $(touch PWNED) `touch PWNED2`; $HOME & | > x"
+
+
+def test_nasty_paths_env_and_set_values_reach_the_job_exactly(tmp_path: Path) -> None:
+    """Through `launch submit`, and again by running the rendered command.txt with bash."""
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(f'[weird]\nbackend = "local"\ngpus_per_node = 0\nenv = {{ WEIRD = {json.dumps(NASTY)} }}\n')
+    report = tmp_path / f"report {NASTY}"
+    job = write_job(tmp_path, "inject", model="EchoMLP", steps=2, args=f", note = 'x', report_dir = {json.dumps(str(report))}")
+    runs = tmp_path / f"runs {NASTY}"
+    run_dir = submit(job, runs, "--cluster-file", str(cluster), "--cluster", "weird", "--set",
+                     f"model.init_args.note={NASTY}")
+    wait_for(lambda: ended(run_dir), 120, "the run", run_dir)
+    assert status(run_dir)["state"] == "completed"
+
+    def check_reports() -> None:
+        for rank in (0, 1):
+            seen = json.loads((report / f"rank-{rank}.json").read_text())
+            assert seen["note"] == NASTY and seen["weird"] == NASTY and seen["run_dir"] == str(run_dir), seen
+
+    check_reports()
+    shutil.rmtree(report)
+    script = run_dir / "command.txt"
+    done = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    check_reports()
+    for place in (tmp_path, REPO, Path.cwd()):
+        assert not (place / "PWNED").exists() and not (place / "PWNED2").exists()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+def _create(args: tuple[str, int]) -> str:
+    runs, _ = args
+    return str(RunDir.create(Path(runs), "same").path)
+
+
+def test_concurrent_submissions_get_distinct_run_directories(tmp_path: Path) -> None:
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        made = pool.map(_create, [(str(tmp_path / "many"), i) for i in range(64)])
+    assert len(set(made)) == 64
+    # and two real submissions of the same job at the same moment
+    job = write_job(tmp_path, "twin", model="MLP", steps=3)
+    cmd = [sys.executable, "-m", "launcher.cli", "submit", str(job), "--runs-dir", str(tmp_path / "runs"), "--follow"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    dirs = {o[0].strip().splitlines()[-1] for o in outs}
+    assert len(dirs) == 2
+    for d in dirs:
+        assert status(Path(d))["state"] == "completed"
+
+
+def test_resume_of_a_running_run_is_refused(tmp_path: Path) -> None:
+    run_dir = submit(write_job(tmp_path, "busy", args=", step_sleep = 0.1"), tmp_path / "runs")
+    wait_for(lambda: step_of(run_dir) >= 2, 120, "training", run_dir)
+    result = run_launch("resume", str(run_dir))
+    assert result.returncode == 2 and "still running" in result.stderr, result.stderr
+    # also when only orphaned ranks are left (the supervisor was killed)
+    os.kill(int(RunDir(run_dir).supervisor_pid.read_text()), signal.SIGKILL)
+    time.sleep(0.5)
+    result = run_launch("resume", str(run_dir))
+    assert result.returncode == 2 and "still" in result.stderr, result.stderr
+    for pid in processes_of(RunDir(run_dir)):
+        os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- secrets
+
+SECRETS = {"MY_API_TOKEN": "tok-5f1c9e0a7b", "DB_PASSWORD": "pw-83hd92kq", "AWS_SECRET_ACCESS_KEY": "aws-k2l9x0"}
+
+
+def test_secrets_in_the_environment_reach_the_job_but_no_file(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    job = write_job(tmp_path, "secret", model="EchoMLP", steps=2, args=f", note = 'n', report_dir = '{report}'")
+    run_dir = submit(job, tmp_path / "runs", env=SECRETS)
+    wait_for(lambda: ended(run_dir), 120, "the run", run_dir)
+    assert status(run_dir)["state"] == "completed"
+    assert json.loads((report / "rank-0.json").read_text())["token"] == SECRETS["MY_API_TOKEN"]
+    rendered = run_launch("render", str(job), env=SECRETS).stdout
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name}'s value is in {path}"
+    for value in SECRETS.values():
+        assert value not in rendered
