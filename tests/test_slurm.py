@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import REPO, run_launch
 from tests.test_preemption import STEPS_PER_EPOCH, assert_same_training, progress_step, wait_for, write_job
+from tests.test_reliability import NASTY, SECRETS
 
 pytestmark = pytest.mark.slurm
 
@@ -24,7 +25,8 @@ max_nodes = 2
 max_time = "02:00:00"
 launch_mode = "{mode}"
 """
-PROFILES = PROFILE.format(mode="srun") + PROFILE.format(mode="torchrun") + """
+PROFILES = PROFILE.format(mode="srun") + PROFILE.format(mode="torchrun") + PROFILE.format(mode="srun").replace(
+    "[test-srun]", "[test-weird]") + f"env = {{ WEIRD = {json.dumps(NASTY)} }}\n" + """
 [test-bad-partition]
 backend = "slurm"
 partition = "no-such-partition"
@@ -195,3 +197,48 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     assert events.index("preempted") < events.index("requeued") < events.index("resumed") < events.index("finished")
     assert_same_training(run_dir, slurm_baseline)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH
+
+
+def test_nasty_values_reach_a_slurm_job_exactly_and_secrets_stay_out_of_its_files(cluster_file, digits_job, tmp_path) -> None:
+    """A runs dir, a profile env value and a --set value full of shell syntax; secrets in the environment."""
+    report = tmp_path / f"report {NASTY}"
+    job = digits_job(name="inject", model="tests.helpers.modules.EchoMLP", epochs=1)
+    job.write_text(job.read_text().replace("init_args = { in_features",
+                                           f"init_args = {{ note = 'x', report_dir = {json.dumps(str(report))}, in_features"))
+    runs = tmp_path / f"runs {NASTY}"
+    result = run_launch("--cluster-file", str(cluster_file), "submit", str(job), "--cluster", "test-weird", "--nodes", "2",
+                        "--procs", "1", "--runs-dir", str(runs), "--set", f"model.init_args.note={NASTY}", "--follow",
+                        env=SECRETS, timeout=300)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert run_dir.parent.parent == runs
+    for rank in (0, 1):
+        seen = json.loads((report / f"rank-{rank}.json").read_text())
+        assert seen == {"note": NASTY, "weird": NASTY, "run_dir": str(run_dir), "token": SECRETS["MY_API_TOKEN"]}, seen
+    assert (run_dir / "submitit").is_dir() and list((run_dir / "submitit").glob("*_0_log.out"))  # #SBATCH --output
+    for place in (tmp_path, REPO):
+        assert not (place / "PWNED").exists() and not (place / "PWNED2").exists()
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name}'s value is in {path}"
+
+
+def test_a_killed_rank_fails_the_slurm_job_within_seconds(cluster_file, tmp_path) -> None:
+    job = write_job(tmp_path, "killed", sleep=0.1, epochs=100)
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-srun", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    wait_for(lambda: progress_step(run_dir) >= 5, 180, "training", run_dir)
+    pid = json.loads((run_dir / "errors" / "rank-1.alive").read_text())["pid"]  # the nodes share this machine
+    subprocess.run(["kill", "-9", str(pid)], check=True)
+    killed_at = time.monotonic()
+    ended = lambda: any(json.loads(line)["event"] in ("finished", "failed")  # noqa: E731
+                        for line in (run_dir / "events.jsonl").read_text().splitlines())
+    wait_for(ended, 60, "the job to fail", run_dir)
+    print(f"SLURM: SIGKILL of rank 1 -> job failed in {time.monotonic() - killed_at:.1f} s")
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "failed" and info["failed_rank"] == 1, info
+    assert "rank 1 (n2)" in info["error"] and "without a Python error" in info["error"], info["error"]
+    assert queue_size() == 0

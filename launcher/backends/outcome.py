@@ -42,7 +42,7 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
         dead.sort(key=lambda d: d["rank"])
         first = dead[0]
         others = f" (also ranks {', '.join(str(d['rank']) for d in dead[1:])})" if len(dead) > 1 else ""
-        echo = f"; then rank {errors[0][1]['rank']}: {errors[0][1]['type']}: {errors[0][1]['message']}" if errors else ""
+        echo = f"; then rank {errors[0][1]['rank']}: {errors[0][1]['type']}: {errors[0][1]['message'][:160]}" if errors else ""
         return {"rank": first["rank"], "host": first.get("host", "?"), "type": "Died",
                 "message": "ended without a Python error: killed by a signal (or out of memory), crashed in "
                            f"native code, or hung and was stopped; see logs/rank-{first['rank']}.log{others}{echo}"}

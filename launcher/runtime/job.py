@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # Python error (SIGKILL, out of memory, a native crash), which is how the backends name it.
     alive = run.alive_marker(rank)
     try:
-        atomic_write_text(alive, json.dumps({"rank": rank, "host": os.uname().nodename, "pid": os.getpid()}))
+        atomic_write_text(alive, json.dumps({"rank": rank, "host": host_name(), "pid": os.getpid()}))
     except OSError:
         pass
     try:
@@ -56,7 +56,7 @@ def _main(run: RunDir, rank: int) -> int:
             raise
         text = traceback.format_exc()
         output.report_error(text)
-        record = {"rank": rank, "host": os.uname().nodename, "type": type(exc).__name__,
+        record = {"rank": rank, "host": host_name(), "type": type(exc).__name__,
                   "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
                   "traceback": text}
         try:
@@ -65,6 +65,11 @@ def _main(run: RunDir, rank: int) -> int:
             pass
         return 1
     return 0
+
+
+def host_name() -> str:
+    """The node as the cluster names it (SLURM's node name; several may share one machine)."""
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
 
 
 def close_process_group() -> None:
