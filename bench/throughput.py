@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="a job override for ours")
+    parser.add_argument("--label", help="a name for this configuration in --out")
+    parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
@@ -66,6 +68,11 @@ def main() -> None:
         print(f"{procs} process(es), {threads} thread(s) each{label}: ours {o:.0f} samples/s "
               f"{[round(x) for x in results['ours']]}, plain {p:.0f} samples/s {[round(x) for x in results['plain']]}; "
               f"ratio ours/plain {o / p:.3f}")
+        if args.out:
+            record = {"label": args.label or ("defaults" if not args.set else ", ".join(args.set)), "procs": procs,
+                      "ours": results["ours"], "plain": results["plain"], "ratio": o / p}
+            with open(args.out, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, TextIO
 
 from launcher import backends, config, render
 from launcher.config import JobConfig, LaunchError
-from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
+from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs, new_run_id
 
 SMOKE_OVERRIDES = (
     "trainer.max_epochs=1",
@@ -132,6 +133,22 @@ def _follow_or_detach(run: RunDir, path: Path | None) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- commands
 
 
+def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
+    """Make the run directory, freeze the config and script into it, and hand it to the backend."""
+    run = RunDir.create(runs_dir, cfg.job.name)
+    cfg = finalize(cfg, run.path, run.run_id, job_file)
+    atomic_write_text(run.config, config.dumps(cfg))
+    atomic_write_text(_script_path(cfg, run), _render(cfg))
+    run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
+                  **event_fields)
+    try:
+        backends.for_run(run).submit(cfg, run)
+    except LaunchError:
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
+        raise
+    return run
+
+
 def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
     cfg = config.resolve(_request(args, extra))
     runs_dir = _runs_dir(args, cfg)
@@ -140,17 +157,7 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
         print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
         print(placeholder)
         return 0
-    run = RunDir.create(runs_dir, cfg.job.name)
-    cfg = finalize(cfg, run.path, run.run_id, args.job)
-    script = _render(cfg)
-    atomic_write_text(run.config, config.dumps(cfg))
-    atomic_write_text(_script_path(cfg, run), script)
-    run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size)
-    try:
-        backends.for_run(run).submit(cfg, run)
-    except LaunchError:
-        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
-        raise
+    run = start_run(cfg, runs_dir, args.job)
     shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
     print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
     code = 0
@@ -272,6 +279,189 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return code
 
 
+def _tool(args: list[str], cfg: JobConfig) -> int:
+    """Run a one-process tool (launcher/runtime/tools.py) in the job's interpreter and directory."""
+    cmd = [cfg.run.python or sys.executable, "-m", "launcher.runtime.tools", *args]
+    return subprocess.run(cmd, cwd=cfg.run.workdir or None).returncode
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    args.nodes, args.procs = 1, 1
+    if args.gpus:
+        args.gpus = 1
+    cfg = config.resolve(_request(args))
+    # Without a GPU there is no memory limit for the batch-size finder to find: only on request.
+    want_lr = args.lr or not args.batch_size
+    want_batch = args.batch_size or (not args.lr and cfg.uses_gpus)
+    run = RunDir.create(_runs_dir(args, cfg) / cfg.job.name, "tune")
+    cfg = finalize(cfg, run.path, run.run_id, args.job)
+    atomic_write_text(run.config, config.dumps(cfg))
+    what = " and ".join(n for n, on in (("learning rate", want_lr), ("batch size", want_batch)) if on)
+    print(f"tuning the {what} of {cfg.job.name} on one device; results in {run.path}", file=sys.stderr)
+    flags = (["--lr"] if want_lr else []) + (["--batch-size"] if want_batch else [])
+    code = _tool(["tune", str(run.path), *flags, "--max-trials", str(args.max_trials)], cfg)
+    if code != 0:
+        raise LaunchError(f"tuning failed (exit {code}); see the output above")
+    found = json.loads((run.path / "tune.json").read_text())
+    tuned = run.path / "tuned.toml"
+    if args.out:
+        shutil.copyfile(tuned, args.out)
+        tuned = Path(args.out)
+    shown = ", ".join(f"{found.get('lr_key', k) if k == 'lr' else 'data.init_args.batch_size'} = {v:.4g}"
+                      for k, v in found.items() if k in ("lr", "batch_size"))
+    print(f"found: {shown}", file=sys.stderr)
+    print(f"the job with these values: {tuned}  (launch submit {tuned})", file=sys.stderr)
+    print(tuned)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    cfg = config.load_resolved(run.config)
+    code = _tool(["predict", str(run.path), args.ckpt], cfg)
+    if code != 0:
+        raise LaunchError(f"{run.path}: predict failed (exit {code}); see the output above")
+    made = [e for e in run.read_events() if e.get("event") == "predicted"]
+    if not made or not Path(made[-1]["output"]).is_file():
+        raise LaunchError(f"{run.path}: predict wrote nothing")
+    last = made[-1]
+    print(f"{last['count']} predictions from {Path(last['checkpoint']).name}", file=sys.stderr)
+    print(last["output"])
+    return 0
+
+
+# --------------------------------------------------------------------------- sweeps
+
+
+def sweep_points(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The grid's cartesian product, or `--count` random draws (seeded)."""
+    import itertools
+    import math
+    import random
+
+    grid: list[tuple[str, list[Any]]] = []
+    for item in args.grid or []:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise LaunchError(f"--grid {item!r}: expected KEY=V1,V2,... e.g. model.init_args.lr=0.01,0.1")
+        grid.append((key, [config.parse_override(f"{key}={v}")[1] for v in values.split(",")]))
+    draws: list[tuple[str, float, float, bool, bool]] = []
+    for item in args.random or []:
+        key, sep, spec = item.partition("=")
+        parts = spec.split(":")
+        if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+            raise LaunchError(f"--random {item!r}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log")
+        try:
+            low, high = (config.parse_override(f"{key}={v}")[1] for v in parts[:2])
+            is_int = isinstance(low, int) and isinstance(high, int) and len(parts) == 2
+            low, high = float(low), float(high)
+        except (TypeError, ValueError):
+            raise LaunchError(f"--random {item!r}: LOW and HIGH must be numbers") from None
+        if not low < high or (len(parts) == 3 and low <= 0):
+            raise LaunchError(f"--random {item!r}: need LOW < HIGH (and LOW > 0 for log)")
+        draws.append((key, low, high, len(parts) == 3, is_int))
+    if draws and not args.count:
+        raise LaunchError("--random needs --count N (how many points to draw)")
+    points = [dict(zip([k for k, _ in grid], combo, strict=True)) for combo in itertools.product(*[v for _, v in grid])]
+    if draws:
+        rng = random.Random(args.seed)
+        drawn = []
+        for base in points or [{}]:
+            for _ in range(args.count):
+                point = dict(base)
+                for key, low, high, log, is_int in draws:
+                    if is_int:
+                        point[key] = rng.randint(int(low), int(high))
+                    elif log:
+                        point[key] = float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.4g}")
+                    else:
+                        point[key] = float(f"{rng.uniform(low, high):.4g}")
+                drawn.append(point)
+        points = drawn
+    if not points:
+        raise LaunchError("a sweep needs --grid KEY=V1,V2 and/or --random KEY=LOW:HIGH --count N")
+    return points
+
+
+def _override(key: str, value: Any) -> str:
+    import tomli_w
+
+    return f"{key}={tomli_w.dumps({'v': value}).partition('=')[2].strip()}"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    points = sweep_points(args)
+    base = tuple(args.set or ())
+    configs = []
+    for point in points:  # every point is checked before the first one runs
+        args.set = list(base) + [_override(k, v) for k, v in point.items()]
+        configs.append(config.resolve(_request(args)))
+    first = configs[0]
+    metric = args.metric or first.checkpoint.monitor or "val_loss"
+    mode = args.mode or (first.checkpoint.mode if metric == first.checkpoint.monitor else "min")
+    runs_dir = _runs_dir(args, first)
+    sweep_id = new_run_id()
+    folder = runs_dir / first.job.name / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = first.cluster.backend
+    order = "one after another" if backend == "local" else "all queued at once"
+    print(f"sweep {sweep_id}: {len(points)} runs of {first.job.name} ({order}), ranked by {metric} ({mode})",
+          file=sys.stderr)
+    runs: list[RunDir] = []
+    record = {"sweep": sweep_id, "job": args.job, "metric": metric, "mode": mode, "runs": []}
+
+    def wait(run: RunDir) -> dict[str, Any]:
+        while True:
+            info = backends.describe(run)
+            if info["terminal"] or info["state"] not in ("pending", "running"):
+                return info
+            time.sleep(1.0)
+
+    def report(i: int, run: RunDir, info: dict[str, Any]) -> None:
+        shown = " ".join(f"{k}={v}" for k, v in points[i].items())
+        value = info["metrics"].get(metric)
+        print(f"[{i + 1}/{len(points)}] {shown}: {info['state']}"
+              + (f", {metric} {value:.4g}" if value is not None else "") + f"  ({run.run_id})", file=sys.stderr)
+
+    for i, cfg in enumerate(configs):
+        run = start_run(cfg, runs_dir, args.job, sweep=sweep_id, point=points[i])
+        runs.append(run)
+        record["runs"].append({"run": str(run.path), "point": points[i]})
+        atomic_write_text(folder / f"{sweep_id}.json", json.dumps(record, indent=1))
+        if backend == "local":
+            report(i, run, wait(run))
+    results = []
+    for i, run in enumerate(runs):
+        info = wait(run)
+        if backend != "local":
+            report(i, run, info)
+        results.append((points[i], run, info))
+    sign = -1 if mode == "max" else 1
+    results.sort(key=lambda r: (r[2]["metrics"].get(metric) is None, sign * r[2]["metrics"].get(metric, 0.0)))
+    keys = list(points[0])
+    others = sorted({m for _, _, info in results for m in info["metrics"]} - {metric})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["rank", *keys, metric, "state", "run", *others])
+    rows = [("#", *keys, metric, "STATE", "RUN")]
+    for n, (point, run, info) in enumerate(results, 1):
+        value = info["metrics"].get(metric)
+        writer.writerow([n, *[point[k] for k in keys], "" if value is None else value, info["state"], str(run.path),
+                         *[info["metrics"].get(m, "") for m in others]])
+        rows.append((str(n), *[str(point[k]) for k in keys], "-" if value is None else f"{value:.4g}", info["state"],
+                     run.run_id))
+    table = folder / f"{sweep_id}.csv"
+    atomic_write_text(table, buffer.getvalue())
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"table: {table}", file=sys.stderr)
+    return 0 if all(info["state"] == "completed" for _, _, info in results) else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -306,6 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(p, smoke=True)
     p.set_defaults(func=cmd_smoke, procs=None)
 
+    p = sub.add_parser("tune", help="find a learning rate and/or batch size (one device); writes a tuned job file")
+    job_args(p)
+    p.add_argument("--lr", action="store_true", help="the learning-rate finder only (default: both)")
+    p.add_argument("--batch-size", action="store_true", help="the batch-size finder only (default: both)")
+    p.add_argument("--max-trials", type=int, default=6, help="batch-size doublings to try (default 6)")
+    p.add_argument("--out", help="also write the tuned job file here")
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("sweep", help="one run per point of a grid or random search, then a table of results")
+    job_args(p)
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="values to try for KEY (repeat for a grid)")
+    p.add_argument("--random", action="append", metavar="KEY=LOW:HIGH[:log]", help="draw KEY uniformly (or log-uniformly)")
+    p.add_argument("--count", type=int, help="random points to draw (per grid point)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--metric", help="rank by this final metric (default: checkpoint.monitor, else val_loss)")
+    p.add_argument("--mode", choices=("min", "max"), help="better is lower or higher (default: checkpoint.mode)")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--runs-dir", default=argparse.SUPPRESS)
     p.set_defaults(func=cmd_runs)
@@ -314,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("logs", cmd_logs, "a run's output"),
                              ("cancel", cmd_cancel, "stop a run (it saves a checkpoint first)"),
                              ("preempt", cmd_preempt, "send the preemption signal now, as the cluster would"),
-                             ("resume", cmd_resume, "continue a failed or cancelled run from its newest checkpoint")):
+                             ("resume", cmd_resume, "continue a failed or cancelled run from its newest checkpoint"),
+                             ("predict", cmd_predict, "predictions of a run's checkpoint, written to the run directory")):
         p = sub.add_parser(name, help=text)
         p.add_argument("run", help="run directory, or run id under the runs dir")
         p.add_argument("--runs-dir", default=argparse.SUPPRESS)
@@ -324,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rank", type=int, help="that rank's full log (default: the run's console)")
         if name in ("logs", "resume"):
             p.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+        if name == "predict":
+            p.add_argument("--ckpt", default="best", help="best (default: checkpoint.monitor's best), last, or a path")
         p.set_defaults(func=func)
     return parser
 

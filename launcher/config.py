@@ -82,6 +82,7 @@ class TrainerSection:
     overfit_batches: int | float = 0.0
     enable_model_summary: bool = True
     enable_progress_bar: bool = True
+    profiler: Literal["simple", "advanced", "pytorch"] | None = None  # report in the run's profiler/ folder
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,70 @@ class CheckpointSection:
 
 
 @dataclass(frozen=True)
+class EarlyStoppingSection:
+    monitor: str | None = None  # setting it turns early stopping on
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: Literal["min", "max"] = "min"
+
+
+@dataclass(frozen=True)
+class OptimizerSection:
+    """Setting `name` replaces the model's own configure_optimizers."""
+
+    name: Literal["adam", "adamw", "sgd"] | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    nesterov: bool = False  # sgd only
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """An LR scheduler for the [optimizer]; `name` turns it on."""
+
+    name: Literal["step", "cosine", "onecycle", "plateau"] | None = None
+    interval: Literal["step", "epoch"] = "epoch"  # onecycle always steps per batch
+    step_size: int = 10  # step: every step_size intervals, lr *= gamma
+    gamma: float = 0.1
+    t_max: int | None = None  # cosine: intervals per cycle (default: the whole run)
+    eta_min: float = 0.0  # cosine
+    max_lr: float | None = None  # onecycle: peak lr (default: optimizer.lr)
+    pct_start: float = 0.3  # onecycle
+    monitor: str | None = None  # plateau: the metric it watches (required)
+    mode: Literal["min", "max"] = "min"  # plateau
+    factor: float = 0.1  # plateau
+    patience: int = 10  # plateau
+
+
+@dataclass(frozen=True)
+class SWASection:
+    """Stochastic weight averaging; setting `swa_lrs` turns it on."""
+
+    swa_lrs: float | None = None
+    swa_epoch_start: int | float = 0.8  # an epoch, or a fraction of max_epochs
+    annealing_epochs: int = 10
+    annealing_strategy: Literal["cos", "linear"] = "cos"
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     tensorboard: bool = True
     csv: bool = True
+    log_lr: bool = True  # the learning rate of every param group (when an optimizer is logged)
+    grad_norm: bool = False  # the 2-norm of the gradients, per parameter and in total
+    histograms: bool = False  # TensorBoard histograms of every parameter, each epoch
+    hparams: bool = True  # the resolved config in TensorBoard's HPARAMS tab, with hp_metric
+    hp_metric: str | None = None  # the metric shown as hp_metric (default: checkpoint.monitor's best, else val_loss)
+    loss_curve: bool = True  # loss_curve.png in the run directory at the end
+
+
+@dataclass(frozen=True)
+class PerformanceSection:
+    """Opt-in speed settings (see bench/README.md for what each gave)."""
+
+    channels_last: bool = False  # convolution weights in NHWC: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the LightningModule before fit (a one-time compile cost)
 
 
 @dataclass(frozen=True)
@@ -156,7 +218,12 @@ class JobConfig:
     trainer: TrainerSection = field(default_factory=TrainerSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    lr_scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    swa: SWASection = field(default_factory=SWASection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    performance: PerformanceSection = field(default_factory=PerformanceSection)
     cluster: ClusterProfile = field(default_factory=ClusterProfile)
     run: RunSection = field(default_factory=RunSection)
 
@@ -622,6 +689,23 @@ def validate(cfg: JobConfig, src: _Sources) -> None:
         raise err("checkpoint.save_top_k", f"{cfg.checkpoint.save_top_k}: use -1 (all), 0 or a positive number")
     if cfg.checkpoint.save_top_k not in (0, 1, -1) and cfg.checkpoint.monitor is None:
         raise err("checkpoint.save_top_k", "keeping more than one checkpoint needs checkpoint.monitor")
+    es, opt, sched, swa = cfg.early_stopping, cfg.optimizer, cfg.lr_scheduler, cfg.swa
+    if es.patience < 0:
+        raise err("early_stopping.patience", f"{es.patience}: must not be negative")
+    if opt.lr <= 0:
+        raise err("optimizer.lr", f"{opt.lr}: must be positive")
+    if opt.name is not None and opt.name != "sgd" and (opt.momentum or opt.nesterov):
+        raise err("optimizer.momentum", f"momentum and nesterov are for sgd, not {opt.name}")
+    if sched.name is not None and opt.name is None:
+        raise err("lr_scheduler.name", "a scheduler from the job file needs [optimizer] name (adam, adamw or sgd)")
+    if sched.name == "plateau" and not sched.monitor:
+        raise err("lr_scheduler.monitor", "the plateau scheduler needs the metric it watches, e.g. 'val_loss'")
+    if sched.step_size < 1:
+        raise err("lr_scheduler.step_size", f"{sched.step_size}: must be at least 1")
+    if swa.swa_lrs is not None and swa.swa_lrs <= 0:
+        raise err("swa.swa_lrs", f"{swa.swa_lrs}: must be positive")
+    if isinstance(swa.swa_epoch_start, float) and not 0.0 < swa.swa_epoch_start < 1.0:
+        raise err("swa.swa_epoch_start", f"{swa.swa_epoch_start}: a fraction must be between 0 and 1 (or give an epoch)")
     for section in ("model", "data"):
         comp: ComponentSection = getattr(cfg, section)
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):

@@ -30,6 +30,27 @@ def test_mnist_datamodule_reads_the_real_idx_format(tmp_path) -> None:
     assert sorted(dm.train_set.indices + dm.val_set.indices) == list(range(60))
 
 
+def test_mnist_in_memory_gives_the_same_batches_as_the_transform_path(tmp_path) -> None:
+    write_tiny_mnist(tmp_path, n_train=60, n_test=20)
+    plain = MNISTDataModule(data_dir=str(tmp_path), batch_size=8, val_size=10, num_workers=0)
+    fast = MNISTDataModule(data_dir=str(tmp_path), batch_size=8, val_size=10, num_workers=0, in_memory=True)
+    for dm in (plain, fast):
+        dm.setup("fit")
+    assert fast.train_set.indices == plain.train_set.indices
+    for make in ("val_dataloader", "test_dataloader"):
+        a, b = list(getattr(plain, make)()), list(getattr(fast, make)())
+        assert len(a) == len(b) > 1
+        for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+            torch.testing.assert_close(xb, xa)
+            assert torch.equal(ya, yb) and xb.shape == xa.shape == (len(ya), 1, 28, 28)
+    torch.manual_seed(0)
+    xa, ya = next(iter(plain.train_dataloader()))
+    torch.manual_seed(0)
+    xb, yb = next(iter(fast.train_dataloader()))  # the same shuffle draws the same samples
+    torch.testing.assert_close(xb, xa)
+    assert torch.equal(ya, yb)
+
+
 def test_mnist_without_files_and_without_network_fails_loudly(tmp_path) -> None:
     dm = MNISTDataModule(data_dir=str(tmp_path), num_workers=0)
     with pytest.raises(RuntimeError):

@@ -66,7 +66,7 @@ def test_readme_first_job_trains_digits_to_90_percent_with_two_ddp_processes(tmp
     assert acc.Scalars("test_acc")[-1].value == pytest.approx(last_value(run_dir, "test_acc"))
 
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert events == ["submitted", "started", "training_started", "trained", "finished"]
+    assert events == ["submitted", "started", "training_started", "first_step", "trained", "finished"]
 
     # logs: the console by default, one rank's full log with --rank, runs lists it
     logs = run_launch("logs", str(run_dir))

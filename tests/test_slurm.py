@@ -108,7 +108,7 @@ def test_digits_job_completes_on_slurm(cluster_file, digits_job, tmp_path, profi
                    "--runs-dir", str(tmp_path / "runs")).stdout
     assert fresh == submitted.replace(run_dir.name, "RUN-ID")
     events = [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    assert events == ["submitted", "queued", "started", "training_started", "trained", "finished"]
+    assert events == ["submitted", "queued", "started", "training_started", "first_step", "trained", "finished"]
 
 
 def test_cancel_ends_a_running_slurm_job(cluster_file, digits_job, tmp_path) -> None:
@@ -242,3 +242,21 @@ def test_a_killed_rank_fails_the_slurm_job_within_seconds(cluster_file, tmp_path
     assert info["state"] == "failed" and info["failed_rank"] == 1, info
     assert "rank 1 (n2)" in info["error"] and "without a Python error" in info["error"], info["error"]
     assert queue_size() == 0
+
+
+def test_a_sweep_on_a_slurm_profile_queues_every_point_and_tabulates(cluster_file, digits_job, tmp_path) -> None:
+    job = digits_job(name="swept", epochs=1, extra='[checkpoint]\nmonitor = "val_acc"\nmode = "max"\n')
+    result = launch(cluster_file, "sweep", str(job), "--cluster", "test-srun", "--nodes", "1", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"), "--grid", "model.init_args.lr=0.002,0.05", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all queued at once" in result.stderr
+    (table,) = (tmp_path / "runs" / "swept" / "sweeps").glob("*.csv")
+    lines = table.read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("rank,model.init_args.lr,val_acc,state,run")
+    ids = set()
+    for line in lines[1:]:
+        run_dir = Path(line.split(",")[4])
+        info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+        assert info["state"] == "completed" and info["backend"] == "slurm"
+        ids.add(info["slurm_job_id"])
+    assert len(ids) == 2

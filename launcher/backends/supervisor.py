@@ -78,7 +78,8 @@ def main(argv: list[str]) -> int:
     for attempt in itertools.count():
         start = time.time()
         events_before = len(run.read_events())
-        run.add_event("started", backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt)
+        run.add_event("started", backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt,
+                      t=round(start, 3))
         say(f"run {run.run_id}: {len(plan['nodes'])} torchrun agent(s), logs in {run.logs}"
             + (f" (attempt {attempt + 1})" if attempt else ""))
         agents = spawn(plan)

@@ -9,6 +9,7 @@ import importlib
 import json
 import os
 import sys
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -99,11 +100,17 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     from datetime import timedelta
 
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    from launcher.runtime.parts import AtomicCheckpointIO, ContinuingCSVLogger, LaunchDDPStrategy, RunProgress
+    from launcher.runtime import toolbox
+    from launcher.runtime.parts import (
+        AtomicCheckpointIO,
+        ContinuingCSVLogger,
+        LaunchDDPStrategy,
+        RunProgress,
+        TimedProgressBar,
+    )
 
     # Chosen from how we started the ranks, never guessed: inside a SLURM allocation running
     # torchrun, Lightning's own detection would pick SLURMEnvironment and get the ranks wrong.
@@ -130,13 +137,16 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     )
     loggers: list[Any] = []
     if cfg.logging.tensorboard:
-        loggers.append(TensorBoardLogger(save_dir=run.path, name="tensorboard", version="", default_hp_metric=False))
+        loggers.append(toolbox.LaunchTensorBoardLogger(save_dir=run.path, name="tensorboard", version="",
+                                                       default_hp_metric=False))
     if cfg.logging.csv:
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
-    callbacks: list[Any] = [checkpoint, RunProgress(run), *extra_callbacks]
+    callbacks: list[Any] = [checkpoint, RunProgress(run), *toolbox.callbacks(cfg, run, bool(loggers)),
+                            *extra_callbacks]
     if cfg.trainer.enable_progress_bar:
-        callbacks.append(TQDMProgressBar(refresh_rate=5))
+        callbacks.append(TimedProgressBar())
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
+    trainer_args["profiler"] = toolbox.profiler(cfg, run)
     trainer = pl.Trainer(
         accelerator="gpu" if cfg.uses_gpus else "cpu",
         devices=cfg.procs_per_node,
@@ -198,6 +208,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
+    from launcher.runtime import toolbox
     from launcher.runtime.preemption import PREEMPT_CKPT, Preempted, PreemptionHandler
 
     output.route_logging("pytorch_lightning", "lightning_fabric")
@@ -206,6 +217,11 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     pl.seed_everything(cfg.job.seed, workers=True)
     datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
     model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
+    toolbox.install_optimizer(model, cfg)
+    if cfg.performance.channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
@@ -228,22 +244,30 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
         run.add_event("training_started", world_size=cfg.world_size, resume_from=resume.name if resume else None)
     try:
         # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+        if cfg.performance.compile:
+            import torch
+
+            trainer.fit(torch.compile(model), datamodule=datamodule, ckpt_path=resume, weights_only=False)
+        else:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     except Preempted:
         if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
             requeue_on_slurm(run)
         return
     trainer.save_checkpoint(run.checkpoints / "last.ckpt")
+    # the end-of-fit metrics (test replaces callback_metrics with its own): both are reported
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
     if rank == 0:
         (run.checkpoints / PREEMPT_CKPT).unlink(missing_ok=True)  # superseded by last.ckpt
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         run.add_event(
             "trained",
             global_step=int(trainer.global_step),
             epoch=int(trainer.current_epoch),
             interrupted=bool(trainer.interrupted),
             metrics=metrics,
+            t=round(time.time(), 3),
         )

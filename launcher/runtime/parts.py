@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
@@ -114,12 +115,36 @@ class _ErrorKeepingWriter:
             raise
 
 
+class TimedProgressBar(TQDMProgressBar):
+    """The progress bar, redrawn at most every `every_s` seconds instead of every N batches.
+
+    Drawing runs on rank zero only, and in DDP every millisecond rank zero spends there is
+    waited for by the others at the next gradient all-reduce; a time-based refresh keeps that
+    cost constant however fast the steps are.
+    """
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        super().__init__(refresh_rate=1)
+        self.every_s = every_s
+        self._drawn_at = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = time.monotonic()
+        if current == total or now - self._drawn_at >= self.every_s:
+            self._drawn_at = now
+            return True
+        return False
+
+
 class RunProgress(Callback):
     """Rank zero keeps `progress.json` current (step, epoch, metrics) for `launch status`."""
 
     def __init__(self, run: RunDir, every_s: float = 1.0) -> None:
         self.run, self.every_s = run, every_s
         self._last = 0.0
+        self._first_step_seen = False
 
     def write(self, trainer: Trainer, stage: str) -> None:
         if trainer.global_rank != 0:
@@ -147,6 +172,10 @@ class RunProgress(Callback):
             pass  # a status view may lag (a full disk); training must not stop for it
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if not self._first_step_seen:
+            self._first_step_seen = True
+            if trainer.global_rank == 0:  # start-up cost of this attempt: `started` to here (bench/)
+                self.run.add_event("first_step", global_step=int(trainer.global_step), t=round(time.time(), 3))
         if time.monotonic() - self._last >= self.every_s:
             self.write(trainer, "fit")
 

@@ -1,9 +1,12 @@
 """Preemption: one signal owner, a stop all ranks agree on, a full-state checkpoint, exact resume.
 
-The signal handler only sets a flag. At the next *safe* batch boundary every rank joins one
-small all-reduce (MAX of the flags), so a signal seen by any rank stops all of them at the same
-step. A boundary is safe when the optimizer has just stepped (no half-accumulated gradients) and
-no validation or epoch end follows it: Lightning's restart logic would skip those.
+The signal handler only sets a flag. At a *safe* batch boundary every rank joins one small
+all-reduce (MAX of the flags), so a signal seen by any rank stops all of them at the same step.
+A boundary is safe when the optimizer has just stepped (no half-accumulated gradients) and no
+validation or epoch end follows it: Lightning's restart logic would skip those. The agreement
+runs about once a second, not every step (a collective is a sync point, and rank skew then costs
+throughput): the same all-reduce carries rank zero's choice of the step of the next agreement,
+from its measured step time, so every rank knows it without another collective.
 
 At that boundary the checkpoint is saved (atomically, by rank zero, with every rank's RNG and
 metric state gathered into it); the ranks raise `Preempted` at the start of the next batch, after
@@ -33,6 +36,8 @@ from torchmetrics import Metric
 from launcher.runtime import signals
 
 PREEMPT_CKPT = "preempt.ckpt"
+AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
+AGREE_MAX_STEPS = 1000
 
 class Preempted(Exception):
     """Raised on every rank after the preemption checkpoint is complete."""
@@ -178,6 +183,8 @@ class PreemptionHandler(Callback):
         self._resume_position: tuple[int, int] | None = None
         self._saving_batch: tuple[int, int | None] = (0, None)
         self._resumed = False
+        self._next_agreement = 0  # the global step at (or after) which the ranks next agree
+        self._last_agreement: tuple[int, float] | None = None  # (global step, time) of the last one
 
     # -- ownership of the signal
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -201,12 +208,9 @@ class PreemptionHandler(Callback):
         if self._accumulators_to_add is not None:
             _add_epoch_accumulators(trainer, self._accumulators_to_add)
             self._accumulators_to_add = None
-        if not self._safe_boundary(trainer, batch_idx):
+        if trainer.global_step < self._next_agreement or not self._safe_boundary(trainer, batch_idx):
             return
-        flag = torch.tensor([1 if signals.is_set() else 0], device=trainer.strategy.root_device)
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if not flag.item():
+        if not self._agree_to_stop(trainer):
             return
         started = time.time()
         self._saving_batch = (trainer.current_epoch, batch_idx + 1)
@@ -223,6 +227,22 @@ class PreemptionHandler(Callback):
             "save_s": round(saved - started, 3),
             "checkpoint_bytes": os.path.getsize(self.checkpoint_path) if trainer.global_rank == 0 else None,
         })
+
+    def _agree_to_stop(self, trainer: Trainer) -> bool:
+        """One all-reduce: whether any rank was signalled, and the step of the next agreement."""
+        step, now = trainer.global_step, time.monotonic()
+        every = 1
+        if trainer.global_rank == 0 and self._last_agreement is not None:
+            last_step, last_time = self._last_agreement
+            if step > last_step and now > last_time:
+                every = int(AGREE_EVERY_S / ((now - last_time) / (step - last_step)))
+        every = max(1, min(every, AGREE_MAX_STEPS)) if trainer.global_rank == 0 else 0
+        message = torch.tensor([1 if signals.is_set() else 0, every], device=trainer.strategy.root_device)
+        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
+            dist.all_reduce(message, op=dist.ReduceOp.MAX)
+        self._last_agreement = (step, now)
+        self._next_agreement = step + int(message[1].item())
+        return bool(message[0].item())
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Gather every rank's state that Lightning does not keep (a collective: all ranks save)."""

@@ -144,3 +144,15 @@ class EchoMLP(MLP):
                 "token": os.environ.get("MY_API_TOKEN")}
         Path(self.report_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.report_dir) / f"rank-{self.global_rank}.json").write_text(json.dumps(seen))
+
+
+class SlowMLP(MLP):
+    """The example MLP with a sleep per training step (time to preempt it), and nothing else added."""
+
+    def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.step_sleep = step_sleep
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        time.sleep(self.step_sleep)
+        return super().training_step(batch, batch_idx)
