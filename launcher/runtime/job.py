@@ -141,7 +141,8 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
                                                        default_hp_metric=False))
     if cfg.logging.csv:
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
-    callbacks: list[Any] = [checkpoint, RunProgress(run), *toolbox.callbacks(cfg, run, bool(loggers)),
+    gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
+    callbacks: list[Any] = [*gates, checkpoint, RunProgress(run), *toolbox.callbacks(cfg, run, bool(loggers)),
                             *extra_callbacks]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TimedProgressBar())

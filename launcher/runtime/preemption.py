@@ -169,6 +169,19 @@ def train_loader_and_sampler(trainer: Trainer) -> tuple[Any, ResumableDistribute
     return None
 
 
+class StopGate(Callback):
+    """Raises `Preempted` at the start of the batch after the stop, before any other callback's
+    on_train_batch_start (build_trainer puts it first): nothing is logged for a step that will
+    run again after the resume (LearningRateMonitor logs there, for one)."""
+
+    def __init__(self, handler: PreemptionHandler) -> None:
+        self.handler = handler
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.handler._stop_at is not None:
+            raise Preempted(*self.handler._stop_at)
+
+
 class PreemptionHandler(Callback):
     """Owns the preemption signal for the whole fit (see the module docstring)."""
 
@@ -183,6 +196,7 @@ class PreemptionHandler(Callback):
         self._resume_position: tuple[int, int] | None = None
         self._saving_batch: tuple[int, int | None] = (0, None)
         self._resumed = False
+        self.gate = StopGate(self)
         self._next_agreement = 0  # the global step at (or after) which the ranks next agree
         self._last_agreement: tuple[int, float] | None = None  # (global step, time) of the last one
 
@@ -299,8 +313,6 @@ class PreemptionHandler(Callback):
         sampler.resume_at(epoch, batches * loader.batch_size)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self._stop_at is not None:
-            raise Preempted(*self._stop_at)
         if self._pending_restore is not None:
             _set_rng_state(self._pending_restore["rng"])
             _load_metric_states(pl_module, self._pending_restore["metrics"])
