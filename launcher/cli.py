@@ -82,8 +82,8 @@ def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobC
     return dataclasses.replace(cfg, resources=res, run=run)
 
 
-def _render(cfg: JobConfig) -> str:
-    return render.render_local(cfg) if cfg.cluster.backend == "local" else render.render_sbatch(cfg)
+def _render(cfg: JobConfig, array: bool = False) -> str:
+    return render.render_local(cfg) if cfg.cluster.backend == "local" else render.render_sbatch(cfg, array)
 
 
 def _script_path(cfg: JobConfig, run: RunDir) -> Path:
@@ -133,14 +133,21 @@ def _follow_or_detach(run: RunDir, path: Path | None) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- commands
 
 
-def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
-    """Make the run directory, freeze the config and script into it, and hand it to the backend."""
+def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = False,
+                **event_fields: Any) -> tuple[JobConfig, RunDir]:
+    """Make the run directory and freeze the config and the script into it."""
     run = RunDir.create(runs_dir, cfg.job.name)
     cfg = finalize(cfg, run.path, run.run_id, job_file)
     atomic_write_text(run.config, config.dumps(cfg))
-    atomic_write_text(_script_path(cfg, run), _render(cfg))
+    atomic_write_text(_script_path(cfg, run), _render(cfg, array))
     run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
                   **event_fields)
+    return cfg, run
+
+
+def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
+    """Prepare the run directory and hand the run to its backend."""
+    cfg, run = prepare_run(cfg, runs_dir, job_file, **event_fields)
     try:
         backends.for_run(run).submit(cfg, run)
     except LaunchError:
@@ -407,7 +414,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     folder = runs_dir / first.job.name / "sweeps"
     folder.mkdir(parents=True, exist_ok=True)
     backend = first.cluster.backend
-    order = "one after another" if backend == "local" else "all queued at once"
+    # One SLURM job array when every point asks for the same allocation (a grid over, say,
+    # resources.nodes cannot share one); else one job per point.
+    array = backend == "slurm" and len(configs) > 1 and not args.no_array and len(
+        {repr(render.array_directives_key(finalize(c, runs_dir / "X", "X", args.job))) for c in configs}) == 1
+    order = {"local": "one after another"}.get(backend, "as one job array" if array else "all queued at once")
     print(f"sweep {sweep_id}: {len(points)} runs of {first.job.name} ({order}), ranked by {metric} ({mode})",
           file=sys.stderr)
     runs: list[RunDir] = []
@@ -426,7 +437,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"[{i + 1}/{len(points)}] {shown}: {info['state']}"
               + (f", {metric} {value:.4g}" if value is not None else "") + f"  ({run.run_id})", file=sys.stderr)
 
-    for i, cfg in enumerate(configs):
+    if array:
+        from launcher.backends import slurm
+
+        prepared = [prepare_run(cfg, runs_dir, args.job, array=True, sweep=sweep_id, point=points[i])
+                    for i, cfg in enumerate(configs)]
+        runs = [run for _, run in prepared]
+        out_dir = folder / sweep_id
+        out_dir.mkdir()
+        try:
+            record["slurm_array_job_id"] = slurm.submit_array([c for c, _ in prepared], runs, out_dir)
+        except LaunchError:
+            for run in runs:
+                shutil.rmtree(run.path, ignore_errors=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+        record["runs"] = [{"run": str(run.path), "point": points[i]} for i, run in enumerate(runs)]
+        atomic_write_text(folder / f"{sweep_id}.json", json.dumps(record, indent=1))
+    for i, cfg in enumerate([] if array else configs):
         run = start_run(cfg, runs_dir, args.job, sweep=sweep_id, point=points[i])
         runs.append(run)
         record["runs"].append({"run": str(run.path), "point": points[i]})
@@ -512,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     p.add_argument("--metric", help="rank by this final metric (default: checkpoint.monitor, else val_loss)")
     p.add_argument("--mode", choices=("min", "max"), help="better is lower or higher (default: checkpoint.mode)")
+    p.add_argument("--no-array", action="store_true", help="SLURM: one job per point instead of one job array")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("runs", help="list runs")

@@ -109,13 +109,17 @@ def rdzv_port_expr(cfg: JobConfig) -> str:
     return f"$(( {cfg.cluster.rdzv_port} + (SLURM_JOB_ID + 97 * ${{SLURM_RESTART_COUNT:-0}}) % 1000 ))"
 
 
-def sbatch_directives(cfg: JobConfig) -> list[tuple[str, str | None]]:
+def task_log_pattern(cfg: JobConfig, task: str, array: bool = False) -> str:
+    """Per-task output file; array tasks are named ARRAYID_INDEX like submitit names them."""
+    return f"{submitit_folder(cfg)}/{'%A_%a' if array else '%j'}_{task}_log.out"
+
+
+def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, str | None]]:
     res, prof = cfg.resources, cfg.cluster
     per_node_tasks = cfg.procs_per_node if prof.launch_mode == "srun" else 1
     cpus = res.cpus_per_task
     if cpus is not None and prof.launch_mode == "torchrun":
         cpus *= cfg.procs_per_node  # one task per node runs all of that node's ranks
-    folder = submitit_folder(cfg)
     items: list[tuple[str, str | None]] = [
         ("job-name", cfg.job.name),
         ("partition", prof.partition),
@@ -131,12 +135,12 @@ def sbatch_directives(cfg: JobConfig) -> list[tuple[str, str | None]]:
         ("signal", f"{prof.signal}@{prof.signal_grace_s}"),
         ("requeue", ""),
         ("open-mode", "append"),
-        ("output", f"{folder}/%j_0_log.out"),
+        ("output", task_log_pattern(cfg, "0", array)),
     ]
     return [(k, v) for k, v in items if v is not None]
 
 
-def render_sbatch(cfg: JobConfig) -> str:
+def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     """The batch script `launch submit` hands to sbatch (through submitit), top to bottom.
 
     srun mode: one task per GPU (or CPU process), Lightning's SLURM environment.
@@ -144,7 +148,6 @@ def render_sbatch(cfg: JobConfig) -> str:
     c10d rendezvous on the allocation's first node, resolved here, inside the job.
     """
     prof = cfg.cluster
-    folder = submitit_folder(cfg)
     py = shlex.quote(cfg.run.python or "python")
     run_dir = shlex.quote(cfg.run.dir)
     lines = [
@@ -154,7 +157,9 @@ def render_sbatch(cfg: JobConfig) -> str:
         f"# {cfg.resources.nodes} node(s) x {cfg.procs_per_node} rank(s), "
         + (f"{cfg.resources.gpus_per_node} GPU(s) per node (nccl)" if cfg.uses_gpus else "CPU (gloo)"),
     ]
-    for key, value in sbatch_directives(cfg):
+    if array:
+        lines.append("# one task of a job array (launch sweep): the array's own script runs this file with bash")
+    for key, value in sbatch_directives(cfg, array):
         lines.append(f"#SBATCH --{key}" + (f"={shlex.quote(value)}" if value else ""))
     lines += [f"#SBATCH {extra}" for extra in prof.sbatch_extra]
     if prof.setup:
@@ -165,7 +170,7 @@ def render_sbatch(cfg: JobConfig) -> str:
     lines.append("export SUBMITIT_EXECUTOR=slurm")
     # --kill-on-bad-exit: a rank (or node agent) that exits non-zero ends the step at once; the
     # others would otherwise wait in a collective until job.collective_timeout_s.
-    srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--output", f"{folder}/%j_%t_log.out"]
+    srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--output", task_log_pattern(cfg, "%t", array)]
     if prof.launch_mode == "torchrun":
         lines += [
             "# the rendezvous host: the first node of this allocation",
@@ -184,4 +189,36 @@ def render_sbatch(cfg: JobConfig) -> str:
         f'{py} -m launcher.backends.slurm_hooks ended {run_dir} "$rc"',
         'exit "$rc"',
     ]
+    return "\n".join(lines) + "\n"
+
+
+def array_directives_key(cfg: JobConfig) -> list[tuple[str, str | None]]:
+    """What must be equal for runs to share one job array: every directive but the output file."""
+    return [(k, v) for k, v in sbatch_directives(cfg, array=True) if k != "output"] + [
+        ("extra", " ".join(cfg.cluster.sbatch_extra))]
+
+
+def render_sbatch_array(cfgs: list[JobConfig], out_dir: str) -> str:
+    """One job array for a sweep: task i runs run i's own batch script (rendered with array=True).
+
+    Every run keeps its own directory, submitit folder, events and log; only the allocation
+    request is shared, so the points must ask for the same resources.
+    """
+    first = cfgs[0]
+    lines = [
+        "#!/bin/bash",
+        f"# launch: sweep of job {shlex.quote(first.job.name)}: {len(cfgs)} runs as one job array, "
+        f"profile {shlex.quote(first.run.profile)}, {first.cluster.launch_mode} mode",
+    ]
+    for key, value in sbatch_directives(first, array=True):
+        if key == "output":
+            value = f"{out_dir}/%A_%a.out"
+        lines.append(f"#SBATCH --{key}" + (f"={shlex.quote(value)}" if value else ""))
+    lines += [f"#SBATCH {extra}" for extra in first.cluster.sbatch_extra]
+    lines += [f"#SBATCH --array=0-{len(cfgs) - 1}", "", 'case "$SLURM_ARRAY_TASK_ID" in']
+    for i, cfg in enumerate(cfgs):
+        script = shlex.quote(f"{cfg.run.dir}/job.sbatch")
+        log = shlex.quote(f"{submitit_folder(cfg)}/") + f'"${{SLURM_ARRAY_JOB_ID}}_{i}_0_log.out"'
+        lines.append(f"  {i}) exec bash {script} >> {log} 2>&1 ;;")
+    lines += ["esac", 'echo "launch: no run for array task $SLURM_ARRAY_TASK_ID" >&2', "exit 2"]
     return "\n".join(lines) + "\n"

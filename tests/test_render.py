@@ -180,3 +180,27 @@ def test_sbatch_quotes_every_value_and_runs_in_bash(write, tmp_path) -> None:
     result = subprocess.run(["bash", "-c", probe], cwd=tmp_path, capture_output=True, text=True)
     assert result.stdout.split("\0") == [nasty, "a b;c$(x)'\""]
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_sbatch_array_task_runs_its_own_runs_script_into_its_own_log(write, tmp_path) -> None:
+    """The sweep's job array: task i execs run i's batch script, output appended to run i's task-0 log."""
+    cfgs = []
+    for i in range(3):
+        run_dir = tmp_path / f"run {i} $(touch PWNED) 'q'"
+        (run_dir / "submitit").mkdir(parents=True)
+        (run_dir / "job.sbatch").write_text(f'echo "run {i} ran with $SLURM_ARRAY_TASK_ID"\n')
+        cfgs.append(slurm_config(write, "srun", "cpu", run_dir=str(run_dir)))
+    script = render.render_sbatch_array(cfgs, str(tmp_path / "sweep"))
+    assert "#SBATCH --array=0-2" in script and f"#SBATCH --output={tmp_path}/sweep/%A_%a.out" in script
+    member = render.render_sbatch(cfgs[1], array=True)
+    assert "/submitit/%A_%a_%t_log.out" in member and "%j" not in member
+    for task in (0, 2):
+        env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_JOB_ID": "77", "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        log = Path(cfgs[task].run.dir) / "submitit" / f"77_{task}_0_log.out"
+        assert log.read_text() == f"run {task} ran with {task}\n"
+    missing = subprocess.run(["bash", "-c", script], env={"SLURM_ARRAY_TASK_ID": "9", "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no run for array task 9" in missing.stderr
+    assert not (tmp_path / "PWNED").exists()

@@ -244,19 +244,28 @@ def test_a_killed_rank_fails_the_slurm_job_within_seconds(cluster_file, tmp_path
     assert queue_size() == 0
 
 
-def test_a_sweep_on_a_slurm_profile_queues_every_point_and_tabulates(cluster_file, digits_job, tmp_path) -> None:
+@pytest.mark.parametrize("array", [True, False], ids=["job-array", "one-job-each"])
+def test_a_sweep_on_a_slurm_profile_queues_every_point_and_tabulates(cluster_file, digits_job, tmp_path, array) -> None:
     job = digits_job(name="swept", epochs=1, extra='[checkpoint]\nmonitor = "val_acc"\nmode = "max"\n')
     result = launch(cluster_file, "sweep", str(job), "--cluster", "test-srun", "--nodes", "1", "--procs", "1",
-                    "--runs-dir", str(tmp_path / "runs"), "--grid", "model.init_args.lr=0.002,0.05", timeout=600)
+                    "--runs-dir", str(tmp_path / "runs"), "--grid", "model.init_args.lr=0.002,0.05",
+                    *([] if array else ["--no-array"]), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "all queued at once" in result.stderr
+    assert ("as one job array" if array else "all queued at once") in result.stderr
     (table,) = (tmp_path / "runs" / "swept" / "sweeps").glob("*.csv")
     lines = table.read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("rank,model.init_args.lr,val_acc,state,run")
-    ids = set()
+    ids = []
     for line in lines[1:]:
         run_dir = Path(line.split(",")[4])
         info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
-        assert info["state"] == "completed" and info["backend"] == "slurm"
-        ids.add(info["slurm_job_id"])
-    assert len(ids) == 2
+        assert info["state"] == "completed" and info["backend"] == "slurm", info
+        events = [json.loads(e)["event"] for e in (run_dir / "events.jsonl").read_text().splitlines()]
+        assert events == ["submitted", "queued", "started", "training_started", "first_step", "trained", "finished"]
+        assert "completed in" in launch(cluster_file, "logs", str(run_dir)).stdout  # the task's own log
+        ids.append(info["slurm_job_id"])
+    assert len(set(ids)) == 2
+    if array:  # one array: ARRAYID_0 and ARRAYID_1
+        assert {i.rsplit("_", 1)[1] for i in ids} == {"0", "1"} and len({i.rsplit("_", 1)[0] for i in ids}) == 1
+        (record,) = (tmp_path / "runs" / "swept" / "sweeps").glob("*.json")
+        assert json.loads(record.read_text())["slurm_array_job_id"] == ids[0].rsplit("_", 1)[0]

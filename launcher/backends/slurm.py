@@ -65,6 +65,39 @@ def submit(cfg: JobConfig, run: RunDir) -> None:
     run.add_event("queued", slurm_job_id=str(job.job_id))
 
 
+def submit_array(cfgs: list[JobConfig], runs: list[RunDir], out_dir: Any) -> str:
+    """Submit a sweep's runs as one job array; each run keeps its own directory and job id
+    (ARRAYID_INDEX). Held until every task's pickled call is in place, then released."""
+    import submitit
+
+    from launcher.runtime import slurm_entry
+
+    first = cfgs[0]
+    for tool in ("sbatch", "srun", "squeue", "scontrol"):
+        if shutil.which(tool) is None:
+            raise LaunchError(f"profile '{first.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
+    script = out_dir / "array.sbatch"
+    atomic_write_text(script, render.render_sbatch_array(cfgs, str(out_dir)))
+    out = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise LaunchError(f"sbatch refused the job array: {' '.join((out.stderr or out.stdout).split())[:500]}")
+    array_id = out.stdout.strip().split(";")[0]
+    try:
+        for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
+            jid = f"{array_id}_{i}"
+            folder = run.path / "submitit"
+            folder.mkdir(exist_ok=True)
+            entry = slurm_entry.run_rank if cfg.cluster.launch_mode == "srun" else slurm_entry.run_node
+            submitit.helpers.DelayedSubmission(entry, cfg.run.dir).dump(folder / f"{jid}_submitted.pkl")
+            atomic_write_text(run.path / "slurm.json", json.dumps({"job_id": jid, "array_job_id": array_id}))
+            run.add_event("queued", slurm_job_id=jid)
+        subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
+    except BaseException:
+        subprocess.run(["scancel", array_id], capture_output=True)
+        raise
+    return array_id
+
+
 def job_id(run: RunDir) -> str | None:
     try:
         return json.loads((run.path / "slurm.json").read_text())["job_id"]

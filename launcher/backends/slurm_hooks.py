@@ -18,9 +18,17 @@ from launcher.backends.outcome import record_end
 from launcher.rundir import RunDir
 
 
+def current_job_id() -> str | None:
+    """This job's id as launch records it: ARRAYID_INDEX for a job-array task (as submitit
+    names it, and as squeue, scancel and scontrol accept it), else SLURM_JOB_ID."""
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def main(argv: list[str]) -> int:
     what, run = argv[0], RunDir(Path(argv[1]))
-    job_id = os.environ.get("SLURM_JOB_ID")
+    job_id = current_job_id()
     if what == "started":
         run.add_event("started", backend="slurm", slurm_job_id=job_id, host=socket.gethostname(),
                       restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())

@@ -193,7 +193,9 @@ def requeue_on_slurm(run: RunDir) -> None:
     """Rank zero puts the job back in the queue, unless the user asked to cancel it."""
     import subprocess
 
-    job_id = os.environ.get("SLURM_JOB_ID")
+    from launcher.backends.slurm_hooks import current_job_id
+
+    job_id = current_job_id()
     # Only a cancel of this job counts: a run resumed after `launch cancel` is a new job.
     this_job = [e for e in run.read_events() if e.get("slurm_job_id") == job_id]
     if not job_id or any(e.get("event") == "cancel_requested" for e in this_job):
