@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from launcher.runtime.parts import AtomicCheckpointIO
 from models.mlp import MLP
 from models.resnet import ResNet18

@@ -61,9 +61,10 @@ class StepTimer:
 class TimedCNN(SmallCNN):
     """SmallCNN that records the wall time between the starts of consecutive training batches."""
 
-    def __init__(self, timings: str = "", **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, timings: str = "", sync_loss: bool = False, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
         self.timer = StepTimer(timings or os.environ.get("BENCH_TIMINGS"))
+        self.sync_step_loss = sync_loss
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:  # noqa: ANN001
         self.timer.lap()

@@ -46,15 +46,50 @@ def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
     return samples_per_s(timings, procs)
 
 
+def paired(args: argparse.Namespace) -> None:
+    """Each repeat: plain once, then every variant of ours; a variant's ratio is the median of its
+    per-repeat ratios to that repeat's plain run, which cancels the machine's slow drift."""
+    variants = []
+    for item in args.variant:
+        label, _, sets = item.partition("=")
+        variants.append((label, [s for s in sets.split(";") if s]))
+    for procs in args.procs:
+        threads = max(1, (os.cpu_count() or 1) // procs)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        plain_runs: list[float] = []
+        ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(args.repeats):
+                plain_runs.append(plain(procs, args.steps, Path(tmp), env))
+                for label, sets in variants:
+                    ours_runs[label].append(ours(procs, args.steps, Path(tmp), env, sets))
+                print(f"repeat {i + 1}: plain {plain_runs[-1]:.0f}, "
+                      + ", ".join(f"{label} {ours_runs[label][-1]:.0f}" for label, _ in variants), flush=True)
+        for label, sets in variants:
+            ratios = [o / p for o, p in zip(ours_runs[label], plain_runs, strict=True)]
+            print(f"{procs} process(es), {threads} thread(s) each, {label}: ours {statistics.median(ours_runs[label]):.0f} "
+                  f"samples/s, plain {statistics.median(plain_runs):.0f}; paired ratios "
+                  f"{[round(r, 3) for r in ratios]}; ratio ours/plain {statistics.median(ratios):.3f}")
+            if args.out:
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps({"label": label, "procs": procs, "ours": ours_runs[label], "plain": plain_runs,
+                                         "ratio": statistics.median(ratios), "paired": ratios, "sets": sets}) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--procs", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="a job override for ours")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL=K=V;K=V",
+                        help="paired mode: every repeat runs plain, then ours once per variant; ratios are per repeat")
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
+    if args.variant:
+        paired(args)
+        return
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -8,7 +8,6 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-
 MEAN, STD = 0.1307, 0.3081
 
 
