@@ -87,7 +87,12 @@ def test_digits_job_completes_on_slurm(cluster_file, digits_job, tmp_path, profi
         assert sorted(ranks) == [0, 1]
         assert {r["world_size"] for r in ranks.values()} == {2}
         assert {r["env"] for r in ranks.values()} == {environment}
-        assert ranks[0]["metrics"] == ranks[1]["metrics"]  # synchronised, exactly
+        # synchronised, exactly; except the step loss, which the example models keep per rank (no
+        # all-reduce per step; see models/classifier.py) and which must therefore differ
+        synced = [{k: v for k, v in r["metrics"].items() if k != "train_loss_step"} for r in (ranks[0], ranks[1])]
+        assert synced[0] == synced[1] and len(synced[0]) >= 2
+        if stage == "fit":
+            assert ranks[0]["metrics"]["train_loss_step"] != ranks[1]["metrics"]["train_loss_step"]
         assert metric in ranks[0]["metrics"]
         if nodes == 2:
             assert {r["node"] for r in ranks.values()} == {"n1", "n2"}
