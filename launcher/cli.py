@@ -103,6 +103,11 @@ def _pump(path: Path, pos: int, out: TextIO) -> int:
     return pos + len(chunk)
 
 
+def _over(info: dict[str, Any]) -> bool:
+    """Whether a run, as `backends.describe` shows it, has ended (one way or another)."""
+    return info["terminal"] or info["state"] not in ("pending", "running")
+
+
 def _follow(run: RunDir, path: Path | None, out: TextIO) -> dict[str, Any]:
     """Stream the run's console (or `path`) until the run ends; return its final summary."""
     backend = backends.for_run(run)
@@ -111,7 +116,7 @@ def _follow(run: RunDir, path: Path | None, out: TextIO) -> dict[str, Any]:
         current = path or backend.console_path(run)
         pos = _pump(current, pos, out)
         info = backends.describe(run)
-        if info["terminal"] or info["state"] not in ("pending", "running"):
+        if _over(info):
             for _ in range(50):  # the last lines are printed after the end is recorded
                 if not backend.is_alive(run):
                     break
@@ -427,7 +432,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def wait(run: RunDir) -> dict[str, Any]:
         while True:
             info = backends.describe(run)
-            if info["terminal"] or info["state"] not in ("pending", "running"):
+            if _over(info):
                 return info
             time.sleep(1.0)
 

@@ -85,6 +85,13 @@ def ended(run_dir: Path) -> bool:
     return any(e["event"] in ("finished", "failed", "cancelled") for e in RunDir(run_dir).read_events())
 
 
+def wait_for_failure(run_dir: Path, within: float = 60) -> tuple[float, dict]:
+    """Seconds from now until the run records its end (at most `within`), and its status then."""
+    start = time.monotonic()
+    wait_for(lambda: ended(run_dir), within, "the job to fail", run_dir)
+    return time.monotonic() - start, status(run_dir)
+
+
 def rank_pid(run_dir: Path, rank: int) -> int:
     return json.loads((run_dir / "errors" / f"rank-{rank}.alive").read_text())["pid"]
 
@@ -96,10 +103,7 @@ def test_a_killed_rank_fails_the_job_within_seconds_and_is_named(tmp_path: Path)
     run_dir = submit(write_job(tmp_path, "killed", args=", step_sleep = 0.1"), tmp_path / "runs")
     wait_for(lambda: step_of(run_dir) >= 5, 120, "training", run_dir)
     os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    killed_at = time.monotonic()
-    wait_for(lambda: ended(run_dir), 60, "the job to fail", run_dir)
-    took = time.monotonic() - killed_at
-    info = status(run_dir)
+    took, info = wait_for_failure(run_dir)
     print(f"SIGKILL of rank 1 -> job failed in {took:.1f} s")
     assert info["state"] == "failed" and info["failed_rank"] == 1, info
     assert "rank 1 (" in info["error"] and "without a Python error" in info["error"], info["error"]
@@ -111,10 +115,7 @@ def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(
     run_dir = submit(job, tmp_path / "runs")
     log = run_dir / "logs" / "rank-1.log"
     wait_for(lambda: log.exists() and "rank 1 hangs now" in log.read_text(), 120, "the hang", run_dir)
-    hung_at = time.monotonic()
-    wait_for(lambda: ended(run_dir), 60, "the job to fail", run_dir)
-    took = time.monotonic() - hung_at
-    info = status(run_dir)
+    took, info = wait_for_failure(run_dir)
     print(f"rank 1 hung -> job failed in {took:.1f} s (collective timeout 8 s)")
     assert info["state"] == "failed" and info["failed_rank"] == 1, info
     assert "Timed out" in info["error"], info["error"]  # rank 0's collective gave up

@@ -75,7 +75,7 @@ def fit_in_process(tmp_path: Path, sets: list[str], steps_per_epoch: int = 6, ep
     from pytorch_lightning.loggers import CSVLogger
 
     from launcher.runtime import toolbox
-    from launcher.runtime.tools import build
+    from launcher.runtime.job import build_model_and_data as build
 
     job = write_job(tmp_path, "inproc", epochs=epochs)
     cfg = config.resolve(config.Request(job_file=str(job), procs=1, overrides=tuple(sets)))
@@ -160,7 +160,7 @@ def test_gradient_clipping_by_value_bounds_every_update(tmp_path: Path) -> None:
         nonlocal before
         model, _, _ = fit_in_process(tmp_path / str(len(sets)), ["optimizer.name='sgd'", "optimizer.lr=1.0", *sets],
                                      steps_per_epoch=1, epochs=1)
-        from launcher.runtime.tools import build
+        from launcher.runtime.job import build_model_and_data as build
 
         cfg = config.resolve(config.Request(job_file=str(tmp_path / str(len(sets)) / "inproc.toml"), procs=1))
         fresh, _ = build(cfg)  # the same seed: the weights before the single step

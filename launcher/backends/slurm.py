@@ -43,21 +43,29 @@ def _executor_class() -> type:
     return LaunchSlurmExecutor
 
 
-def submit(cfg: JobConfig, run: RunDir) -> None:
-    from launcher.runtime import slurm_entry
-
+def require_tools(cfg: JobConfig) -> None:
     for tool in ("sbatch", "srun", "squeue", "scontrol"):
         if shutil.which(tool) is None:
             raise LaunchError(f"profile '{cfg.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
+
+
+def task_entry(cfg: JobConfig) -> Any:
+    """The call submitit runs in each task: a rank (srun mode) or a node's torchrun agent."""
+    from launcher.runtime import slurm_entry
+
+    return slurm_entry.run_rank if cfg.cluster.launch_mode == "srun" else slurm_entry.run_node
+
+
+def submit(cfg: JobConfig, run: RunDir) -> None:
+    require_tools(cfg)
     executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
     executor.script = render.render_sbatch(cfg)
     executor.expected_command = render.submitit_command(cfg)
     per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
     executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
-    entry = slurm_entry.run_rank if cfg.cluster.launch_mode == "srun" else slurm_entry.run_node
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we report it once
-            job = executor.submit(entry, cfg.run.dir)
+            job = executor.submit(task_entry(cfg), cfg.run.dir)
     except Exception as err:  # submitit wraps sbatch's refusal in several exception types
         text = " ".join(str(err).split())
         raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
@@ -70,12 +78,7 @@ def submit_array(cfgs: list[JobConfig], runs: list[RunDir], out_dir: Any) -> str
     (ARRAYID_INDEX). Held until every task's pickled call is in place, then released."""
     import submitit
 
-    from launcher.runtime import slurm_entry
-
-    first = cfgs[0]
-    for tool in ("sbatch", "srun", "squeue", "scontrol"):
-        if shutil.which(tool) is None:
-            raise LaunchError(f"profile '{first.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
+    require_tools(cfgs[0])
     script = out_dir / "array.sbatch"
     atomic_write_text(script, render.render_sbatch_array(cfgs, str(out_dir)))
     out = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True)
@@ -87,8 +90,7 @@ def submit_array(cfgs: list[JobConfig], runs: list[RunDir], out_dir: Any) -> str
             jid = f"{array_id}_{i}"
             folder = run.path / "submitit"
             folder.mkdir(exist_ok=True)
-            entry = slurm_entry.run_rank if cfg.cluster.launch_mode == "srun" else slurm_entry.run_node
-            submitit.helpers.DelayedSubmission(entry, cfg.run.dir).dump(folder / f"{jid}_submitted.pkl")
+            submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(folder / f"{jid}_submitted.pkl")
             atomic_write_text(run.path / "slurm.json", json.dumps({"job_id": jid, "array_job_id": array_id}))
             run.add_event("queued", slurm_job_id=jid)
         subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)

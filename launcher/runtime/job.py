@@ -207,16 +207,13 @@ def requeue_on_slurm(run: RunDir) -> None:
         run.add_event("requeue_failed", slurm_job_id=job_id, error=(out.stderr or out.stdout).strip()[:300])
 
 
-def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
+def build_model_and_data(cfg: JobConfig) -> tuple[Any, Any]:
+    """The job's LightningModule and DataModule from the config, seeded, with the job file's
+    optimizer and memory format: what the ranks train, and what tune and predict load."""
     import pytorch_lightning as pl
-    from pytorch_lightning.utilities.model_helpers import is_overridden
 
     from launcher.runtime import toolbox
-    from launcher.runtime.preemption import PREEMPT_CKPT, Preempted, PreemptionHandler
 
-    output.route_logging("pytorch_lightning", "lightning_fabric")
-    # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
-    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
     pl.seed_everything(cfg.job.seed, workers=True)
     datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
     model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
@@ -225,6 +222,18 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
         import torch
 
         model = model.to(memory_format=torch.channels_last)
+    return model, datamodule
+
+
+def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    from launcher.runtime.preemption import PREEMPT_CKPT, Preempted, PreemptionHandler
+
+    output.route_logging("pytorch_lightning", "lightning_fabric")
+    # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
+    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
+    model, datamodule = build_model_and_data(cfg)
     # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
@@ -247,12 +256,12 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
         run.add_event("training_started", world_size=cfg.world_size, resume_from=resume.name if resume else None)
     try:
         # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
+        fitted = model
         if cfg.performance.compile:
             import torch
 
-            trainer.fit(torch.compile(model), datamodule=datamodule, ckpt_path=resume, weights_only=False)
-        else:
-            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+            fitted = torch.compile(model)
+        trainer.fit(fitted, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     except Preempted:
         if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
             requeue_on_slurm(run)

@@ -16,19 +16,7 @@ from typing import Any
 
 from launcher.config import JobConfig, load_resolved, read_toml
 from launcher.rundir import RunDir, atomic_open, atomic_write_text
-
-
-def build(cfg: JobConfig) -> tuple[Any, Any]:
-    import pytorch_lightning as pl
-
-    from launcher.runtime import toolbox
-    from launcher.runtime.job import load_class
-
-    pl.seed_everything(cfg.job.seed, workers=True, verbose=False)
-    datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
-    model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
-    toolbox.install_optimizer(model, cfg)
-    return model, datamodule
+from launcher.runtime.job import build_model_and_data
 
 
 def trainer_for(cfg: JobConfig, root: Path, **kwargs: Any) -> Any:
@@ -64,7 +52,7 @@ def tune(run: RunDir, want_lr: bool, want_batch: bool, max_trials: int) -> dict[
     from pytorch_lightning.tuner import Tuner
 
     cfg = load_resolved(run.config)
-    model, datamodule = build(cfg)
+    model, datamodule = build_model_and_data(cfg)
     found: dict[str, Any] = {}
     if want_batch:
         if not hasattr(datamodule, "batch_size"):
@@ -129,7 +117,7 @@ def predict(run: RunDir, which: str) -> Path:
     from pytorch_lightning.utilities.model_helpers import is_overridden
 
     cfg = load_resolved(run.config)
-    model, datamodule = build(cfg)
+    model, datamodule = build_model_and_data(cfg)
     ckpt = resolve_checkpoint(run, which)
     if not is_overridden("predict_dataloader", datamodule):
         datamodule.predict_dataloader = datamodule.test_dataloader  # the held-out data by default
