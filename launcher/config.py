@@ -170,7 +170,7 @@ class PerformanceSection:
     """Opt-in speed settings (see bench/README.md for what each gave)."""
 
     channels_last: bool = False  # convolution weights in NHWC: faster convolutions on tensor-core GPUs
-    compile: bool = False  # torch.compile the LightningModule before fit (a one-time compile cost)
+    compile: bool = False  # torch.compile the model's forward, static shapes (a one-time compile cost)
 
 
 @dataclass(frozen=True)

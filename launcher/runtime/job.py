@@ -254,14 +254,20 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     resume = find_resume_checkpoint(run)
     if rank == 0:
         run.add_event("training_started", world_size=cfg.world_size, resume_from=resume.name if resume else None)
+    if cfg.performance.compile:
+        # The network's forward only (state_dict keys unchanged); training_step, its logging and
+        # torchmetrics stay eager. Compiling the module's call, as torch.compile(model) or
+        # model.compile() do, takes in the whole training_step under DDP (Lightning routes the
+        # step through forward): dynamo then recompiles on every metric update, gives up after 8
+        # and runs a mix that differs after a resume. Static shapes: a kernel per input shape, the
+        # same whatever was compiled before it, so a resumed attempt computes bit for bit what an
+        # uninterrupted one does.
+        import torch
+
+        model.forward = torch.compile(model.forward, dynamic=False)
     try:
         # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
-        fitted = model
-        if cfg.performance.compile:
-            import torch
-
-            fitted = torch.compile(model)
-        trainer.fit(fitted, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     except Preempted:
         if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
             requeue_on_slurm(run)

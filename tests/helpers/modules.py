@@ -12,6 +12,7 @@ import torch
 from torchmetrics import SumMetric
 
 from datamodules.digits import DigitsDataModule
+from models.cnn import SmallCNN
 from models.mlp import MLP
 
 
@@ -148,6 +149,18 @@ class EchoMLP(MLP):
 
 class SlowMLP(MLP):
     """The example MLP with a sleep per training step (time to preempt it), and nothing else added."""
+
+    def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.step_sleep = step_sleep
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        time.sleep(self.step_sleep)
+        return super().training_step(batch, batch_idx)
+
+
+class SlowCNN(SmallCNN):
+    """The example CNN with a sleep per training step, outside the compiled forward."""
 
     def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
