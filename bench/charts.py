@@ -33,6 +33,7 @@ def throughput_chart(rows: list[dict], out: Path) -> None:
             ax.scatter([i + offset] * len(row[key]), row[key], color="black", s=8, zorder=3)
         top = max(row["ours"] + row["plain"])
         ax.text(i, top * 1.02, f"{row['ratio']:.3f}", ha="center", fontsize=9)
+    ax.set_ylim(top=max(max(r["ours"] + r["plain"]) for r in rows) * 1.1)
     ax.set_xticks(range(len(rows)), [f"{r['label']}\n({r['procs']} proc)" for r in rows], fontsize=8)
     ax.set_ylabel("training samples/s (rank 0)")
     ax.set_title("launch vs a hand-written DDP loop (ratio ours/plain above each pair)")

@@ -1,4 +1,4 @@
-"""The baseline: a hand-written PyTorch DDP loop, same model, data, batch size and optimizer.
+"""The baseline: a hand-written PyTorch DDP loop, same model, data, batch size, optimizer and metrics.
 
     torchrun --nproc-per-node P bench/plain_ddp.py STEPS TIMINGS_JSON
 """
@@ -31,17 +31,30 @@ def main() -> None:
     timer = StepTimer(out)
     done, epoch = 0, 0
     ddp.train()
+    # what the model's training_step computes besides the loss, as a careful hand-written loop
+    # would: its torchmetrics accuracy every step, and at each epoch end that accuracy and the
+    # sample-weighted mean loss over every rank
+    accuracy = model.train_acc
     while done < steps:
         sampler.set_epoch(epoch)
+        loss_sum, samples = torch.zeros(()), torch.zeros(())
         for x, y in loader:
             timer.lap()
-            loss = F.cross_entropy(ddp(x), y)
+            logits = ddp(x)
+            loss = F.cross_entropy(logits, y)
+            accuracy(logits, y)
+            loss_sum += loss.detach() * len(y)
+            samples += len(y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             done += 1
             if done >= steps:
                 break
+        accuracy.compute()
+        accuracy.reset()
+        totals = torch.stack([loss_sum, samples])
+        dist.all_reduce(totals)
         epoch += 1
     timer.lap()
     timer.save(dist.get_rank())
