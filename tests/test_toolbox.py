@@ -350,3 +350,34 @@ def test_bad_toolbox_settings_are_refused_in_one_line(tmp_path: Path) -> None:
         result = run_launch("submit", str(job), "--runs-dir", str(tmp_path / "runs"), "--dry-run", *args, cwd=REPO)
         assert result.returncode == 2 and key in result.stderr and fragment in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_cpu_run_does_not_load_nvml_at_every_optimizer_step(tmp_path: Path, monkeypatch) -> None:
+    """Importing Lightning turns on torch's NVML-based CUDA check, which (CUDA never initialised)
+    loads NVML at every torch.cuda.is_available(): torch's optimizers ask once per step. The
+    runtime's Trainer for a CPU run turns it off; a GPU run keeps Lightning's choice."""
+    import pytorch_lightning  # noqa: F401  (sets the variable)
+    import torch.cuda
+
+    from launcher.rundir import RunDir
+    from launcher.runtime.job import build_trainer
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # restored after the test
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(key, value)  # what torchrun gives a rank
+    loads = []
+    real = torch.cuda._raw_device_count_nvml
+    monkeypatch.setattr(torch.cuda, "_raw_device_count_nvml", lambda: loads.append(1) or real())
+    param = torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([param])
+    param.grad = torch.ones(3)
+    optimizer.step()
+    assert loads, "torch no longer asks NVML in the optimizer step: this workaround can go"
+    cfg = config.resolve(config.Request(job_file=str(write_job(tmp_path, "cpu")), procs=1))
+    assert not cfg.uses_gpus
+    build_trainer(cfg, RunDir(tmp_path / "run"), [])
+    loads.clear()
+    for _ in range(5):
+        optimizer.step()
+    assert loads == []

@@ -112,6 +112,13 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         TimedProgressBar,
     )
 
+    if not cfg.uses_gpus:
+        # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (to keep CUDA out of forked
+        # workers). With CUDA never initialised, as in a CPU run, every torch.cuda.is_available()
+        # then loads NVML again, and torch's optimizers ask once per step (about 40 us a step
+        # here, which a hand-written loop without Lightning does not pay). A CPU run never
+        # initialises CUDA, so torch's own check is the right one.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     # Chosen from how we started the ranks, never guessed: inside a SLURM allocation running
     # torchrun, Lightning's own detection would pick SLURMEnvironment and get the ranks wrong.
     if os.environ.get("LAUNCH_MODE") == "srun":
