@@ -29,21 +29,12 @@ def worker(steps: int) -> None:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
-    from torch.utils.data import DataLoader, DistributedSampler
 
     sys.path.insert(0, str(REPO))
-    from bench.common import BATCH, TimedCNN, synthetic_mnist
+    from bench.common import plain_ddp_setup
     from launcher.runtime.preemption import AGREE_EVERY_S, PreemptionHandler
 
-    dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    model = TimedCNN()
-    ddp = DistributedDataParallel(model)
-    optimizer = model.configure_optimizers()
-    data = synthetic_mnist()
-    sampler = DistributedSampler(data, shuffle=True, seed=0)
-    loader = DataLoader(data, batch_size=BATCH, sampler=sampler)
+    _, ddp, optimizer, sampler, loader = plain_ddp_setup()
     handler = PreemptionHandler([], "unused.ckpt", None, None)
     trainer = SimpleNamespace(global_step=0, global_rank=dist.get_rank(), world_size=dist.get_world_size(),
                               strategy=SimpleNamespace(root_device=torch.device("cpu")))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from models.cnn import SmallCNN
 
@@ -71,3 +73,16 @@ class TimedCNN(SmallCNN):
 
     def on_train_end(self) -> None:
         self.timer.save(self.global_rank)
+
+
+def plain_ddp_setup() -> tuple[TimedCNN, DistributedDataParallel, torch.optim.Optimizer, DistributedSampler,
+                               DataLoader]:
+    """The hand-written side (run under torchrun): a gloo process group, the seeded model wrapped
+    in DDP, its own optimizer, and the synthetic data sharded by a DistributedSampler."""
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    model = TimedCNN()
+    ddp = DistributedDataParallel(model)
+    data = synthetic_mnist()
+    sampler = DistributedSampler(data, shuffle=True, seed=0)
+    return model, ddp, model.configure_optimizers(), sampler, DataLoader(data, batch_size=BATCH, sampler=sampler)

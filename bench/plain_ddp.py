@@ -11,23 +11,14 @@ import sys
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 sys.path.insert(0, os.getcwd())
-from bench.common import BATCH, StepTimer, TimedCNN, synthetic_mnist  # noqa: E402
+from bench.common import StepTimer, plain_ddp_setup  # noqa: E402
 
 
 def main() -> None:
     steps, out = int(sys.argv[1]), sys.argv[2]
-    dist.init_process_group("gloo")
-    torch.manual_seed(0)
-    model = TimedCNN()
-    ddp = DistributedDataParallel(model)
-    optimizer = model.configure_optimizers()
-    data = synthetic_mnist()
-    sampler = DistributedSampler(data, shuffle=True, seed=0)
-    loader = DataLoader(data, batch_size=BATCH, sampler=sampler)
+    model, ddp, optimizer, sampler, loader = plain_ddp_setup()
     timer = StepTimer(out)
     done, epoch = 0, 0
     ddp.train()

@@ -88,8 +88,9 @@ class ReportingMLP(MLP):
         self._report("test")
 
 
-class PreemptableMLP(MLP):
-    """Dropout, a step LR schedule, torchmetrics, EarlyStopping; slow enough to preempt mid-epoch."""
+class StepSleep:
+    """Mixed in before a LightningModule: a sleep of `step_sleep` seconds at the start of every
+    training step, outside forward (time to preempt the run mid-epoch)."""
 
     def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
@@ -98,6 +99,13 @@ class PreemptableMLP(MLP):
     def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
         if self.step_sleep:
             time.sleep(self.step_sleep)
+        return super().training_step(batch, batch_idx)
+
+
+class PreemptableMLP(StepSleep, MLP):
+    """Dropout, a step LR schedule, torchmetrics, EarlyStopping; slow enough to preempt mid-epoch."""
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
         # randomness beyond dropout, on every rank, to prove each rank's RNG comes back
         noise = torch.randn(()) * 1e-3
         self.log("train_noise", noise, on_step=True, on_epoch=True, sync_dist=True)
@@ -147,25 +155,9 @@ class EchoMLP(MLP):
         (Path(self.report_dir) / f"rank-{self.global_rank}.json").write_text(json.dumps(seen))
 
 
-class SlowMLP(MLP):
+class SlowMLP(StepSleep, MLP):
     """The example MLP with a sleep per training step (time to preempt it), and nothing else added."""
 
-    def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
-        super().__init__(**kwargs)
-        self.step_sleep = step_sleep
 
-    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
-        time.sleep(self.step_sleep)
-        return super().training_step(batch, batch_idx)
-
-
-class SlowCNN(SmallCNN):
+class SlowCNN(StepSleep, SmallCNN):
     """The example CNN with a sleep per training step, outside the compiled forward."""
-
-    def __init__(self, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
-        super().__init__(**kwargs)
-        self.step_sleep = step_sleep
-
-    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
-        time.sleep(self.step_sleep)
-        return super().training_step(batch, batch_idx)
