@@ -7,16 +7,19 @@ import dataclasses
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from launcher import backends, config, render
-from launcher.config import JobConfig, LaunchError
-from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs, new_run_id
+from launcher import backends, config, sweep
+from launcher.config import JobConfig
+from launcher.errors import LaunchError
+from launcher.lifecycle import Event, RunStatus, State, last_event
+from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
+from launcher.submission import render_preview, render_script, start_run
+from launcher.table import format_table
 
 SMOKE_OVERRIDES = (
     "trainer.max_epochs=1",
@@ -26,6 +29,7 @@ SMOKE_OVERRIDES = (
     "trainer.limit_test_batches=2",
     "trainer.num_sanity_val_steps=1",
 )
+TOOL_MODULES = {"tune": "launcher.runtime.tune", "predict": "launcher.runtime.predict"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -53,43 +57,6 @@ def _runs_dir(args: argparse.Namespace, cfg: JobConfig | None = None) -> Path:
     return Path("runs")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobConfig:
-    """Fill in what is only known at submission: run identity, paths, interpreter, ports."""
-    config.check_path("the run directory", str(run_path))
-    config.check_path("the working directory", os.getcwd())
-    res = cfg.resources
-    if res.cpus_per_task is None:  # share the node's CPUs evenly between its ranks
-        if cfg.cluster.backend == "local":
-            cpus = max(1, (os.cpu_count() or 1) // (res.nodes * cfg.procs_per_node))
-        else:
-            cpus = max(1, cfg.cluster.cpus_per_node // cfg.procs_per_node) if cfg.cluster.cpus_per_node else None
-        res = dataclasses.replace(res, cpus_per_task=cpus)
-    run = dataclasses.replace(
-        cfg.run,
-        id=run_id,
-        dir=str(run_path),
-        workdir=os.getcwd(),
-        python=cfg.cluster.python or sys.executable,
-        job_file=str(Path(job_file).resolve()),
-        rdzv_port=_free_port() if cfg.cluster.backend == "local" else cfg.cluster.rdzv_port,
-    )
-    return dataclasses.replace(cfg, resources=res, run=run)
-
-
-def _render(cfg: JobConfig, array: bool = False) -> str:
-    return render.render_local(cfg) if cfg.cluster.backend == "local" else render.render_sbatch(cfg, array)
-
-
-def _script_path(cfg: JobConfig, run: RunDir) -> Path:
-    return run.command if cfg.cluster.backend == "local" else run.path / "job.sbatch"
-
-
 def _pump(path: Path, pos: int, out: TextIO) -> int:
     try:
         with open(path, "rb") as fh:
@@ -103,31 +70,25 @@ def _pump(path: Path, pos: int, out: TextIO) -> int:
     return pos + len(chunk)
 
 
-def _over(info: dict[str, Any]) -> bool:
-    """Whether a run, as `backends.describe` shows it, has ended (one way or another)."""
-    return info["terminal"] or info["state"] not in ("pending", "running")
-
-
-def _follow(run: RunDir, path: Path | None, out: TextIO) -> dict[str, Any]:
-    """Stream the run's console (or `path`) until the run ends; return its final summary."""
+def _follow(run: RunDir, path: Path | None, out: TextIO) -> RunStatus:
+    """Stream the run's console (or `path`) until the run ends; return its final status."""
     backend = backends.for_run(run)
     pos = 0
     while True:
-        current = path or backend.console_path(run)
+        current = path or backend.logs(run)
         pos = _pump(current, pos, out)
-        info = backends.describe(run)
-        if _over(info):
+        if backends.status(run).over:
             for _ in range(50):  # the last lines are printed after the end is recorded
-                if not backend.is_alive(run):
+                if not backend.still_running(run):
                     break
                 time.sleep(0.1)
             time.sleep(0.2)
             _pump(current, pos, out)
-            return backends.describe(run)
+            return backends.status(run)
         time.sleep(0.5)
 
 
-def _follow_or_detach(run: RunDir, path: Path | None) -> dict[str, Any] | None:
+def _follow_or_detach(run: RunDir, path: Path | None) -> RunStatus | None:
     try:
         return _follow(run, path, sys.stdout)
     except KeyboardInterrupt:
@@ -135,63 +96,40 @@ def _follow_or_detach(run: RunDir, path: Path | None) -> dict[str, Any] | None:
         return None
 
 
+def _exit_code(final: RunStatus | None) -> int:
+    """--follow: 0 if the run completed, 130 if the user detached, else 1."""
+    return 130 if final is None else (0 if final.state == State.COMPLETED else 1)
+
+
 # --------------------------------------------------------------------------- commands
-
-
-def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = False,
-                **event_fields: Any) -> tuple[JobConfig, RunDir]:
-    """Make the run directory and freeze the config and the script into it."""
-    run = RunDir.create(runs_dir, cfg.job.name)
-    cfg = finalize(cfg, run.path, run.run_id, job_file)
-    atomic_write_text(run.config, config.dumps(cfg))
-    atomic_write_text(_script_path(cfg, run), _render(cfg, array))
-    run.add_event("submitted", backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
-                  **event_fields)
-    return cfg, run
-
-
-def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
-    """Prepare the run directory and hand the run to its backend."""
-    cfg, run = prepare_run(cfg, runs_dir, job_file, **event_fields)
-    try:
-        backends.for_run(run).submit(cfg, run)
-    except LaunchError:
-        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
-        raise
-    return run
 
 
 def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
     cfg = config.resolve(_request(args, extra))
     runs_dir = _runs_dir(args, cfg)
     if args.dry_run:
-        placeholder = (runs_dir / cfg.job.name / "RUN-ID").resolve()
-        print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
-        print(placeholder)
+        print(render_preview(cfg, runs_dir, args.job), end="")
+        print((runs_dir / cfg.job.name / "RUN-ID").resolve())
         return 0
     run = start_run(cfg, runs_dir, args.job)
     shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
     print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
     code = 0
     if args.follow:
-        info = _follow_or_detach(run, None)
-        if info is None:
-            code = 130
-        else:
-            code = 0 if info["state"] == "completed" else 1
-            print(f"run {info['state']}" + (f": {info['error']}" if info.get("error") else ""), file=sys.stderr)
+        final = _follow_or_detach(run, None)
+        code = _exit_code(final)
+        if final is not None:
+            print(f"run {final.state}" + (f": {final.error}" if final.error else ""), file=sys.stderr)
     print(run.path)
     return code
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     if (Path(args.job) / "config.toml").is_file():  # an existing run: what it was submitted with
-        cfg = config.load_resolved(Path(args.job) / "config.toml")
-        print(_render(cfg), end="")
+        print(render_script(config.load_resolved(Path(args.job) / "config.toml")), end="")
         return 0
     cfg = config.resolve(_request(args))
-    placeholder = (_runs_dir(args, cfg) / cfg.job.name / "RUN-ID").resolve()
-    print(_render(finalize(cfg, placeholder, "RUN-ID", args.job)), end="")
+    print(render_preview(cfg, _runs_dir(args, cfg), args.job), end="")
     return 0
 
 
@@ -210,36 +148,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {_runs_dir(args)}")
         return 0
     rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "SUBMITTED")]
-    for run in runs:
-        info = backends.describe(run)
-        rows.append((run.run_id, run.job_name, info["state"], str(info["global_step"]), str(info["epoch"]),
-                     str(info["restarts"]), str(info.get("submitted_at") or "")))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for run, info in zip(runs, backends.statuses(runs), strict=True):
+        rows.append((run.run_id, run.job_name, info.state, str(info.global_step), str(info.epoch),
+                     str(info.restarts), str(info.submitted_at or "")))
+    print(format_table(rows))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    info = backends.describe(run)
+    info = backends.status(run)
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(json.dumps(info.as_dict(), indent=1))
         return 0
-    print(f"run       {info['run_id']} ({info['job']})")
-    print(f"state     {info['state']}")
-    print(f"progress  step {info['global_step']}, epoch {info['epoch']}, restarts {info['restarts']}")
-    for key, value in sorted(info["metrics"].items()):
+    print(f"run       {info.run_id} ({info.job})")
+    print(f"state     {info.state}")
+    print(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
+    for key, value in sorted(info.metrics.items()):
         print(f"  {key:<14} {value:.6g}")
-    if info.get("error"):
-        print(f"error     {info['error']}")
-    print(f"dir       {info['run_dir']}")
+    if info.error:
+        print(f"error     {info.error}")
+    print(f"dir       {info.run_dir}")
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    path = backends.for_run(run).console_path(run) if args.rank is None else run.rank_log(args.rank)
+    path = backends.for_run(run).logs(run) if args.rank is None else run.rank_log(args.rank)
     if args.rank is not None and not path.exists():
         have = sorted(p.stem.removeprefix("rank-") for p in run.logs.glob("rank-*.log"))
         raise LaunchError(f"{run.path}: no log for rank {args.rank} (ranks with logs: {', '.join(have) or 'none yet'})")
@@ -252,48 +187,41 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    backend = backends.for_run(run)
-    backend.cancel(run)
-    deadline = time.monotonic() + 60
-    while backend.is_alive(run) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    info = backends.describe(run)
-    print(f"{run.run_id}: {info['state']}")
-    return 0 if info["state"] == "cancelled" else 1
+    backends.for_run(run).cancel(run)  # returns once the run has stopped
+    info = backends.status(run)
+    print(f"{run.run_id}: {info.state}")
+    return 0 if info.state == State.CANCELLED else 1
 
 
 def cmd_preempt(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     cfg = config.load_resolved(run.config)
-    print(f"{run.run_id}: {backends.for_run(run).preempt(run, cfg.cluster.signal)}")
+    print(f"{run.run_id}: {backends.for_run(run).signal(run, cfg.cluster.signal)}")
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     backend = backends.for_run(run)
-    info = backends.describe(run)
-    if backend.is_alive(run):
-        raise LaunchError(f"{run.path}: still {info['state']}; cancel it first or let it finish")
-    if info["state"] == "completed":
+    info = backends.status(run)
+    if backend.still_running(run):
+        raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
+    if info.state == State.COMPLETED:
         raise LaunchError(f"{run.path}: already completed")
     cfg = config.load_resolved(run.config)
     if cfg.cluster.backend == "local":  # the old rendezvous port may be taken by now
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=_free_port()))
-    run.add_event("resume_requested", previous_state=info["state"])
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
+    run.add_event(Event.RESUME_REQUESTED, previous_state=info.state)
     backend.submit(cfg, run)
     print(f"resuming {cfg.job.name} run {run.run_id} from its newest checkpoint", file=sys.stderr)
-    code = 0
-    if args.follow:
-        final = _follow_or_detach(run, None)
-        code = 130 if final is None else (0 if final["state"] == "completed" else 1)
+    code = _exit_code(_follow_or_detach(run, None)) if args.follow else 0
     print(run.path)
     return code
 
 
-def _tool(args: list[str], cfg: JobConfig) -> int:
-    """Run a one-process tool (launcher/runtime/tools.py) in the job's interpreter and directory."""
-    cmd = [cfg.run.python or sys.executable, "-m", "launcher.runtime.tools", *args]
+def _tool(tool: str, args: list[str], cfg: JobConfig) -> int:
+    """Run a one-device tool (launcher/runtime/tune.py, predict.py) in the job's interpreter and directory."""
+    cmd = [cfg.run.python or sys.executable, "-m", TOOL_MODULES[tool], *args]
     return subprocess.run(cmd, cwd=cfg.run.workdir or None).returncode
 
 
@@ -306,16 +234,16 @@ def cmd_tune(args: argparse.Namespace) -> int:
     want_lr = args.lr or not args.batch_size
     want_batch = args.batch_size or (not args.lr and cfg.uses_gpus)
     run = RunDir.create(_runs_dir(args, cfg) / cfg.job.name, "tune")
-    cfg = finalize(cfg, run.path, run.run_id, args.job)
+    cfg = config.finalize(cfg, run.path, run.run_id, args.job)
     atomic_write_text(run.config, config.dumps(cfg))
     what = " and ".join(n for n, on in (("learning rate", want_lr), ("batch size", want_batch)) if on)
     print(f"tuning the {what} of {cfg.job.name} on one device; results in {run.path}", file=sys.stderr)
     flags = (["--lr"] if want_lr else []) + (["--batch-size"] if want_batch else [])
-    code = _tool(["tune", str(run.path), *flags, "--max-trials", str(args.max_trials)], cfg)
+    code = _tool("tune", [str(run.path), *flags, "--max-trials", str(args.max_trials)], cfg)
     if code != 0:
         raise LaunchError(f"tuning failed (exit {code}); see the output above")
-    found = json.loads((run.path / "tune.json").read_text())
-    tuned = run.path / "tuned.toml"
+    found = json.loads(run.tune_result.read_text())
+    tuned = run.tuned_job
     if args.out:
         shutil.copyfile(tuned, args.out)
         tuned = Path(args.out)
@@ -330,169 +258,27 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     cfg = config.load_resolved(run.config)
-    code = _tool(["predict", str(run.path), args.ckpt], cfg)
+    code = _tool("predict", [str(run.path), args.ckpt], cfg)
     if code != 0:
         raise LaunchError(f"{run.path}: predict failed (exit {code}); see the output above")
-    made = [e for e in run.read_events() if e.get("event") == "predicted"]
-    if not made or not Path(made[-1]["output"]).is_file():
+    last = last_event(run.read_events(), Event.PREDICTED)
+    if last is None or not Path(last["output"]).is_file():
         raise LaunchError(f"{run.path}: predict wrote nothing")
-    last = made[-1]
     print(f"{last['count']} predictions from {Path(last['checkpoint']).name}", file=sys.stderr)
     print(last["output"])
     return 0
 
 
-# --------------------------------------------------------------------------- sweeps
-
-
-def sweep_points(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The grid's cartesian product, or `--count` random draws (seeded)."""
-    import itertools
-    import math
-    import random
-
-    grid: list[tuple[str, list[Any]]] = []
-    for item in args.grid or []:
-        key, sep, values = item.partition("=")
-        if not sep or not values:
-            raise LaunchError(f"--grid {item!r}: expected KEY=V1,V2,... e.g. model.init_args.lr=0.01,0.1")
-        grid.append((key, [config.parse_override(f"{key}={v}")[1] for v in values.split(",")]))
-    draws: list[tuple[str, float, float, bool, bool]] = []
-    for item in args.random or []:
-        key, sep, spec = item.partition("=")
-        parts = spec.split(":")
-        if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-            raise LaunchError(f"--random {item!r}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log")
-        try:
-            low, high = (config.parse_override(f"{key}={v}")[1] for v in parts[:2])
-            is_int = isinstance(low, int) and isinstance(high, int) and len(parts) == 2
-            low, high = float(low), float(high)
-        except (TypeError, ValueError):
-            raise LaunchError(f"--random {item!r}: LOW and HIGH must be numbers") from None
-        if not low < high or (len(parts) == 3 and low <= 0):
-            raise LaunchError(f"--random {item!r}: need LOW < HIGH (and LOW > 0 for log)")
-        draws.append((key, low, high, len(parts) == 3, is_int))
-    if draws and not args.count:
-        raise LaunchError("--random needs --count N (how many points to draw)")
-    points = [dict(zip([k for k, _ in grid], combo, strict=True)) for combo in itertools.product(*[v for _, v in grid])]
-    if draws:
-        rng = random.Random(args.seed)
-        drawn = []
-        for base in points or [{}]:
-            for _ in range(args.count):
-                point = dict(base)
-                for key, low, high, log, is_int in draws:
-                    if is_int:
-                        point[key] = rng.randint(int(low), int(high))
-                    elif log:
-                        point[key] = float(f"{math.exp(rng.uniform(math.log(low), math.log(high))):.4g}")
-                    else:
-                        point[key] = float(f"{rng.uniform(low, high):.4g}")
-                drawn.append(point)
-        points = drawn
-    if not points:
-        raise LaunchError("a sweep needs --grid KEY=V1,V2 and/or --random KEY=LOW:HIGH --count N")
-    return points
-
-
-def _override(key: str, value: Any) -> str:
-    import tomli_w
-
-    return f"{key}={tomli_w.dumps({'v': value}).partition('=')[2].strip()}"
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import csv
-    import io
-
-    points = sweep_points(args)
+    found = sweep.points(args.grid or [], args.random or [], args.count, args.seed)
     base = tuple(args.set or ())
-    configs = []
-    for point in points:  # every point is checked before the first one runs
-        args.set = list(base) + [_override(k, v) for k, v in point.items()]
-        configs.append(config.resolve(_request(args)))
-    first = configs[0]
-    metric = args.metric or first.checkpoint.monitor or "val_loss"
-    mode = args.mode or (first.checkpoint.mode if metric == first.checkpoint.monitor else "min")
-    runs_dir = _runs_dir(args, first)
-    sweep_id = new_run_id()
-    folder = runs_dir / first.job.name / "sweeps"
-    folder.mkdir(parents=True, exist_ok=True)
-    backend = first.cluster.backend
-    # One SLURM job array when every point asks for the same allocation (a grid over, say,
-    # resources.nodes cannot share one); else one job per point.
-    array = backend == "slurm" and len(configs) > 1 and not args.no_array and len(
-        {repr(render.array_directives_key(finalize(c, runs_dir / "X", "X", args.job))) for c in configs}) == 1
-    order = {"local": "one after another"}.get(backend, "as one job array" if array else "all queued at once")
-    print(f"sweep {sweep_id}: {len(points)} runs of {first.job.name} ({order}), ranked by {metric} ({mode})",
-          file=sys.stderr)
-    runs: list[RunDir] = []
-    record = {"sweep": sweep_id, "job": args.job, "metric": metric, "mode": mode, "runs": []}
 
-    def wait(run: RunDir) -> dict[str, Any]:
-        while True:
-            info = backends.describe(run)
-            if _over(info):
-                return info
-            time.sleep(1.0)
+    def resolve_point(overrides: tuple[str, ...]) -> JobConfig:
+        args.set = [*base, *overrides]
+        return config.resolve(_request(args))
 
-    def report(i: int, run: RunDir, info: dict[str, Any]) -> None:
-        shown = " ".join(f"{k}={v}" for k, v in points[i].items())
-        value = info["metrics"].get(metric)
-        print(f"[{i + 1}/{len(points)}] {shown}: {info['state']}"
-              + (f", {metric} {value:.4g}" if value is not None else "") + f"  ({run.run_id})", file=sys.stderr)
-
-    if array:
-        from launcher.backends import slurm
-
-        prepared = [prepare_run(cfg, runs_dir, args.job, array=True, sweep=sweep_id, point=points[i])
-                    for i, cfg in enumerate(configs)]
-        runs = [run for _, run in prepared]
-        out_dir = folder / sweep_id
-        out_dir.mkdir()
-        try:
-            record["slurm_array_job_id"] = slurm.submit_array([c for c, _ in prepared], runs, out_dir)
-        except LaunchError:
-            for run in runs:
-                shutil.rmtree(run.path, ignore_errors=True)
-            shutil.rmtree(out_dir, ignore_errors=True)
-            raise
-        record["runs"] = [{"run": str(run.path), "point": points[i]} for i, run in enumerate(runs)]
-        atomic_write_text(folder / f"{sweep_id}.json", json.dumps(record, indent=1))
-    for i, cfg in enumerate([] if array else configs):
-        run = start_run(cfg, runs_dir, args.job, sweep=sweep_id, point=points[i])
-        runs.append(run)
-        record["runs"].append({"run": str(run.path), "point": points[i]})
-        atomic_write_text(folder / f"{sweep_id}.json", json.dumps(record, indent=1))
-        if backend == "local":
-            report(i, run, wait(run))
-    results = []
-    for i, run in enumerate(runs):
-        info = wait(run)
-        if backend != "local":
-            report(i, run, info)
-        results.append((points[i], run, info))
-    sign = -1 if mode == "max" else 1
-    results.sort(key=lambda r: (r[2]["metrics"].get(metric) is None, sign * r[2]["metrics"].get(metric, 0.0)))
-    keys = list(points[0])
-    others = sorted({m for _, _, info in results for m in info["metrics"]} - {metric})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["rank", *keys, metric, "state", "run", *others])
-    rows = [("#", *keys, metric, "STATE", "RUN")]
-    for n, (point, run, info) in enumerate(results, 1):
-        value = info["metrics"].get(metric)
-        writer.writerow([n, *[point[k] for k in keys], "" if value is None else value, info["state"], str(run.path),
-                         *[info["metrics"].get(m, "") for m in others]])
-        rows.append((str(n), *[str(point[k]) for k in keys], "-" if value is None else f"{value:.4g}", info["state"],
-                     run.run_id))
-    table = folder / f"{sweep_id}.csv"
-    atomic_write_text(table, buffer.getvalue())
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(f"table: {table}", file=sys.stderr)
-    return 0 if all(info["state"] == "completed" for _, _, info in results) else 1
+    p = sweep.plan(found, resolve_point, args.job, args.metric, args.mode, args.no_array)
+    return sweep.run_sweep(p, _runs_dir(args, p.configs[0]), args.job)
 
 
 # --------------------------------------------------------------------------- parser

@@ -10,7 +10,12 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from launcher.config import JobConfig
+from launcher.config.schema import JobConfig
+from launcher.rundir import RunDir
+
+# The modules launch starts by name (never imported here): a rank, and the batch script's hooks.
+RANK_MODULE = "launcher.runtime"
+BATCH_HOOKS_MODULE = "launcher.entry.slurm_hooks"
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ def torchrun_argv(cfg: JobConfig, node: int, endpoint: str) -> tuple[str, ...]:
     if cfg.resources.nodes > 1:
         # Every simulated node is on this machine: say which agent hosts the rendezvous store.
         argv += ["--rdzv-conf", f"is_host={1 if node == 0 else 0}"]
-    argv += ["--max-restarts", "0", "-m", "launcher.runtime", cfg.run.dir]
+    argv += ["--max-restarts", "0", "-m", RANK_MODULE, cfg.run.dir]
     return tuple(argv)
 
 
@@ -94,7 +99,7 @@ def render_local(cfg: JobConfig) -> str:
 
 
 def submitit_folder(cfg: JobConfig) -> str:
-    return f"{cfg.run.dir}/submitit"
+    return f"{cfg.run.dir}/{RunDir.SUBMITIT}"
 
 
 def submitit_command(cfg: JobConfig) -> str:
@@ -183,10 +188,10 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
         srun += ["--ntasks-per-node", "1"]
     lines += [
         "",
-        f"{py} -m launcher.backends.slurm_hooks started {run_dir}",
+        f"{py} -m {BATCH_HOOKS_MODULE} started {run_dir}",
         " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg),
         "rc=$?",
-        f'{py} -m launcher.backends.slurm_hooks ended {run_dir} "$rc"',
+        f'{py} -m {BATCH_HOOKS_MODULE} ended {run_dir} "$rc"',
         'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"
@@ -217,7 +222,7 @@ def render_sbatch_array(cfgs: list[JobConfig], out_dir: str) -> str:
     lines += [f"#SBATCH {extra}" for extra in first.cluster.sbatch_extra]
     lines += [f"#SBATCH --array=0-{len(cfgs) - 1}", "", 'case "$SLURM_ARRAY_TASK_ID" in']
     for i, cfg in enumerate(cfgs):
-        script = shlex.quote(f"{cfg.run.dir}/job.sbatch")
+        script = shlex.quote(f"{cfg.run.dir}/{RunDir.BATCH_SCRIPT}")
         log = shlex.quote(f"{submitit_folder(cfg)}/") + f'"${{SLURM_ARRAY_JOB_ID}}_{i}_0_log.out"'
         lines.append(f"  {i}) exec bash {script} >> {log} 2>&1 ;;")
     lines += ["esac", 'echo "launch: no run for array task $SLURM_ARRAY_TASK_ID" >&2', "exit 2"]

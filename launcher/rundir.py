@@ -17,9 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from launcher.config import LaunchError
-
-TERMINAL_STATES = ("completed", "failed", "cancelled")
+from launcher.errors import LaunchError
 
 
 @contextlib.contextmanager
@@ -75,16 +73,33 @@ def new_run_id() -> str:
 
 @dataclass(frozen=True)
 class RunDir:
+    """One run's directory. Every file name of it is spelled here (see README "The run directory")."""
+
     path: Path
 
-    # -- layout
+    # Names that also appear in rendered scripts (render builds those as text, for any directory).
+    SUBMITIT = "submitit"
+    BATCH_SCRIPT = "job.sbatch"
+    PREEMPT_CKPT = "preempt.ckpt"
+    LAST_CKPT = "last.ckpt"
+
+    # -- what launch writes
     @property
     def config(self) -> Path:
         return self.path / "config.toml"
 
     @property
     def command(self) -> Path:
+        """Local runs: the commands, as a script a person can read and rerun."""
         return self.path / "command.txt"
+
+    @property
+    def batch_script(self) -> Path:
+        """SLURM runs: the batch script submitted."""
+        return self.path / self.BATCH_SCRIPT
+
+    def script(self, backend: str) -> Path:
+        return self.command if backend == "local" else self.batch_script
 
     @property
     def plan(self) -> Path:
@@ -103,26 +118,84 @@ class RunDir:
         return self.path / "console.log"
 
     @property
+    def supervisor_pid(self) -> Path:
+        return self.path / "supervisor.pid"
+
+    @property
+    def slurm_record(self) -> Path:
+        """SLURM runs: the job id (and the array's, for a sweep task)."""
+        return self.path / "slurm.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.path / self.SUBMITIT
+
+    def task_log(self, job_id: str, task: int | str = 0) -> Path:
+        """SLURM runs: one task's output, named as submitit names it."""
+        return self.submitit / f"{job_id}_{task}_log.out"
+
+    # -- what the ranks write
+    @property
     def logs(self) -> Path:
         return self.path / "logs"
+
+    def rank_log(self, rank: int) -> Path:
+        return self.logs / f"rank-{rank}.log"
 
     @property
     def errors(self) -> Path:
         return self.path / "errors"
+
+    def error_record(self, rank: int) -> Path:
+        return self.errors / f"rank-{rank}.json"
+
+    def alive_marker(self, rank: int) -> Path:
+        return self.errors / f"rank-{rank}.alive"
 
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
     @property
-    def supervisor_pid(self) -> Path:
-        return self.path / "supervisor.pid"
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / self.LAST_CKPT
 
-    def alive_marker(self, rank: int) -> Path:
-        return self.errors / f"rank-{rank}.alive"
+    @property
+    def preempt_checkpoint(self) -> Path:
+        return self.checkpoints / self.PREEMPT_CKPT
 
-    def rank_log(self, rank: int) -> Path:
-        return self.logs / f"rank-{rank}.log"
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def loss_curve(self) -> Path:
+        return self.path / "loss_curve.png"
+
+    @property
+    def profiler(self) -> Path:
+        return self.path / "profiler"
+
+    # -- what the one-device tools write (launch tune, launch predict)
+    def tool_root(self, tool: str) -> Path:
+        """The Trainer root of `launch tune` or `launch predict` (Lightning's scratch files)."""
+        return self.path / tool
+
+    @property
+    def tune_result(self) -> Path:
+        return self.path / "tune.json"
+
+    @property
+    def tuned_job(self) -> Path:
+        return self.path / "tuned.toml"
+
+    @property
+    def lr_find_plot(self) -> Path:
+        return self.path / "lr_find.png"
+
+    @property
+    def predictions(self) -> Path:
+        return self.path / "predictions"
 
     @property
     def run_id(self) -> str:

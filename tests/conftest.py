@@ -1,24 +1,11 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_launch(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess, as a user would run it."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
-    )
+from tests.helpers.launch import REPO, run_launch  # noqa: F401 - fixtures below use REPO's layout
 
 
 @pytest.fixture

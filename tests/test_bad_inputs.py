@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_launch
+from tests.helpers.launch import REPO, run_launch
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 

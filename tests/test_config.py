@@ -9,7 +9,7 @@ import pytest
 
 from launcher import config
 from launcher.config import ConfigError, LaunchError, Request
-from tests.conftest import REPO, run_launch
+from tests.helpers.launch import REPO, run_launch
 
 JOB = """
 [job]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_launch
+from tests.helpers.launch import run_launch
 
 pytestmark = pytest.mark.multiprocess
 

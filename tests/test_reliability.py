@@ -20,7 +20,8 @@ import torch
 
 from launcher.backends.local import processes_of
 from launcher.rundir import RunDir
-from tests.conftest import REPO, run_launch
+from tests.helpers.launch import REPO, run_launch
+from tests.helpers.values import NASTY, SECRETS
 
 pytestmark = pytest.mark.multiprocess
 
@@ -218,7 +219,6 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(tmp_pa
 
 # --------------------------------------------------------------------------- injection
 
-NASTY = "it's a \"run\" $(touch PWNED) `touch PWNED2`; $HOME & | > x"
 
 
 def test_nasty_paths_env_and_set_values_reach_the_job_exactly(tmp_path: Path) -> None:
@@ -290,7 +290,6 @@ def test_resume_of_a_running_run_is_refused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- secrets
 
-SECRETS = {"MY_API_TOKEN": "tok-5f1c9e0a7b", "DB_PASSWORD": "pw-83hd92kq", "AWS_SECRET_ACCESS_KEY": "aws-k2l9x0"}
 
 
 def test_secrets_in_the_environment_reach_the_job_but_no_file(tmp_path: Path) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_launch
-from tests.test_preemption import STEPS_PER_EPOCH, assert_same_training, progress_step, wait_for, write_job
-from tests.test_reliability import NASTY, SECRETS
+from tests.helpers.launch import REPO, run_launch
+from tests.helpers.runs import STEPS_PER_EPOCH, assert_same_training, progress_step, wait_for, write_job
+from tests.helpers.values import NASTY, SECRETS
 
 pytestmark = pytest.mark.slurm
 
@@ -274,3 +275,44 @@ def test_a_sweep_on_a_slurm_profile_queues_every_point_and_tabulates(cluster_fil
         assert {i.rsplit("_", 1)[1] for i in ids} == {"0", "1"} and len({i.rsplit("_", 1)[0] for i in ids}) == 1
         (record,) = (tmp_path / "runs" / "swept" / "sweeps").glob("*.json")
         assert json.loads(record.read_text())["slurm_array_job_id"] == ids[0].rsplit("_", 1)[0]
+
+
+def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_job, tmp_path) -> None:
+    """`launch runs` probes all SLURM runs with one squeue call, and asks scontrol only about a job
+    that left the queue without its run recording an end."""
+    from launcher import config
+    from launcher.lifecycle import Event
+    from launcher.rundir import RunDir, atomic_write_text
+
+    cfg = config.resolve(config.Request(job_file=str(digits_job()), cluster="test-srun", cluster_file=str(cluster_file),
+                                        nodes=1, procs=1))
+    sbatch = ["sbatch", "--parsable", "-p", "debug", "--output", "/dev/null"]
+    running = subprocess.run([*sbatch, "--wrap", "sleep 120"], capture_output=True, text=True, check=True).stdout.strip()
+    held = subprocess.run([*sbatch, "--hold", "--wrap", "sleep 120"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    runs_dir = tmp_path / "runs"
+    try:
+        for jid, events in ((running, [Event.STARTED]), (held, []), ("987654", [Event.STARTED, Event.FINISHED])):
+            run = RunDir.create(runs_dir, "listed")
+            atomic_write_text(run.config, config.dumps(config.finalize(cfg, run.path, run.run_id, str(digits_job()))))
+            atomic_write_text(run.slurm_record, json.dumps({"job_id": jid}))
+            for name in (Event.SUBMITTED, Event.QUEUED, *events):
+                run.add_event(name)
+            time.sleep(1.1)  # run ids are per second: keep the listing's order
+        wait_for(lambda: subprocess.run(["squeue", "-h", "-j", running, "-o", "%T"], capture_output=True,
+                                        text=True).stdout.strip() == "RUNNING", 60, "the job to run", run.path)
+        shims = tmp_path / "bin"
+        shims.mkdir()
+        calls = tmp_path / "calls.txt"
+        for tool in ("squeue", "scontrol"):
+            real = subprocess.run(["which", tool], capture_output=True, text=True, check=True).stdout.strip()
+            (shims / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\nexec "{real}" "$@"\n')
+            (shims / tool).chmod(0o755)
+        listing = run_launch("--runs-dir", str(runs_dir), "runs", env={"PATH": f"{shims}:{os.environ['PATH']}"})
+        assert listing.returncode == 0, listing.stderr
+        states = [line.split()[2] for line in listing.stdout.splitlines()[1:]]
+        assert states == ["running", "pending", "completed"], listing.stdout
+        made = calls.read_text().splitlines()
+        assert [c.split()[0] for c in made] == ["squeue"], made
+    finally:
+        subprocess.run(["scancel", running, held], capture_output=True)

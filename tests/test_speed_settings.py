@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_launch
 from tests.helpers.idx import write_tiny_mnist
+from tests.helpers.launch import run_launch
 from tests.helpers.modules import SlowCNN
-from tests.test_preemption import count, progress_step, wait_end, wait_for
+from tests.helpers.runs import count, progress_step, wait_end, wait_for
 
 pytestmark = pytest.mark.multiprocess
 

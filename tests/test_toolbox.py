@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from launcher import config
-from tests.conftest import REPO, run_launch
+from tests.helpers.launch import REPO, run_launch
 
 JOB = """
 [job]
@@ -74,15 +74,15 @@ def fit_in_process(tmp_path: Path, sets: list[str], steps_per_epoch: int = 6, ep
     from pytorch_lightning.callbacks import LearningRateMonitor
     from pytorch_lightning.loggers import CSVLogger
 
-    from launcher.runtime import toolbox
-    from launcher.runtime.job import build_model_and_data as build
+    from launcher.runtime import callbacks as job_callbacks
+    from launcher.runtime.build import build_model_and_data as build
 
     job = write_job(tmp_path, "inproc", epochs=epochs)
     cfg = config.resolve(config.Request(job_file=str(job), procs=1, overrides=tuple(sets)))
     model, datamodule = build(cfg)
     logger = CSVLogger(tmp_path / "logs", name="", version="")
     callbacks = [LearningRateMonitor(logging_interval="step")] + [
-        c for c in toolbox.callbacks(cfg, None, True) if not isinstance(c, (toolbox.RunEnd, LearningRateMonitor))]
+        c for c in job_callbacks.from_job_file(cfg, None, True) if not isinstance(c, (job_callbacks.RunEnd, LearningRateMonitor))]
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, limit_train_batches=steps_per_epoch,
                          limit_val_batches=2, num_sanity_val_steps=0, logger=logger, callbacks=callbacks,
                          enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
@@ -160,7 +160,7 @@ def test_gradient_clipping_by_value_bounds_every_update(tmp_path: Path) -> None:
         nonlocal before
         model, _, _ = fit_in_process(tmp_path / str(len(sets)), ["optimizer.name='sgd'", "optimizer.lr=1.0", *sets],
                                      steps_per_epoch=1, epochs=1)
-        from launcher.runtime.job import build_model_and_data as build
+        from launcher.runtime.build import build_model_and_data as build
 
         cfg = config.resolve(config.Request(job_file=str(tmp_path / str(len(sets)) / "inproc.toml"), procs=1))
         fresh, _ = build(cfg)  # the same seed: the weights before the single step
@@ -360,7 +360,7 @@ def test_a_cpu_run_does_not_load_nvml_at_every_optimizer_step(tmp_path: Path, mo
     import torch.cuda
 
     from launcher.rundir import RunDir
-    from launcher.runtime.job import build_trainer
+    from launcher.runtime.build import build_trainer
 
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # restored after the test
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",

@@ -1,24 +1,16 @@
-"""Where runs execute: `local` (torchrun under a detached supervisor) and `slurm` (submitit)."""
+"""Where runs execute: `local` (torchrun under a detached supervisor) and `slurm` (submitit).
+
+Both implement `backends.base.Backend`; `for_run` picks a run's, and `status` / `statuses` turn
+a run's history plus one probe into a `lifecycle.RunStatus`.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from types import ModuleType
-from typing import Any
 
-from launcher.rundir import TERMINAL_STATES, RunDir
-
-# Lifecycle events and the state each leaves a run in.
-STATE_OF_EVENT = {
-    "submitted": "pending",
-    "queued": "pending",
-    "started": "running",
-    "resume_requested": "pending",
-    "requeued": "pending",
-    "finished": "completed",
-    "failed": "failed",
-    "cancelled": "cancelled",
-}
+from launcher.backends.base import Backend
+from launcher.lifecycle import RunStatus, status_of
+from launcher.rundir import RunDir
 
 
 def backend_name(run: RunDir) -> str:
@@ -29,62 +21,37 @@ def backend_name(run: RunDir) -> str:
         return "local"
 
 
-def for_run(run: RunDir) -> ModuleType:
-    """The backend module that runs `run` (imported lazily: slurm pulls in submitit)."""
-    if backend_name(run) == "slurm":
-        from launcher.backends import slurm
+def named(name: str) -> Backend:
+    """The backend called `name` (imported lazily: slurm pulls in submitit at submission)."""
+    if name == "slurm":
+        from launcher.backends.slurm import SlurmBackend
 
-        return slurm
-    from launcher.backends import local
+        return SlurmBackend()
+    from launcher.backends.local import LocalBackend
 
-    return local
+    return LocalBackend()
 
 
-def describe(run: RunDir) -> dict[str, Any]:
-    """Everything `launch status` shows: the run's own records, checked against the backend."""
+def for_run(run: RunDir) -> Backend:
+    """The backend that runs `run`."""
+    return named(backend_name(run))
+
+
+def status(run: RunDir) -> RunStatus:
+    """Everything `launch status` shows: the run's own records, checked against its backend."""
     backend = for_run(run)
-    alive, extra = backend.probe(run)
-    info = summarize(run, alive, None if alive else backend.explain_end(extra))
-    info["backend"] = backend_name(run)
-    info.update(extra)
-    return info
+    return status_of(run, backend.probe(run), backend.name)
 
 
-def summarize(run: RunDir, alive: bool, ended_as: tuple[str, str] | None) -> dict[str, Any]:
-    """The run's state from its own records; `alive` is whether its supervisor or job still runs,
-    and `ended_as` is the backend's (state, reason) for a run gone without recording its end."""
-    events = run.read_events()
-    state, info = "unknown", {}
-    restarts = -1
-    error = None
-    for ev in events:
-        name = ev.get("event")
-        if name in STATE_OF_EVENT:
-            state = STATE_OF_EVENT[name]
-            info[f"{name}_at"] = ev.get("time")
-        if name == "started":
-            restarts += 1
-        if name == "failed":
-            error = ev.get("error")
-            info["exit_code"] = ev.get("exit_code")
-            info["failed_rank"] = ev.get("rank")
-    if state in ("pending", "running") and not alive and ended_as is not None:
-        state, why = ended_as
-        error = error or why
-    progress = run.read_progress()
-    trained = next((ev for ev in reversed(events) if ev.get("event") == "trained"), None)
-    metrics = (trained or {}).get("metrics") or progress.get("metrics", {})
-    return {
-        "run_id": run.run_id,
-        "job": run.job_name,
-        "run_dir": str(run.path),
-        "state": state,
-        "terminal": state in TERMINAL_STATES,
-        "global_step": (trained or progress).get("global_step", 0),
-        "epoch": (trained or progress).get("epoch", 0),
-        "restarts": max(restarts, 0),
-        "world_size": progress.get("world_size"),
-        "metrics": metrics,
-        "error": error,
-        **info,
-    }
+def statuses(runs: list[RunDir]) -> list[RunStatus]:
+    """`status` of many runs, with one probe call per backend (one squeue for every SLURM run)."""
+    by_backend: dict[str, list[int]] = {}
+    for i, run in enumerate(runs):
+        by_backend.setdefault(backend_name(run), []).append(i)
+    found: dict[int, RunStatus] = {}
+    for name, indices in by_backend.items():
+        backend = named(name)
+        probes = backend.probe_many([runs[i] for i in indices])
+        for i, probe in zip(indices, probes, strict=True):
+            found[i] = status_of(runs[i], probe, backend.name)
+    return [found[i] for i in range(len(runs))]

@@ -10,20 +10,53 @@ sacct is never used: it fails on clusters without accounting storage.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import shlex
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from launcher import render
-from launcher.config import JobConfig, LaunchError
+from launcher.config.schema import JobConfig
+from launcher.errors import LaunchError
+from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
 from launcher.rundir import RunDir, atomic_write_text
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
+TASK_MODULE = "launcher.entry.slurm_task"  # what every task runs: a rank, or a node's torchrun agent
+CANCEL_WAIT_S = 60.0
+
+
+class EntryPoint:
+    """A function launch runs on the nodes, named rather than imported (backends never import
+    entry/ or runtime/). It pickles as a reference to the function itself, which the task imports."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return getattr, (_ModuleRef(self.module), self.name)
+
+    def __call__(self, *args: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)(*args)
+
+
+class _ModuleRef:
+    def __init__(self, module: str) -> None:
+        self.module = module
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return importlib.import_module, (self.module,)
+
+
+def task_entry(cfg: JobConfig) -> EntryPoint:
+    """The call submitit runs in each task: a rank (srun mode) or a node's torchrun agent."""
+    return EntryPoint(TASK_MODULE, "run_rank" if cfg.cluster.launch_mode == "srun" else "run_node")
 
 
 def _executor_class() -> type:
@@ -49,60 +82,9 @@ def require_tools(cfg: JobConfig) -> None:
             raise LaunchError(f"profile '{cfg.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
 
 
-def task_entry(cfg: JobConfig) -> Any:
-    """The call submitit runs in each task: a rank (srun mode) or a node's torchrun agent."""
-    from launcher.runtime import slurm_entry
-
-    return slurm_entry.run_rank if cfg.cluster.launch_mode == "srun" else slurm_entry.run_node
-
-
-def submit(cfg: JobConfig, run: RunDir) -> None:
-    require_tools(cfg)
-    executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
-    executor.script = render.render_sbatch(cfg)
-    executor.expected_command = render.submitit_command(cfg)
-    per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
-    executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we report it once
-            job = executor.submit(task_entry(cfg), cfg.run.dir)
-    except Exception as err:  # submitit wraps sbatch's refusal in several exception types
-        text = " ".join(str(err).split())
-        raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
-    atomic_write_text(run.path / "slurm.json", json.dumps({"job_id": str(job.job_id)}))
-    run.add_event("queued", slurm_job_id=str(job.job_id))
-
-
-def submit_array(cfgs: list[JobConfig], runs: list[RunDir], out_dir: Any) -> str:
-    """Submit a sweep's runs as one job array; each run keeps its own directory and job id
-    (ARRAYID_INDEX). Held until every task's pickled call is in place, then released."""
-    import submitit
-
-    require_tools(cfgs[0])
-    script = out_dir / "array.sbatch"
-    atomic_write_text(script, render.render_sbatch_array(cfgs, str(out_dir)))
-    out = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise LaunchError(f"sbatch refused the job array: {' '.join((out.stderr or out.stdout).split())[:500]}")
-    array_id = out.stdout.strip().split(";")[0]
-    try:
-        for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
-            jid = f"{array_id}_{i}"
-            folder = run.path / "submitit"
-            folder.mkdir(exist_ok=True)
-            submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(folder / f"{jid}_submitted.pkl")
-            atomic_write_text(run.path / "slurm.json", json.dumps({"job_id": jid, "array_job_id": array_id}))
-            run.add_event("queued", slurm_job_id=jid)
-        subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
-    except BaseException:
-        subprocess.run(["scancel", array_id], capture_output=True)
-        raise
-    return array_id
-
-
 def job_id(run: RunDir) -> str | None:
     try:
-        return json.loads((run.path / "slurm.json").read_text())["job_id"]
+        return json.loads(run.slurm_record.read_text())["job_id"]
     except (FileNotFoundError, KeyError, json.JSONDecodeError):
         return None
 
@@ -113,6 +95,10 @@ def slurm_state(jid: str) -> str | None:
     state = out.stdout.strip()
     if out.returncode == 0 and state:
         return state.split()[0]
+    return _scontrol_state(jid)
+
+
+def _scontrol_state(jid: str) -> str | None:
     out = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True)
     for word in out.stdout.split():
         if word.startswith("JobState="):
@@ -120,48 +106,120 @@ def slurm_state(jid: str) -> str | None:
     return None
 
 
-def probe(run: RunDir) -> tuple[bool, dict[str, Any]]:
-    """(whether the job is still in the queue, its id and SLURM state): one squeue/scontrol look."""
-    jid = job_id(run)
-    state = slurm_state(jid) if jid else None
-    return state in ACTIVE, {"slurm_job_id": jid, "slurm_state": state}
-
-
-def is_alive(run: RunDir) -> bool:
-    return probe(run)[0]
-
-
-def explain_end(details: dict[str, Any]) -> tuple[str, str]:
+def explain_end(state: str | None) -> tuple[State, str]:
     """(our state, why) for a job that is gone from the queue without recording its end."""
-    state = details["slurm_state"]
     if state == "CANCELLED":
-        return "cancelled", "cancelled outside launch (scancel)"
+        return State.CANCELLED, "cancelled outside launch (scancel)"
     if state == "TIMEOUT":
-        return "failed", "the job reached its time limit"
-    return "failed", f"the job ended without recording its end (SLURM state {state or 'unknown'})"
+        return State.FAILED, "the job reached its time limit"
+    return State.FAILED, f"the job ended without recording its end (SLURM state {state or 'unknown'})"
 
 
-def preempt(run: RunDir, signal_name: str) -> str:
-    """What the cluster does before preempting: signal every task of the job's steps."""
-    jid = job_id(run)
-    if jid is None or not is_alive(run):
-        raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
-    subprocess.run(["scancel", f"--signal={signal_name}", jid], check=True)
-    return f"scancel --signal={signal_name} {jid}"
+def _probe(jid: str | None, state: str | None) -> Probe:
+    return Probe(alive=state in ACTIVE, ended_as=explain_end(state),
+                 details={"slurm_job_id": jid, "slurm_state": state})
 
 
-def cancel(run: RunDir) -> None:
-    jid = job_id(run)
-    if jid is None or not is_alive(run):
-        raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
-    run.add_event("cancel_requested", slurm_job_id=jid)  # so the ranks save but do not requeue
-    subprocess.run(["scancel", jid], check=True)
-    deadline = time.monotonic() + 60
-    while is_alive(run) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    run.add_event("cancelled", slurm_job_id=jid)
+def _recorded_end(run: RunDir) -> bool:
+    """Whether the run's own history already says it ended (no need to ask scontrol why)."""
+    state = None
+    for ev in run.read_events():
+        state = STATE_OF_EVENT.get(ev.get("event"), state)
+    return state in TERMINAL_STATES
 
 
-def console_path(run: RunDir) -> Any:
-    jid = job_id(run)
-    return run.path / "submitit" / f"{jid}_0_log.out"
+class SlurmBackend:
+    name = "slurm"
+    arrays = True
+
+    def submit(self, cfg: JobConfig, run: RunDir) -> None:
+        require_tools(cfg)
+        executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
+        executor.script = render.render_sbatch(cfg)
+        executor.expected_command = render.submitit_command(cfg)
+        per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
+        executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we report it once
+                job = executor.submit(task_entry(cfg), cfg.run.dir)
+        except Exception as err:  # submitit wraps sbatch's refusal in several exception types
+            text = " ".join(str(err).split())
+            raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
+        atomic_write_text(run.slurm_record, json.dumps({"job_id": str(job.job_id)}))
+        run.add_event(Event.QUEUED, slurm_job_id=str(job.job_id))
+
+    def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
+        """Submit a sweep's runs as one job array; each run keeps its own directory and job id
+        (ARRAYID_INDEX). Held until every task's pickled call is in place, then released."""
+        import submitit
+
+        require_tools(cfgs[0])
+        script = folder / "array.sbatch"
+        atomic_write_text(script, render.render_sbatch_array(cfgs, str(folder)))
+        out = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise LaunchError(f"sbatch refused the job array: {' '.join((out.stderr or out.stdout).split())[:500]}")
+        array_id = out.stdout.strip().split(";")[0]
+        try:
+            for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
+                jid = f"{array_id}_{i}"
+                run.submitit.mkdir(exist_ok=True)
+                submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(
+                    run.submitit / f"{jid}_submitted.pkl")
+                atomic_write_text(run.slurm_record, json.dumps({"job_id": jid, "array_job_id": array_id}))
+                run.add_event(Event.QUEUED, slurm_job_id=jid)
+            subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
+        except BaseException:
+            subprocess.run(["scancel", array_id], capture_output=True)
+            raise
+        return array_id
+
+    def probe(self, run: RunDir) -> Probe:
+        """One squeue (or scontrol) look at the run's job."""
+        jid = job_id(run)
+        return _probe(jid, slurm_state(jid) if jid else None)
+
+    def probe_many(self, runs: list[RunDir]) -> list[Probe]:
+        """One squeue call for all the runs; scontrol only for a job gone from the queue whose
+        run did not record its end (to say why it ended)."""
+        ids = [job_id(run) for run in runs]
+        wanted = sorted({jid for jid in ids if jid})
+        if not wanted:
+            return [_probe(None, None) for _ in runs]
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(wanted)], capture_output=True,
+                             text=True)
+        if out.returncode != 0:  # an old squeue refuses a list holding a job it no longer knows
+            return [self.probe(run) for run in runs]
+        queued = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+        probes = []
+        for run, jid in zip(runs, ids, strict=True):
+            state = queued.get(jid) if jid else None
+            if jid and state is None and not _recorded_end(run):
+                state = _scontrol_state(jid)
+            probes.append(_probe(jid, state))
+        return probes
+
+    def still_running(self, run: RunDir) -> bool:
+        return self.probe(run).alive
+
+    def cancel(self, run: RunDir) -> None:
+        jid = job_id(run)
+        if jid is None or not self.still_running(run):
+            raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
+        run.add_event(Event.CANCEL_REQUESTED, slurm_job_id=jid)  # so the ranks save but do not requeue
+        subprocess.run(["scancel", jid], check=True)
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while self.still_running(run) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        run.add_event(Event.CANCELLED, slurm_job_id=jid)
+
+    def signal(self, run: RunDir, signal_name: str) -> str:
+        """What the cluster does before preempting: signal every task of the job's steps."""
+        jid = job_id(run)
+        if jid is None or not self.still_running(run):
+            raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
+        subprocess.run(["scancel", f"--signal={signal_name}", jid], check=True)
+        return f"scancel --signal={signal_name} {jid}"
+
+    def logs(self, run: RunDir) -> Path:
+        return run.task_log(job_id(run) or "", 0)

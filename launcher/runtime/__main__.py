@@ -1,3 +1,3 @@
-from launcher.runtime.job import main
+from launcher.runtime.rank import main
 
 raise SystemExit(main())

@@ -19,7 +19,6 @@ python / CUDA RNG of every rank, torchmetrics states, and the epoch accumulators
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import signal
@@ -30,12 +29,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback, LightningModule, Trainer
-from torch.utils.data import DistributedSampler
 from torchmetrics import Metric
 
+from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
+from launcher.runtime.samplers import ResumableDistributedSampler
 
-PREEMPT_CKPT = "preempt.ckpt"
 AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
 AGREE_MAX_STEPS = 1000
 
@@ -45,34 +44,6 @@ class Preempted(Exception):
     def __init__(self, step: int, epoch: int) -> None:
         super().__init__(f"preempted at step {step} (epoch {epoch}); state saved")
         self.step, self.epoch = step, epoch
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way (to resume mid-epoch), and that
-    reseeds the DataLoader's own generator every epoch, so creating a loader iterator (which
-    draws a base seed for workers) never consumes the global RNG the model's dropout uses."""
-
-    loader_generator: torch.Generator | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._skip_epoch: int | None = None
-        self._skip_samples = 0
-
-    def resume_at(self, epoch: int, samples: int) -> None:
-        self._skip_epoch, self._skip_samples = epoch, samples
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if self.loader_generator is not None:
-            self.loader_generator.manual_seed((self.seed * 1_000_003 + epoch * 7_919 + self.rank) % 2**63)
-
-    def __iter__(self):  # noqa: ANN204
-        indices = super().__iter__()
-        if self._skip_samples and self.epoch == self._skip_epoch:
-            skip, self._skip_samples = self._skip_samples, 0
-            return itertools.islice(indices, skip, None)
-        return indices
 
 
 def _rng_state() -> dict[str, Any]:
@@ -90,79 +61,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().clone()
-    if isinstance(value, list):
-        return [_cpu(v) for v in value]
-    return value
-
-
 def _metric_states(module: LightningModule) -> dict[str, Any]:
-    """Every torchmetrics Metric's accumulated state (not in state_dict: they are non-persistent)."""
-    out = {}
-    for name, metric in module.named_modules():
-        if isinstance(metric, Metric):
-            out[name] = {
-                "state": {attr: _cpu(getattr(metric, attr)) for attr in metric._defaults},
-                "update_count": metric._update_count,
-            }
-    return out
+    """Every torchmetrics Metric's accumulated state, by module name."""
+    return {name: compat.metric_state(m) for name, m in module.named_modules() if isinstance(m, Metric)}
 
 
 def _load_metric_states(module: LightningModule, states: dict[str, Any]) -> None:
     modules = dict(module.named_modules())
     for name, saved in states.items():
         metric = modules.get(name)
-        if not isinstance(metric, Metric):
-            continue
-        device = metric.device
-        for attr, value in saved["state"].items():
-            if isinstance(value, torch.Tensor):
-                value = value.to(device)
-            elif isinstance(value, list):
-                value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
-            setattr(metric, attr, value)
-        metric._update_count = saved["update_count"]
-        metric._computed = None
-
-
-def _epoch_accumulators(trainer: Trainer) -> dict[str, Any]:
-    """The running epoch sums behind `self.log(..., on_epoch=True)` for the training loop."""
-    out = {}
-    for key, result in trainer.fit_loop.epoch_loop._results.items():
-        if getattr(result, "is_tensor", False) and result.meta.on_epoch:
-            entry = {"value": _cpu(result.value)}
-            if hasattr(result, "cumulated_batch_size"):
-                entry["cumulated_batch_size"] = _cpu(result.cumulated_batch_size)
-            entry["reduce"] = "max" if result.meta.is_max_reduction else "min" if result.meta.is_min_reduction else "sum"
-            out[key] = entry
-    return out
-
-
-def _add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
-    """Fold the accumulators of the steps before the preemption into this attempt's."""
-    results = trainer.fit_loop.epoch_loop._results
-    for key, entry in saved.items():
-        result = results.get(key)
-        if result is None:
-            continue
-        value = entry["value"].to(result.value.device, result.value.dtype)
-        if entry["reduce"] == "max":
-            result.value = torch.maximum(result.value, value)
-        elif entry["reduce"] == "min":
-            result.value = torch.minimum(result.value, value)
-        else:
-            result.value = value + result.value
-        if "cumulated_batch_size" in entry and hasattr(result, "cumulated_batch_size"):
-            result.cumulated_batch_size = entry["cumulated_batch_size"].to(result.cumulated_batch_size.device) + \
-                result.cumulated_batch_size
+        if isinstance(metric, Metric):
+            compat.load_metric_state(metric, saved)
 
 
 def train_loader_and_sampler(trainer: Trainer) -> tuple[Any, ResumableDistributedSampler] | None:
     """The training DataLoader that uses launch's resumable sampler, with that sampler."""
-    combined = trainer.fit_loop._combined_loader
-    for dl in combined.flattened if combined is not None else []:
+    for dl in compat.train_dataloaders(trainer):
         sampler = getattr(dl, "sampler", None)
         if isinstance(sampler, ResumableDistributedSampler):
             return dl, sampler
@@ -178,8 +92,8 @@ class StopGate(Callback):
         self.handler = handler
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.handler._stop_at is not None:
-            raise Preempted(*self.handler._stop_at)
+        if self.handler.stop_at is not None:
+            raise Preempted(*self.handler.stop_at)
 
 
 class PreemptionHandler(Callback):
@@ -190,7 +104,7 @@ class PreemptionHandler(Callback):
         self.checkpoint_path = checkpoint_path
         self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
         self.on_resume = on_resume  # called on every rank with (trainer, mid_epoch) when training restarts
-        self._stop_at: tuple[int, int] | None = None
+        self.stop_at: tuple[int, int] | None = None
         self._pending_restore: dict[str, Any] | None = None
         self._accumulators_to_add: dict[str, Any] | None = None
         self._resume_position: tuple[int, int] | None = None
@@ -208,19 +122,18 @@ class PreemptionHandler(Callback):
 
     # -- saving
     def _safe_boundary(self, trainer: Trainer, batch_idx: int) -> bool:
-        loop = trainer.fit_loop.epoch_loop
-        if loop._should_accumulate():
+        if compat.accumulating(trainer):
             return False
         if batch_idx + 1 >= trainer.num_training_batches:
             return False  # an epoch end follows: validation, epoch-interval schedulers, callbacks
-        if loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+        if compat.validation_follows(trainer):
             return False
         return not (0 < trainer.max_steps <= trainer.global_step)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._accumulators_to_add is not None:
-            _add_epoch_accumulators(trainer, self._accumulators_to_add)
+            compat.add_epoch_accumulators(trainer, self._accumulators_to_add)
             self._accumulators_to_add = None
         if trainer.global_step < self._next_agreement or not self._safe_boundary(trainer, batch_idx):
             return
@@ -230,7 +143,7 @@ class PreemptionHandler(Callback):
         self._saving_batch = (trainer.current_epoch, batch_idx + 1)
         trainer.save_checkpoint(self.checkpoint_path)
         saved = time.time()
-        self._stop_at = (trainer.global_step, trainer.current_epoch)
+        self.stop_at = (trainer.global_step, trainer.current_epoch)
         self.on_preempt(trainer, {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
@@ -268,7 +181,7 @@ class PreemptionHandler(Callback):
             "rank": trainer.global_rank,
             "rng": _rng_state(),
             "metrics": _metric_states(pl_module),
-            "accumulators": _epoch_accumulators(trainer) if batches is not None else {},
+            "accumulators": compat.epoch_accumulators(trainer) if batches is not None else {},
         }
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             ranks: list[Any] = [None] * trainer.world_size

@@ -19,8 +19,8 @@ export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
 export SUBMITIT_EXECUTOR=slurm
 
-python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
 srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
 rc=$?
-python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
 exit "$rc"

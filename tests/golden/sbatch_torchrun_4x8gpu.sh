@@ -35,8 +35,8 @@ LAUNCH_RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:$(( 29400 + (SLURM_JOB_ID + 97 * ${SLURM_RESTART_COUNT:-0}) % 1000 ))"
 # each node's task runs: python -m torch.distributed.run --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint '$LAUNCH_RDZV_ENDPOINT' --rdzv-id RUN --rdzv-conf is_host=<1 on the first node, else 0> --max-restarts 0 -m launcher.runtime /shared/runs/mnist/RUN
 
-python -m launcher.backends.slurm_hooks started /shared/runs/mnist/RUN
+python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
 srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --ntasks-per-node 1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
 rc=$?
-python -m launcher.backends.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
 exit "$rc"

@@ -1,18 +1,12 @@
-"""The training toolbox the job file drives: optimizers and schedulers, early stopping, SWA,
-profilers, and the extra logging (learning rate, gradient norms, histograms, hparams, loss curve).
-
-Each piece is a stock Lightning or torch part configured from the resolved config; what launch
-adds is only the glue that makes it work in one run directory, under DDP and across restarts.
-"""
+"""Callbacks the job file turns on: early stopping, SWA, learning rate, gradient norms, histograms,
+the HPARAMS summary with hp_metric and the loss curve at the end; and the profiler."""
 
 from __future__ import annotations
 
 import csv
-import types
 from pathlib import Path
 from typing import Any
 
-import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, StochasticWeightAveraging
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -20,58 +14,7 @@ from pytorch_lightning.utilities import grad_norm, rank_zero_only
 
 from launcher.config import JobConfig, to_dict
 from launcher.rundir import RunDir, atomic_open
-
-# --------------------------------------------------------------------------- optimizers
-
-
-def make_optimizer(cfg: JobConfig, params: Any) -> torch.optim.Optimizer:
-    opt = cfg.optimizer
-    if opt.name == "adam":
-        return torch.optim.Adam(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
-                           nesterov=opt.nesterov)
-
-
-def make_scheduler(cfg: JobConfig, optimizer: torch.optim.Optimizer, trainer: Trainer) -> dict[str, Any]:
-    sch = cfg.lr_scheduler
-    interval = "step" if sch.name == "onecycle" else sch.interval
-    run_length = trainer.estimated_stepping_batches if interval == "step" else max(1, trainer.max_epochs or 1)
-    monitor = None
-    if sch.name == "step":
-        scheduler: Any = torch.optim.lr_scheduler.StepLR(optimizer, step_size=sch.step_size, gamma=sch.gamma)
-    elif sch.name == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(sch.t_max or run_length),
-                                                               eta_min=sch.eta_min)
-    elif sch.name == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=sch.max_lr or cfg.optimizer.lr,
-                                                        total_steps=int(run_length), pct_start=sch.pct_start)
-    else:
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=sch.mode, factor=sch.factor,
-                                                               patience=sch.patience)
-        monitor = sch.monitor
-    config = {"scheduler": scheduler, "interval": interval, "frequency": 1, "name": "lr"}
-    if monitor:
-        config["monitor"] = monitor
-    return config
-
-
-def install_optimizer(model: LightningModule, cfg: JobConfig) -> None:
-    """Replace the model's configure_optimizers with the job file's [optimizer] / [lr_scheduler]."""
-    if cfg.optimizer.name is None:
-        return
-
-    def configure_optimizers(self: LightningModule) -> Any:
-        optimizer = make_optimizer(cfg, [p for p in self.parameters() if p.requires_grad])
-        if cfg.lr_scheduler.name is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": make_scheduler(cfg, optimizer, self.trainer)}
-
-    model.configure_optimizers = types.MethodType(configure_optimizers, model)
-
-
-# --------------------------------------------------------------------------- callbacks
+from launcher.runtime.loggers import LaunchTensorBoardLogger
 
 
 class GradNormLogger(Callback):
@@ -104,29 +47,6 @@ def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-class LaunchTensorBoardLogger(TensorBoardLogger):
-    """TensorBoardLogger whose HPARAMS entry is written once, at the end, with its metric.
-
-    TensorBoard's HPARAMS tab shows a run's hyperparameters against the metrics named in the
-    run's hparams summary; Lightning writes that summary at fit start, before any metric exists
-    (with `default_hp_metric` a placeholder -1). Here the call at fit start only records the
-    hyperparameters (hparams.yaml); `write_hparams(metrics)` writes the summary and the metric
-    values together, so the tab shows the real hp_metric.
-    """
-
-    def log_hyperparams(self, params: Any, metrics: dict[str, Any] | None = None) -> None:
-        if metrics is None:
-            self._record_only(params)
-        else:
-            super().log_hyperparams(params, metrics)
-
-    @rank_zero_only
-    def _record_only(self, params: Any) -> None:
-        from lightning_fabric.utilities.logger import _convert_params, _flatten_dict
-
-        self.hparams.update(_flatten_dict(_convert_params(params)))
-
-
 class RunEnd(Callback):
     """At the end of fit (rank zero): the HPARAMS summary with hp_metric, and loss_curve.png."""
 
@@ -151,9 +71,9 @@ class RunEnd(Callback):
                 if isinstance(logger, LaunchTensorBoardLogger):
                     logger.log_hyperparams(params, {"hp_metric": metric if metric is not None else float("nan")})
                     logger.experiment.flush()
-        if self.cfg.logging.loss_curve and (self.run.path / "metrics.csv").is_file():
+        if self.cfg.logging.loss_curve and self.run.metrics_csv.is_file():
             try:
-                draw_loss_curve(self.run.path / "metrics.csv", self.run.path / "loss_curve.png")
+                draw_loss_curve(self.run.metrics_csv, self.run.loss_curve)
             except Exception as exc:  # noqa: BLE001 - a missing picture must not fail a finished run
                 print(f"launch: could not draw loss_curve.png: {exc}", flush=True)
 
@@ -184,7 +104,8 @@ def draw_loss_curve(metrics_csv: Path, out: Path) -> None:
     plt.close(fig)
 
 
-def callbacks(cfg: JobConfig, run: RunDir, has_loggers: bool) -> list[Callback]:
+def from_job_file(cfg: JobConfig, run: RunDir, has_loggers: bool) -> list[Callback]:
+    """The callbacks the job file turns on ([early_stopping], [swa], [logging]), and RunEnd."""
     found: list[Callback] = []
     es = cfg.early_stopping
     if es.monitor:
@@ -211,4 +132,4 @@ def profiler(cfg: JobConfig, run: RunDir) -> Any:
     from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
 
     cls = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}[name]
-    return cls(dirpath=run.path / "profiler", filename="report")
+    return cls(dirpath=run.profiler, filename="report")

@@ -1,4 +1,4 @@
-"""`python -m launcher.backends.supervisor RUN_DIR`: runs and watches a local run's torchrun agents.
+"""`python -m launcher.entry.supervisor RUN_DIR`: runs and watches a local run's torchrun agents.
 
 It records started / finished / failed / cancelled in `events.jsonl`. When one agent fails the
 others are stopped (they would otherwise wait in a collective until the timeout), and when the
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher.backends.local import processes_of, wait_gone
-from launcher.backends.outcome import record_end
 from launcher.config import load_resolved
+from launcher.lifecycle import Event, record_end, this_attempt
+from launcher.processes import processes_of, wait_gone
 from launcher.rundir import RunDir
 
 TERM_GRACE_S = 30.0  # torchrun's own grace before it SIGKILLs its workers
@@ -77,8 +77,7 @@ def main(argv: list[str]) -> int:
     first_start = time.time()
     for attempt in itertools.count():
         start = time.time()
-        events_before = len(run.read_events())
-        run.add_event("started", backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt,
+        run.add_event(Event.STARTED, backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt,
                       t=round(start, 3))
         say(f"run {run.run_id}: {len(plan['nodes'])} torchrun agent(s), logs in {run.logs}"
             + (f" (attempt {attempt + 1})" if attempt else ""))
@@ -100,14 +99,14 @@ def main(argv: list[str]) -> int:
         codes = [a.wait() for a in agents]
         elapsed = round(time.time() - first_start, 1)
         if cancelled:
-            run.add_event("cancelled", elapsed_s=elapsed)
+            run.add_event(Event.CANCELLED, elapsed_s=elapsed)
             say(f"run {run.run_id} cancelled after {elapsed} s")
             return 0
-        preempted = [e for e in run.read_events()[events_before:] if e.get("event") == "preempted"]
+        preempted = [e for e in this_attempt(run.read_events()) if e.get("event") == Event.PREEMPTED]
         if preempted and all(c == 0 for c in codes):
             # As SLURM would requeue the job: start the same ranks again; they resume.
             signal_at = preempted[-1].get("signal_at")
-            run.add_event("requeued", after_step=preempted[-1].get("step"),
+            run.add_event(Event.REQUEUED, after_step=preempted[-1].get("step"),
                           signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
             say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
             continue

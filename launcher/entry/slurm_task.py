@@ -1,4 +1,4 @@
-"""The calls submitit runs in each SLURM task (pickled by reference: keep this import-light).
+"""The calls submitit runs in each SLURM task (pickled by reference, by name: keep this import-light).
 
 srun mode: every task is one rank. torchrun mode: every task is one node's torchrun agent.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def run_rank(run_dir: str) -> None:
-    from launcher.runtime.job import main
+    from launcher.runtime.rank import main
 
     code = main([run_dir])
     if code:

@@ -1,0 +1,159 @@
+"""Every rule a resolved config must keep, refused before anything is written or submitted:
+the bounds declared on the fields, then the rules that involve more than one field or the profile."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import TYPE_CHECKING
+
+from launcher.config.profiles import detect_local_gpus
+from launcher.config.schema import ComponentSection, JobConfig, bounds_of
+from launcher.errors import ConfigError, LaunchError
+
+if TYPE_CHECKING:
+    from launcher.config.resolve import Sources
+
+
+def check_bounds(cfg: JobConfig, src: Sources) -> None:
+    """The bounds declared on the schema's fields: the profile's first (the job's values inherit from
+    it, so a bad profile value is reported against the cluster file), then section by section."""
+    sections = sorted(dataclasses.fields(cfg), key=lambda s: s.name != "cluster")
+    for section in sections:
+        table = getattr(cfg, section.name)
+        for f in dataclasses.fields(table):
+            value = getattr(table, f.name)
+            for bound in bounds_of(f):
+                if not bound.allowed(value):
+                    key = f"{section.name}.{f.name}"
+                    raise ConfigError(src.of(key), key, bound.message.format(value=value))
+
+
+def validate(cfg: JobConfig, src: Sources) -> None:
+    """Impossible requests are refused here, before anything is written or submitted."""
+    res, prof = cfg.resources, cfg.cluster
+
+    def err(key: str, message: str) -> ConfigError:
+        return ConfigError(src.of(key), key, message)
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", cfg.job.name):
+        raise err("job.name", f"{cfg.job.name!r}: use letters, digits and . _ + - (at most 64, no spaces)")
+    check_bounds(cfg, src)
+    if prof.max_nodes is not None and res.nodes > prof.max_nodes:
+        raise err("resources.nodes", f"{res.nodes} nodes requested; profile '{src.profile}' allows at most {prof.max_nodes}")
+    assert res.gpus_per_node is not None and res.procs_per_node is not None
+    have = prof.gpus_per_node
+    if have == "auto" and prof.backend == "local":
+        have = detect_local_gpus()
+    if isinstance(have, int) and res.gpus_per_node > have:
+        where = "this machine has" if prof.gpus_per_node == "auto" else f"profile '{src.profile}' nodes have"
+        raise err("resources.gpus_per_node", f"{res.gpus_per_node} GPUs per node requested; {where} {have}")
+    if res.cpus_per_task is not None and prof.cpus_per_node is not None \
+            and res.cpus_per_task * cfg.procs_per_node > prof.cpus_per_node:
+        raise err(
+            "resources.cpus_per_task",
+            f"{res.cpus_per_task} CPUs x {cfg.procs_per_node} tasks per node exceeds the "
+            f"{prof.cpus_per_node} CPUs of a '{src.profile}' node",
+        )
+    _check_allocation_units(cfg, src)
+    if prof.backend == "slurm" and not prof.partition:
+        raise ConfigError(src.of("cluster.partition"), "cluster.partition",
+                          f"profile '{src.profile}' uses SLURM and needs a partition")
+    if cfg.checkpoint.save_top_k not in (0, 1, -1) and cfg.checkpoint.monitor is None:
+        raise err("checkpoint.save_top_k", "keeping more than one checkpoint needs checkpoint.monitor")
+    opt, sched = cfg.optimizer, cfg.lr_scheduler
+    if opt.name is not None and opt.name != "sgd" and (opt.momentum or opt.nesterov):
+        raise err("optimizer.momentum", f"momentum and nesterov are for sgd, not {opt.name}")
+    if sched.name is not None and opt.name is None:
+        raise err("lr_scheduler.name", "a scheduler from the job file needs [optimizer] name (adam, adamw or sgd)")
+    if sched.name == "plateau" and not sched.monitor:
+        raise err("lr_scheduler.monitor", "the plateau scheduler needs the metric it watches, e.g. 'val_loss'")
+    for section in ("model", "data"):
+        comp: ComponentSection = getattr(cfg, section)
+        if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):
+            raise err(f"{section}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
+    _check_script_values(cfg, src)
+
+
+def _check_allocation_units(cfg: JobConfig, src: Sources) -> None:
+    """Memory and time: well-formed, and within the profile's limits."""
+    res, prof = cfg.resources, cfg.cluster
+    if res.mem is not None:
+        mem = parse_mem_mb(res.mem, src.of("resources.mem"), "resources.mem")
+        if prof.mem_per_node is not None:
+            limit = parse_mem_mb(prof.mem_per_node, src.of("cluster.mem_per_node"), "cluster.mem_per_node")
+            if mem > limit:
+                raise ConfigError(src.of("resources.mem"), "resources.mem",
+                                  f"{res.mem} per node requested; '{src.profile}' nodes have {prof.mem_per_node}")
+    if prof.max_time is not None:
+        limit = parse_time_minutes(prof.max_time, src.of("cluster.max_time"), "cluster.max_time")
+        if res.time is not None:
+            asked = parse_time_minutes(res.time, src.of("resources.time"), "resources.time")
+            if asked > limit:
+                raise ConfigError(src.of("resources.time"), "resources.time",
+                                  f"{res.time} requested; profile '{src.profile}' allows at most {prof.max_time}")
+    elif res.time is not None:
+        parse_time_minutes(res.time, src.of("resources.time"), "resources.time")
+
+
+def _check_script_values(cfg: JobConfig, src: Sources) -> None:
+    """Values that become #SBATCH lines or shell lines: no line breaks, one option per item."""
+    prof = cfg.cluster
+
+    def err(key: str, message: str) -> ConfigError:
+        return ConfigError(src.of(key), key, message)
+
+    for key in ("partition", "account", "qos", "constraint", "max_time", "mem_per_node", "python", "runs_dir"):
+        value = getattr(prof, key)
+        if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise err(f"cluster.{key}", f"{value!r}: line breaks and control characters are not allowed")
+    for i, extra in enumerate(prof.sbatch_extra):
+        if not re.fullmatch(r"--[a-z][a-z0-9-]*(=[^\n\r]+)?", extra):
+            raise err(f"cluster.sbatch_extra[{i}]",
+                      f"{extra!r}: each item is one sbatch option, e.g. '--exclusive' or '--reservation=gpu'")
+    for i, line in enumerate(prof.setup):
+        if "\n" in line or "\r" in line:
+            raise err(f"cluster.setup[{i}]", "one shell line per item (no newlines)")
+    for name in prof.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise err(f"cluster.env.{name}", "not a valid environment variable name")
+
+
+def check_path(label: str, path: str) -> None:
+    """Paths end up in scripts and #SBATCH lines: quoting handles anything but line breaks."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise LaunchError(f"{label} {path!r} contains a line break or control character; use another directory")
+
+
+# --------------------------------------------------------------------------- units
+
+
+def parse_time_minutes(text: str, source: str, key: str) -> int:
+    """SLURM time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m:
+        raise ConfigError(source, key, f"{text!r} is not a time; use HH:MM:SS, D-HH:MM:SS or minutes")
+    days, a, b, c = m.groups()
+    nums = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        hours, minutes, seconds = (nums + [0, 0])[:3]
+        total = int(days) * 1440 + hours * 60 + minutes + (seconds > 0)
+    elif len(nums) == 1:
+        total = nums[0]
+    elif len(nums) == 2:
+        total = nums[0] + (nums[1] > 0)
+    else:
+        total = nums[0] * 60 + nums[1] + (nums[2] > 0)
+    if total <= 0:
+        raise ConfigError(source, key, f"{text!r}: time must be positive")
+    return total
+
+
+def parse_mem_mb(text: str, source: str, key: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)B?", text.strip().upper())
+    if not m or int(m.group(1)) <= 0:
+        raise ConfigError(source, key, f"{text!r} is not a memory size; use e.g. 64G or 500M")
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}[m.group(2)]
+    return max(1, int(int(m.group(1)) * scale))
+
+

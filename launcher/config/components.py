@@ -1,0 +1,79 @@
+"""The job's classes: registered short names, import paths, and a check that the class exists
+(its module's source is parsed, never executed: no torch at submission)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from launcher.errors import ConfigError
+
+# Registered short names for the examples that ship with launch; anything else is an import path.
+REGISTRY: dict[str, dict[str, str]] = {
+    "model": {
+        "mlp": "models.mlp:MLP",
+        "cnn": "models.cnn:SmallCNN",
+        "resnet18": "models.resnet:ResNet18",
+    },
+    "data": {
+        "digits": "datamodules.digits:DigitsDataModule",
+        "mnist": "datamodules.mnist:MNISTDataModule",
+        "cifar10": "datamodules.cifar10:CIFAR10DataModule",
+    },
+}
+
+
+def split_class_path(section: str, class_path: str) -> tuple[str, str]:
+    """'mlp' or 'models.mlp.MLP' or 'models.mlp:MLP' -> ('models.mlp', 'MLP')."""
+    class_path = REGISTRY[section].get(class_path, class_path)
+    if ":" in class_path:
+        module, _, name = class_path.partition(":")
+    else:
+        module, _, name = class_path.rpartition(".")
+    return module, name
+
+
+def check_component(section: str, class_path: str, source: str) -> None:
+    """Refuse a class path whose module or class does not exist, without importing torch.
+
+    The module's source is parsed, not executed; classes made at import time are not seen, so
+    those pass here and are checked again when the job imports them.
+    """
+    import ast
+    import importlib.util
+    import sys
+
+    key = f"{section}.class_path"
+    module, name = split_class_path(section, class_path)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as in the job, where the submit directory is importable
+    registered = ", ".join(REGISTRY[section])
+    if not module:
+        raise ConfigError(source, key, f"{class_path!r} is neither a registered name ({registered}) nor 'module.Class'")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as err:
+        raise ConfigError(source, key, f"cannot import {module!r}: {err}") from None
+    if spec is None:
+        raise ConfigError(source, key, f"no module named {module!r} (registered names: {registered})")
+    if not spec.origin or not spec.origin.endswith(".py"):
+        return
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
+    except SyntaxError as exc:
+        raise ConfigError(source, key, f"{spec.origin}, line {exc.lineno}: SyntaxError: {exc.msg}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(source, key, f"cannot read {spec.origin}: {exc}") from None
+    defined = {
+        n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))
+    } | {
+        t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+    } | {
+        (a.asname or a.name) for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names
+    }
+    if name not in defined:
+        close = difflib.get_close_matches(name, sorted(defined), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(source, key, f"module {module!r} has no class {name!r}{hint}")
+

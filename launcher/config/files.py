@@ -1,0 +1,54 @@
+"""TOML in and out: reading a job or cluster file, writing and reading the frozen `config.toml`."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from launcher.errors import ConfigError, LaunchError
+
+if TYPE_CHECKING:
+    from launcher.config.schema import JobConfig
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise LaunchError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise LaunchError(f"{path}: is a directory, expected a TOML file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), "", f"invalid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "", "invalid TOML: not UTF-8 text") from None
+
+
+def to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """A TOML-ready dict: None values are left out (they are the defaults)."""
+
+    def clean(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if v is not None}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return obj
+
+    return clean(dataclasses.asdict(cfg))
+
+
+def dumps(cfg: JobConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def load_resolved(path: Path) -> JobConfig:
+    """Read a run directory's frozen `config.toml` (already validated at submission)."""
+    from launcher.config.schema import JobConfig
+    from launcher.config.typecheck import build
+
+    return build(JobConfig, read_toml(path), str(path))

@@ -1,0 +1,287 @@
+"""The job file and cluster profile as typed, frozen dataclasses, with simple bounds on the fields.
+
+A bound is checked after the whole config is built (config.checks), so its error can name the
+file the value came from; rules that involve more than one field live in config.checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+DEFAULT_PROFILE = "local"
+
+Precision = Literal["64-true", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true"]
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A rule on one field's value: `allowed(value)`, else the error `message` (with {value})."""
+
+    allowed: Callable[[Any], bool]
+    message: str
+
+
+def _number(value: Any, kind: type | tuple[type, ...] = (int, float)) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def at_least(low: float, message: str, only: type | tuple[type, ...] = (int, float)) -> Bound:
+    """Numbers of type `only` must be >= low (other values, and unset ones, pass)."""
+    return Bound(lambda v: not _number(v, only) or v >= low, message)
+
+
+def above(low: float, message: str) -> Bound:
+    return Bound(lambda v: not _number(v) or v > low, message)
+
+
+def fraction(message: str, open_ends: bool = False) -> Bound:
+    """A float between 0 and 1 (an int in the same field is a count, checked separately)."""
+    if open_ends:
+        return Bound(lambda v: not isinstance(v, float) or 0.0 < v < 1.0, message)
+    return Bound(lambda v: not isinstance(v, float) or 0.0 <= v <= 1.0, message)
+
+
+def bounded(default: Any, *bounds: Bound) -> Any:
+    """A dataclass field with `default` and the bounds its value must keep."""
+    return field(default=default, metadata={"bounds": bounds})
+
+
+def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
+    return f.metadata.get("bounds", ())
+
+
+AT_LEAST_ONE = at_least(1, "{value}: must be at least 1")
+NOT_NEGATIVE = at_least(0, "{value}: must not be negative")
+POSITIVE = above(0, "{value}: must be positive")
+BATCHES = (fraction("{value}: a fraction must be between 0.0 and 1.0 (or give a batch count)"),
+           at_least(0, "{value}: must not be negative", only=int))
+
+
+# --------------------------------------------------------------------------- the job file
+
+
+@dataclass(frozen=True)
+class JobSection:
+    name: str
+    seed: int = 0
+    test_after_fit: bool = True
+    preemptible: bool = True  # false: no signal handling, no per-step stop agreement (benchmarks, opt-out)
+    # How long a rank waits in a collective for the others before the job fails. A rank that
+    # exits is noticed at once (torchrun, srun --kill-on-bad-exit); this bounds a rank that hangs.
+    collective_timeout_s: int = bounded(600, at_least(1, "{value}: must be at least 1 second"))
+
+
+@dataclass(frozen=True)
+class ComponentSection:
+    """A LightningModule or LightningDataModule: registered name or import path, plus kwargs."""
+
+    class_path: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainerSection:
+    max_epochs: int | None = bounded(None, NOT_NEGATIVE)
+    min_epochs: int | None = bounded(None, NOT_NEGATIVE)
+    max_steps: int = bounded(-1, at_least(-1, "{value}: use -1 (no limit) or a positive number"))
+    precision: Precision = "32-true"
+    accumulate_grad_batches: int = bounded(1, AT_LEAST_ONE)
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
+    limit_train_batches: int | float | None = bounded(None, *BATCHES)
+    limit_val_batches: int | float | None = bounded(None, *BATCHES)
+    limit_test_batches: int | float | None = bounded(None, *BATCHES)
+    val_check_interval: int | float | None = None
+    check_val_every_n_epoch: int | None = bounded(1, at_least(1, "{value}: must not be negative"))
+    num_sanity_val_steps: int = 2
+    log_every_n_steps: int = 50
+    deterministic: bool = False
+    benchmark: bool | None = None
+    fast_dev_run: bool | int = False
+    overfit_batches: int | float = bounded(0.0, *BATCHES)
+    enable_model_summary: bool = True
+    enable_progress_bar: bool = True
+    profiler: Literal["simple", "advanced", "pytorch"] | None = None  # report in the run's profiler/ folder
+
+
+@dataclass(frozen=True)
+class ResourcesSection:
+    nodes: int = bounded(1, AT_LEAST_ONE)
+    # None: the profile's GPUs (0 on a CPU-only machine)
+    gpus_per_node: int | None = bounded(None, at_least(0, "{value}: must be 0 or more"))
+    # CPU runs only; None: 2, so DDP is exercised by default
+    procs_per_node: int | None = bounded(None, AT_LEAST_ONE)
+    cpus_per_task: int | None = bounded(None, AT_LEAST_ONE)
+    mem: str | None = None  # per node, e.g. "64G"
+    time: str | None = None  # "HH:MM:SS", "D-HH:MM:SS" or minutes
+
+
+@dataclass(frozen=True)
+class CheckpointSection:
+    monitor: str | None = None
+    mode: Literal["min", "max"] = "min"
+    save_top_k: int = bounded(1, at_least(-1, "{value}: use -1 (all), 0 or a positive number"))
+    save_last: bool = True
+    filename: str | None = None
+    every_n_epochs: int | None = None
+    every_n_train_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStoppingSection:
+    monitor: str | None = None  # setting it turns early stopping on
+    patience: int = bounded(3, NOT_NEGATIVE)
+    min_delta: float = 0.0
+    mode: Literal["min", "max"] = "min"
+
+
+@dataclass(frozen=True)
+class OptimizerSection:
+    """Setting `name` replaces the model's own configure_optimizers."""
+
+    name: Literal["adam", "adamw", "sgd"] | None = None
+    lr: float = bounded(1e-3, POSITIVE)
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    nesterov: bool = False  # sgd only
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """An LR scheduler for the [optimizer]; `name` turns it on."""
+
+    name: Literal["step", "cosine", "onecycle", "plateau"] | None = None
+    interval: Literal["step", "epoch"] = "epoch"  # onecycle always steps per batch
+    step_size: int = bounded(10, AT_LEAST_ONE)  # step: every step_size intervals, lr *= gamma
+    gamma: float = 0.1
+    t_max: int | None = None  # cosine: intervals per cycle (default: the whole run)
+    eta_min: float = 0.0  # cosine
+    max_lr: float | None = None  # onecycle: peak lr (default: optimizer.lr)
+    pct_start: float = 0.3  # onecycle
+    monitor: str | None = None  # plateau: the metric it watches (required)
+    mode: Literal["min", "max"] = "min"  # plateau
+    factor: float = 0.1  # plateau
+    patience: int = 10  # plateau
+
+
+@dataclass(frozen=True)
+class SWASection:
+    """Stochastic weight averaging; setting `swa_lrs` turns it on."""
+
+    swa_lrs: float | None = bounded(None, POSITIVE)
+    # an epoch, or a fraction of max_epochs
+    swa_epoch_start: int | float = bounded(
+        0.8, fraction("{value}: a fraction must be between 0 and 1 (or give an epoch)", open_ends=True))
+    annealing_epochs: int = 10
+    annealing_strategy: Literal["cos", "linear"] = "cos"
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    tensorboard: bool = True
+    csv: bool = True
+    log_lr: bool = True  # the learning rate of every param group (when an optimizer is logged)
+    grad_norm: bool = False  # the 2-norm of the gradients, per parameter and in total
+    histograms: bool = False  # TensorBoard histograms of every parameter, each epoch
+    hparams: bool = True  # the resolved config in TensorBoard's HPARAMS tab, with hp_metric
+    hp_metric: str | None = None  # the metric shown as hp_metric (default: checkpoint.monitor's best, else val_loss)
+    loss_curve: bool = True  # loss_curve.png in the run directory at the end
+
+
+@dataclass(frozen=True)
+class PerformanceSection:
+    """Opt-in speed settings (see bench/README.md for what each gave)."""
+
+    channels_last: bool = False  # convolution weights in NHWC: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the model's forward, static shapes (a one-time compile cost)
+
+
+# --------------------------------------------------------------------------- the cluster profile
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    backend: Literal["local", "slurm"] = "local"
+    gpus_per_node: int | Literal["auto"] = bounded("auto", at_least(0, "must be 0 or more, or 'auto'", only=int))
+    cpus_per_node: int | None = None
+    mem_per_node: str | None = None
+    max_time: str | None = None
+    max_nodes: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    sbatch_extra: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    shared_filesystem: bool = True
+    launch_mode: Literal["srun", "torchrun"] = "srun"
+    signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"
+    signal_grace_s: int = bounded(120, at_least(1, "must be at least 1 second"))
+    python: str | None = None  # interpreter on the compute nodes; None: the submitting one
+    runs_dir: str | None = None
+    rdzv_port: int = 29400
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Filled in at submission; frozen into the run directory with everything else."""
+
+    id: str = ""
+    dir: str = ""
+    workdir: str = ""
+    python: str = ""
+    profile: str = DEFAULT_PROFILE
+    job_file: str = ""
+    rdzv_port: int = 0
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    job: JobSection
+    model: ComponentSection
+    data: ComponentSection
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+    resources: ResourcesSection = field(default_factory=ResourcesSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    lr_scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    swa: SWASection = field(default_factory=SWASection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    performance: PerformanceSection = field(default_factory=PerformanceSection)
+    cluster: ClusterProfile = field(default_factory=ClusterProfile)
+    run: RunSection = field(default_factory=RunSection)
+
+    @property
+    def uses_gpus(self) -> bool:
+        return bool(self.resources.gpus_per_node)
+
+    @property
+    def procs_per_node(self) -> int:
+        """Processes (ranks) per node: one per GPU, or the CPU process count."""
+        if self.resources.gpus_per_node:
+            return self.resources.gpus_per_node
+        return self.resources.procs_per_node or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * self.procs_per_node
+
+
+# Trainer arguments launch sets itself, from [resources] and the profile.
+OWNED_TRAINER_KEYS = {
+    "devices": "set resources.gpus_per_node (--gpus) or resources.procs_per_node (--procs)",
+    "num_nodes": "set resources.nodes (--nodes)",
+    "accelerator": "launch uses GPUs when resources.gpus_per_node > 0, else the CPU",
+    "strategy": "launch runs DDP (gloo on CPU, NCCL on GPU) with exact evaluation",
+    "plugins": "launch chooses the cluster environment from how the ranks were started",
+    "logger": "use the [logging] section",
+    "default_root_dir": "everything goes to the run directory",
+}

@@ -1,0 +1,47 @@
+"""Called by the rendered batch script around `srun`: records the attempt in `events.jsonl`.
+
+    python -m launcher.entry.slurm_hooks started RUN_DIR
+    python -m launcher.entry.slurm_hooks ended RUN_DIR EXIT_CODE
+
+This keeps `launch status` working on clusters without accounting (no sacct).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from launcher.lifecycle import Event, last_event, names, record_end, record_not_requeued, this_attempt
+from launcher.rundir import RunDir
+from launcher.slurm_env import current_job_id
+
+
+def main(argv: list[str]) -> int:
+    what, run = argv[0], RunDir(Path(argv[1]))
+    if what == Event.STARTED:  # the hook's verb is the event it records
+        run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=socket.gethostname(),
+                      restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
+        return 0
+    if what == "ended":
+        events = run.read_events()
+        attempt = names(this_attempt(events))
+        if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:
+            print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
+            return 0
+        if Event.PREEMPTED in attempt:
+            record_not_requeued(run, int(argv[2]))
+            return 0
+        started = last_event(events, Event.STARTED) or {}
+        t0 = float(started.get("t", time.time()))
+        finished, summary = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1))
+        print(f"[launch] run {run.run_id} {summary}", flush=True)
+        return 0
+    print(f"usage: {sys.argv[0]} started|ended RUN_DIR [EXIT_CODE]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,250 @@
+"""A run's lifecycle: the events it records, the state each implies, and its typed status.
+
+`events.jsonl` is the run's own history; a backend probe (is the supervisor or the SLURM job
+still there?) covers what the history cannot say, such as a run killed without a word. Every
+event name is spelled here and only here. `summarize` is pure: events + progress + probe in,
+`RunStatus` out, so every state and every failure-naming rule is unit-tested without processes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from launcher.rundir import RunDir
+
+
+class Event(StrEnum):
+    """The records of `events.jsonl` (a StrEnum: written and compared as the plain string)."""
+
+    SUBMITTED = "submitted"  # the CLI made the run directory
+    QUEUED = "queued"  # sbatch accepted the job (SLURM)
+    STARTED = "started"  # an attempt began (supervisor or batch script)
+    TRAINING_STARTED = "training_started"  # rank zero built the Trainer
+    FIRST_STEP = "first_step"  # the attempt's first optimizer step ended
+    PREEMPTED = "preempted"  # every rank agreed to stop; the checkpoint is saved
+    REQUEUED = "requeued"  # the run is queued again after a preemption
+    REQUEUE_FAILED = "requeue_failed"  # `scontrol requeue` refused
+    RESUMED = "resumed"  # an attempt restored a checkpoint
+    TRAINED = "trained"  # fit (and test) ended on rank zero
+    FINISHED = "finished"  # the attempt ended and training completed
+    FAILED = "failed"  # the attempt ended without completing
+    CANCEL_REQUESTED = "cancel_requested"  # launch cancel asked SLURM to stop the job
+    CANCELLED = "cancelled"  # a person stopped the run
+    RESUME_REQUESTED = "resume_requested"  # launch resume handed the run to its backend again
+    PREDICTED = "predicted"  # launch predict wrote predictions
+    TUNED = "tuned"  # launch tune wrote a tuned job file
+
+
+class State(StrEnum):
+    """What `launch status` says a run is."""
+
+    UNKNOWN = "unknown"  # no lifecycle event recorded (a run directory made by hand, or torn)
+    PENDING = "pending"  # submitted, queued, requeued or resumed, not started yet
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The state each lifecycle event leaves a run in; events not listed leave the state as it was.
+STATE_OF_EVENT: Mapping[Event, State] = {
+    Event.SUBMITTED: State.PENDING,
+    Event.QUEUED: State.PENDING,
+    Event.STARTED: State.RUNNING,
+    Event.RESUME_REQUESTED: State.PENDING,
+    Event.REQUEUED: State.PENDING,
+    Event.FINISHED: State.COMPLETED,
+    Event.FAILED: State.FAILED,
+    Event.CANCELLED: State.CANCELLED,
+}
+TERMINAL_STATES = (State.COMPLETED, State.FAILED, State.CANCELLED)
+ACTIVE_STATES = (State.PENDING, State.RUNNING)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One look at the backend: whether the run's supervisor or job is still there, what the
+    backend would call a run that vanished without recording its end, and what status shows."""
+
+    alive: bool
+    ended_as: tuple[State, str] | None = None  # (state, why), for a run gone without its end
+    details: Mapping[str, Any] = field(default_factory=dict)  # supervisor_pid, slurm_job_id, ...
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Everything `launch status` shows of a run."""
+
+    run_id: str
+    job: str
+    run_dir: str
+    backend: str
+    state: State
+    global_step: int = 0
+    epoch: int = 0
+    restarts: int = 0
+    world_size: int | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+    exit_code: int | None = None
+    failed_rank: int | None = None
+    times: Mapping[str, str] = field(default_factory=dict)  # lifecycle event -> when it last happened
+    details: Mapping[str, Any] = field(default_factory=dict)  # the backend's probe
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @property
+    def over(self) -> bool:
+        """Ended, one way or another (also `unknown`: nothing will change it)."""
+        return self.terminal or self.state not in ACTIVE_STATES
+
+    @property
+    def submitted_at(self) -> str | None:
+        return self.times.get(Event.SUBMITTED)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `launch status --json` view: flat, with `<event>_at` times and the probe's details."""
+        out: dict[str, Any] = {
+            "run_id": self.run_id, "job": self.job, "run_dir": self.run_dir, "state": str(self.state),
+            "terminal": self.terminal, "global_step": self.global_step, "epoch": self.epoch,
+            "restarts": self.restarts, "world_size": self.world_size, "metrics": dict(self.metrics),
+            "error": self.error, "exit_code": self.exit_code, "failed_rank": self.failed_rank,
+            "backend": self.backend,
+        }
+        out.update({f"{event}_at": when for event, when in self.times.items()})
+        out.update(self.details)
+        return out
+
+
+def summarize(events: Sequence[Mapping[str, Any]], progress: Mapping[str, Any], probe: Probe, *,
+              run_id: str, job: str, run_dir: str, backend: str) -> RunStatus:
+    """A run's status from its history and one backend probe.
+
+    The state is the one implied by the last lifecycle event; a run whose history says pending or
+    running but whose supervisor or job is gone takes the backend's explanation (`ended_as`). The
+    step and metrics come from rank zero's final `trained` record, else from `progress.json`.
+    """
+    state, times, restarts = State.UNKNOWN, {}, -1
+    error = exit_code = failed_rank = None
+    for ev in events:
+        name = ev.get("event")
+        if name in STATE_OF_EVENT:
+            state = STATE_OF_EVENT[Event(name)]
+            times[str(name)] = ev.get("time")
+        if name == Event.STARTED:
+            restarts += 1
+        if name == Event.FAILED:
+            error, exit_code, failed_rank = ev.get("error"), ev.get("exit_code"), ev.get("rank")
+    if state in ACTIVE_STATES and not probe.alive and probe.ended_as is not None:
+        state, why = probe.ended_as
+        error = error or why
+    trained = last_event(events, Event.TRAINED)
+    position = trained or progress
+    return RunStatus(
+        run_id=run_id, job=job, run_dir=run_dir, backend=backend, state=state,
+        global_step=position.get("global_step", 0), epoch=position.get("epoch", 0),
+        restarts=max(restarts, 0), world_size=progress.get("world_size"),
+        metrics=(trained or {}).get("metrics") or progress.get("metrics", {}),
+        error=error, exit_code=exit_code, failed_rank=failed_rank, times=times, details=probe.details,
+    )
+
+
+def status_of(run: RunDir, probe: Probe, backend: str) -> RunStatus:
+    """`summarize` over the run directory's own files."""
+    return summarize(run.read_events(), run.read_progress(), probe, run_id=run.run_id, job=run.job_name,
+                     run_dir=str(run.path), backend=backend)
+
+
+def last_event(events: Sequence[Mapping[str, Any]], name: Event) -> Mapping[str, Any] | None:
+    return next((ev for ev in reversed(events) if ev.get("event") == name), None)
+
+
+def this_attempt(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The events since the last `started` (the current or last attempt)."""
+    last_start = max((i for i, e in enumerate(events) if e.get("event") == Event.STARTED), default=-1)
+    return list(events[last_start + 1:])
+
+
+def names(events: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [str(e.get("event")) for e in events]
+
+
+# --------------------------------------------------------------------------- how an attempt ended
+
+# A rank that fails in a collective because another rank died or hung: an echo, not the cause.
+ECHO = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|[Tt]imed out|timeout|"
+                  r"NCCL communicator was aborted|ProcessGroup.*abort|Gloo connectFullMesh failed")
+
+
+def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
+    """The cause of this attempt's failure, from the ranks' own records.
+
+    In order: the earliest Python error that is not an echo of another rank's failure; then the
+    ranks that died without a word (their alive marker is still there: killed, out of memory,
+    crashed in native code, or hung and stopped); then the earliest echo.
+    """
+    errors, dead = [], []
+    for path in run.errors.glob("rank-*.json"):
+        try:
+            mtime = path.stat().st_mtime
+            if mtime + 1 >= since:
+                errors.append((mtime, json.loads(path.read_text())))
+        except (OSError, json.JSONDecodeError):
+            continue
+    for path in run.errors.glob("rank-*.alive"):
+        try:
+            if path.stat().st_mtime + 1 >= since:
+                dead.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    errors.sort(key=lambda r: r[0])
+    causes = [e for _, e in errors if not ECHO.search(f"{e.get('type')}: {e.get('message')}")]
+    if causes:
+        return causes[0]
+    if dead:
+        dead.sort(key=lambda d: d["rank"])
+        first = dead[0]
+        others = f" (also ranks {', '.join(str(d['rank']) for d in dead[1:])})" if len(dead) > 1 else ""
+        echo = f"; then rank {errors[0][1]['rank']}: {errors[0][1]['type']}: {errors[0][1]['message'][:160]}" if errors else ""
+        return {"rank": first["rank"], "host": first.get("host", "?"), "type": "Died",
+                "message": "ended without a Python error: killed by a signal (or out of memory), crashed in "
+                           f"native code, or hung and was stopped; see logs/rank-{first['rank']}.log{others}{echo}"}
+    return errors[0][1] if errors else None
+
+
+def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float) -> tuple[bool, str]:
+    """Append `finished` or `failed` for an attempt whose ranks exited with `exit_code`.
+
+    Finished means the ranks exited 0 AND rank zero recorded that training completed; returns
+    (finished, one-line summary).
+    """
+    last = last_event(run.read_events(), Event.TRAINED)
+    if exit_code == 0 and last is not None and not last.get("interrupted"):
+        run.add_event(Event.FINISHED, elapsed_s=elapsed_s, global_step=last.get("global_step"))
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
+        return True, f"completed in {elapsed_s} s: step {last.get('global_step')}, {shown}"
+    err = first_error(run, started_at)
+    if err:
+        message = f"rank {err['rank']} ({err.get('host', '?')}): {err['type']}: {err['message']}"
+    elif exit_code == 0:
+        message = "the ranks exited without completing training"
+    else:
+        message = f"the ranks exited with {exit_code}; see {run.logs}"
+    run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,
+                  rank=err["rank"] if err else None, error=message)
+    return False, f"failed after {elapsed_s} s: {message}"
+
+
+def record_not_requeued(run: RunDir, exit_code: int) -> str:
+    """A preempted attempt that could not go back in the queue: failed, with the command that
+    continues it."""
+    message = f"preempted and saved, but not requeued; continue it with: launch resume {run.path}"
+    run.add_event(Event.FAILED, exit_code=exit_code or 1, rank=None, error=message)
+    return message

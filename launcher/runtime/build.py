@@ -1,0 +1,117 @@
+"""The job's parts from its frozen config: the LightningModule and DataModule, and the Trainer
+(DDP, launch's checkpointing, loggers and callbacks) that every rank runs; also the one-device
+Trainer of `launch tune` and `launch predict`."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+from launcher.config import JobConfig, split_class_path
+from launcher.rundir import RunDir
+from launcher.runtime import callbacks as job_callbacks
+from launcher.runtime.checkpoint_io import AtomicCheckpointIO
+from launcher.runtime.lightning_compat import TimedProgressBar, disable_lightning_signal_handling
+from launcher.runtime.loggers import ContinuingCSVLogger, LaunchTensorBoardLogger
+from launcher.runtime.optimizers import install_optimizer
+from launcher.runtime.progress import RunProgress
+from launcher.runtime.strategy import LaunchDDPStrategy
+
+
+def load_class(section: str, class_path: str) -> type:
+    module_name, name = split_class_path(section, class_path)
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ImportError(f"{section}.class_path: module {module_name!r} has no attribute {name!r}") from None
+
+
+def build_model_and_data(cfg: JobConfig) -> tuple[Any, Any]:
+    """The job's LightningModule and DataModule from the config, seeded, with the job file's
+    optimizer and memory format: what the ranks train, and what tune and predict load."""
+    pl.seed_everything(cfg.job.seed, workers=True)
+    datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
+    model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
+    install_optimizer(model, cfg)
+    if cfg.performance.channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    return model, datamodule
+
+
+def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> Any:
+    """The Trainer every rank runs: launch's DDP, atomic checkpoints, one run's loggers."""
+    if not cfg.uses_gpus:
+        # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (to keep CUDA out of forked
+        # workers). With CUDA never initialised, as in a CPU run, every torch.cuda.is_available()
+        # then loads NVML again, and torch's optimizers ask once per step (about 40 us a step
+        # here, which a hand-written loop without Lightning does not pay). A CPU run never
+        # initialises CUDA, so torch's own check is the right one.
+        os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    # Chosen from how we started the ranks, never guessed: inside a SLURM allocation running
+    # torchrun, Lightning's own detection would pick SLURMEnvironment and get the ranks wrong.
+    if os.environ.get("LAUNCH_MODE") == "srun":
+        environment = SLURMEnvironment(auto_requeue=False)
+    else:
+        environment = TorchElasticEnvironment()
+    strategy = LaunchDDPStrategy(
+        cluster_environment=environment,
+        checkpoint_io=AtomicCheckpointIO(),
+        process_group_backend="nccl" if cfg.uses_gpus else "gloo",
+        timeout=timedelta(seconds=cfg.job.collective_timeout_s),
+    )
+    ck = cfg.checkpoint
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename=ck.filename,
+        monitor=ck.monitor,
+        mode=ck.mode,
+        save_top_k=ck.save_top_k,
+        save_last=ck.save_last,
+        every_n_epochs=ck.every_n_epochs,
+        every_n_train_steps=ck.every_n_train_steps,
+    )
+    loggers: list[Any] = []
+    if cfg.logging.tensorboard:
+        loggers.append(LaunchTensorBoardLogger(save_dir=run.path, name="tensorboard", version="",
+                                               default_hp_metric=False))
+    if cfg.logging.csv:
+        loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
+    gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
+    callbacks: list[Any] = [*gates, checkpoint, RunProgress(run),
+                            *job_callbacks.from_job_file(cfg, run, bool(loggers)), *extra_callbacks]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(TimedProgressBar())
+    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
+    trainer_args["profiler"] = job_callbacks.profiler(cfg, run)
+    trainer = pl.Trainer(
+        accelerator="gpu" if cfg.uses_gpus else "cpu",
+        devices=cfg.procs_per_node,
+        num_nodes=cfg.resources.nodes,
+        strategy=strategy,
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=run.path,
+        **trainer_args,
+    )
+    disable_lightning_signal_handling(trainer)
+    return trainer
+
+
+def one_device_trainer(cfg: JobConfig, root: Path, **kwargs: Any) -> Any:
+    """A plain Trainer on one device (GPU if the job asks for GPUs and there is one): tune, predict."""
+    import torch
+
+    gpu = cfg.uses_gpus and torch.cuda.is_available()
+    return pl.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+                      precision=cfg.trainer.precision, **kwargs)

@@ -1,0 +1,102 @@
+"""A rank's training run: fit (resuming from the newest checkpoint), then test, then the record."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.utilities.model_helpers import is_overridden
+
+from launcher.config import JobConfig
+from launcher.lifecycle import Event
+from launcher.rundir import RunDir
+from launcher.runtime import output, signals
+from launcher.runtime.build import build_model_and_data, build_trainer
+from launcher.runtime.preemption import Preempted, PreemptionHandler
+from launcher.runtime.requeue import requeue_on_slurm
+
+
+def once_per_job(obj: Any, method: str) -> None:
+    """Make `obj.method` run at most once in this process (later calls do nothing)."""
+    original = getattr(obj, method)
+    done = False
+
+    def run_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal done
+        if done:
+            return None
+        done = True
+        return original(*args, **kwargs)
+
+    setattr(obj, method, run_once)
+
+
+def find_resume_checkpoint(run: RunDir) -> Path | None:
+    """The newest complete checkpoint of the run (writes are atomic: a visible file is whole)."""
+    candidates = [p for p in run.checkpoints.glob("*.ckpt") if not p.name.startswith(".")]
+    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
+    output.route_logging("pytorch_lightning", "lightning_fabric")
+    # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
+    warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
+    model, datamodule = build_model_and_data(cfg)
+    # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
+    datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
+    once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
+
+    def on_preempt(trainer: Any, info: dict[str, Any]) -> None:
+        if trainer.global_rank == 0:
+            run.add_event(Event.PREEMPTED, **info)
+        print(f"preemption: all ranks stop after step {info['step']} (signal: {info['signal']})", flush=True)
+
+    def on_resume(trainer: Any, mid_epoch: bool) -> None:
+        if trainer.global_rank == 0:
+            run.add_event(Event.RESUMED, global_step=int(trainer.global_step), epoch=int(trainer.current_epoch),
+                          mid_epoch=mid_epoch, checkpoint=resume.name if resume else None)
+
+    handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint),
+                                on_preempt, on_resume)
+    trainer = build_trainer(cfg, run, [handler] if cfg.job.preemptible else [])
+    resume = find_resume_checkpoint(run)
+    if rank == 0:
+        run.add_event(Event.TRAINING_STARTED, world_size=cfg.world_size, resume_from=resume.name if resume else None)
+    if cfg.performance.compile:
+        # The network's forward only (state_dict keys unchanged); training_step, its logging and
+        # torchmetrics stay eager. Compiling the module's call, as torch.compile(model) or
+        # model.compile() do, takes in the whole training_step under DDP (Lightning routes the
+        # step through forward): dynamo then recompiles on every metric update, gives up after 8
+        # and runs a mix that differs after a resume. Static shapes: a kernel per input shape, the
+        # same whatever was compiled before it, so a resumed attempt computes bit for bit what an
+        # uninterrupted one does.
+        import torch
+
+        model.forward = torch.compile(model.forward, dynamic=False)
+    try:
+        # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+    except Preempted:
+        if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
+            requeue_on_slurm(run)
+        return
+    trainer.save_checkpoint(run.last_checkpoint)
+    # the end-of-fit metrics (test replaces callback_metrics with its own): both are reported
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
+    if rank == 0:
+        run.preempt_checkpoint.unlink(missing_ok=True)  # superseded by last.ckpt
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+        run.add_event(
+            Event.TRAINED,
+            global_step=int(trainer.global_step),
+            epoch=int(trainer.current_epoch),
+            interrupted=bool(trainer.interrupted),
+            metrics=metrics,
+            t=round(time.time(), 3),
+        )

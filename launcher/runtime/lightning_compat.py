@@ -1,0 +1,214 @@
+"""The one door to Lightning's and torchmetrics' private internals.
+
+Every use of an underscore attribute of pytorch_lightning, lightning_fabric or torchmetrics, and
+every subclass that overrides a private method of theirs, is here and nowhere else in launch, so
+that an upgrade breaks in one place that can be listed. Importing this module checks that the
+installed versions are the ones it was written for, and fails with one line when they are not.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+# The major.minor versions every touchpoint below was written and tested for (pinned in pyproject;
+# lightning_fabric ships inside the pytorch-lightning distribution).
+WRITTEN_FOR = {"pytorch-lightning": "2.6", "torchmetrics": "1.9"}
+
+
+class IncompatibleVersions(RuntimeError):
+    """The installed Lightning or torchmetrics is not the one launch's internals were written for."""
+
+
+def version_problem(installed: dict[str, str | None] | None = None) -> str | None:
+    """What differs between the installed versions and WRITTEN_FOR, as one line; None if nothing."""
+    if installed is None:
+        installed = {}
+        for package in WRITTEN_FOR:
+            try:
+                installed[package] = version(package)
+            except PackageNotFoundError:
+                installed[package] = None
+    wrong = [f"{pkg} {installed.get(pkg) or 'missing'} (needs {want}.x)" for pkg, want in WRITTEN_FOR.items()
+             if ".".join(str(installed.get(pkg)).split(".")[:2]) != want]
+    if not wrong:
+        return None
+    return ("launch's Lightning internals (launcher/runtime/lightning_compat.py) were written for other versions: "
+            f"{', '.join(wrong)}; install the versions pinned in pyproject.toml (pip install -e .)")
+
+
+def check_versions() -> None:
+    problem = version_problem()
+    if problem:
+        raise IncompatibleVersions(problem)
+
+
+check_versions()
+
+import torch  # noqa: E402 - after the version check: a mismatch must be reported, not crash an import
+from lightning_fabric.utilities.logger import _convert_params, _flatten_dict  # noqa: E402
+from pytorch_lightning import Trainer  # noqa: E402
+from pytorch_lightning.callbacks import TQDMProgressBar  # noqa: E402
+from pytorch_lightning.loggers import CSVLogger  # noqa: E402
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
+from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
+from pytorch_lightning.utilities.data import _update_dataloader  # noqa: E402
+from torchmetrics import Metric  # noqa: E402
+
+# --------------------------------------------------------------------------- the Trainer
+
+
+def disable_lightning_signal_handling(trainer: Trainer) -> None:
+    """Keep Lightning's own SIGTERM machinery out of the fit: launch owns the signals.
+
+    Lightning would install its own SIGTERM handler at every fit, after on_fit_start, and it runs
+    a broadcast inside the handler (a collective one rank can enter alone). Its flag can then
+    never be set, yet its training loop broadcasts that flag from rank zero before every batch:
+    a collective per step, for nothing; that broadcast goes too.
+    """
+    trainer._signal_connector.register_signal_handlers = lambda: None
+    trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
+
+
+def accumulating(trainer: Trainer) -> bool:
+    """Whether the batch that just ended only accumulated gradients (no optimizer step)."""
+    return trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def validation_follows(trainer: Trainer) -> bool:
+    """Whether Lightning runs validation after the batch that just ended."""
+    fit_loop = trainer.fit_loop
+    return fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher)
+
+
+def train_dataloaders(trainer: Trainer) -> list[Any]:
+    """The training DataLoaders of the current fit, as Lightning built them."""
+    combined = trainer.fit_loop._combined_loader
+    return list(combined.flattened) if combined is not None else []
+
+
+def _cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().clone()
+    if isinstance(value, list):
+        return [_cpu(v) for v in value]
+    return value
+
+
+def epoch_accumulators(trainer: Trainer) -> dict[str, Any]:
+    """The running epoch sums behind `self.log(..., on_epoch=True)` for the training loop."""
+    out = {}
+    for key, result in trainer.fit_loop.epoch_loop._results.items():
+        if getattr(result, "is_tensor", False) and result.meta.on_epoch:
+            entry = {"value": _cpu(result.value)}
+            if hasattr(result, "cumulated_batch_size"):
+                entry["cumulated_batch_size"] = _cpu(result.cumulated_batch_size)
+            entry["reduce"] = "max" if result.meta.is_max_reduction else "min" if result.meta.is_min_reduction else "sum"
+            out[key] = entry
+    return out
+
+
+def add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
+    """Fold the accumulators of the steps before a preemption into this attempt's."""
+    results = trainer.fit_loop.epoch_loop._results
+    for key, entry in saved.items():
+        result = results.get(key)
+        if result is None:
+            continue
+        value = entry["value"].to(result.value.device, result.value.dtype)
+        if entry["reduce"] == "max":
+            result.value = torch.maximum(result.value, value)
+        elif entry["reduce"] == "min":
+            result.value = torch.minimum(result.value, value)
+        else:
+            result.value = value + result.value
+        if "cumulated_batch_size" in entry and hasattr(result, "cumulated_batch_size"):
+            result.cumulated_batch_size = entry["cumulated_batch_size"].to(result.cumulated_batch_size.device) + \
+                result.cumulated_batch_size
+
+
+def with_sampler(dataloader: Any, sampler: Any, stage: Any) -> Any:
+    """A copy of `dataloader` drawing from `sampler`, made as Lightning makes its own."""
+    return _update_dataloader(dataloader, sampler, mode=stage)
+
+
+# --------------------------------------------------------------------------- torchmetrics
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    """A Metric's accumulated state (not in state_dict: metric states are non-persistent)."""
+    return {"state": {attr: _cpu(getattr(metric, attr)) for attr in metric._defaults},
+            "update_count": metric._update_count}
+
+
+def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
+    device = metric.device
+    for attr, value in saved["state"].items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+        elif isinstance(value, list):
+            value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+        setattr(metric, attr, value)
+    metric._update_count = saved["update_count"]
+    metric._computed = None
+
+
+# --------------------------------------------------------------------------- loggers and progress
+
+
+def flatten_hparams(params: Any) -> dict[str, Any]:
+    """Hyperparameters as Lightning's loggers flatten them (nested keys joined with '/')."""
+    return _flatten_dict(_convert_params(params))
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """CSVLogger that continues `metrics.csv` across restarts of the same run.
+
+    Lightning's writer starts with no known columns, so its first save after a restart rewrites
+    the file with only the new columns and drops the rows already there.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ContinuingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _ContinuingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                self.metrics_keys = next(csv.reader(fh), [])
+
+    def _check_log_dir_exists(self) -> None:
+        pass  # a restart continues the run in the same directory: nothing to warn about
+
+
+class TimedProgressBar(TQDMProgressBar):
+    """The progress bar, redrawn at most every `every_s` seconds instead of every N batches.
+
+    Drawing runs on rank zero only, and in DDP every millisecond rank zero spends there is
+    waited for by the others at the next gradient all-reduce; a time-based refresh keeps that
+    cost constant however fast the steps are.
+    """
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        super().__init__(refresh_rate=1)
+        self.every_s = every_s
+        self._drawn_at = 0.0
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not self.is_enabled:
+            return False
+        now = time.monotonic()
+        if current == total or now - self._drawn_at >= self.every_s:
+            self._drawn_at = now
+            return True
+        return False

@@ -1,0 +1,76 @@
+"""`launch predict`: predictions of a run's checkpoint on one device, written to the run directory.
+
+    python -m launcher.runtime.predict RUN_DIR best|last|PATH
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from launcher.config import load_resolved
+from launcher.lifecycle import Event
+from launcher.rundir import RunDir, atomic_open, atomic_write_text
+from launcher.runtime.build import build_model_and_data, one_device_trainer
+from launcher.runtime.rank import import_user_code
+
+
+def resolve_checkpoint(run: RunDir, which: str) -> Path:
+    import torch
+
+    if which not in ("best", "last"):
+        path = Path(which)
+        if not path.is_file():
+            raise SystemExit(f"launch predict: {which}: no such checkpoint file")
+        return path
+    last = run.last_checkpoint
+    if which == "last" or not last.is_file():
+        if not last.is_file():
+            raise SystemExit(f"launch predict: {run.path} has no last.ckpt (did the run finish?)")
+        return last
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
+            best = Path(value["best_model_path"])
+            if best.is_file():
+                return best
+    return last  # no monitored metric: the last checkpoint is the best there is
+
+
+def predict(run: RunDir, which: str) -> Path:
+    import torch
+    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    cfg = load_resolved(run.config)
+    model, datamodule = build_model_and_data(cfg)
+    ckpt = resolve_checkpoint(run, which)
+    if not is_overridden("predict_dataloader", datamodule):
+        datamodule.predict_dataloader = datamodule.test_dataloader  # the held-out data by default
+    trainer = one_device_trainer(cfg, run.tool_root("predict"))
+    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=False)
+    outputs = torch.cat([b.detach().cpu() for b in batches]) if batches and torch.is_tensor(batches[0]) else batches
+    out_dir = run.predictions
+    out_dir.mkdir(exist_ok=True)
+    out = out_dir / f"{ckpt.stem}.pt"
+    with atomic_open(out) as fh:
+        torch.save(outputs, fh)
+    if torch.is_tensor(outputs) and outputs.dim() == 2:  # class scores: also a readable CSV
+        lines = ["index,prediction,score"] + [f"{i},{int(c)},{float(s):.6g}" for i, (s, c) in
+                                              enumerate(zip(*outputs.softmax(-1).max(-1), strict=True))]
+        atomic_write_text(out.with_suffix(".csv"), "\n".join(lines) + "\n")
+    run.add_event(Event.PREDICTED, checkpoint=str(ckpt), output=str(out), count=len(outputs))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python -m launcher.runtime.predict RUN_DIR best|last|PATH", file=sys.stderr)
+        return 2
+    run = RunDir(Path(argv[0]))
+    import_user_code(load_resolved(run.config))
+    predict(run, argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

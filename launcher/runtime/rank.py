@@ -1,0 +1,91 @@
+"""`python -m launcher.runtime RUN_DIR`: one rank of a run, from start to exit code.
+
+Imports of torch and Lightning happen only after rank-aware output is installed (see output.py).
+Every failure is recorded in `errors/rank-N.json` before the rank exits with 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from launcher.config import JobConfig, load_resolved
+from launcher.rundir import RunDir, atomic_write_text
+from launcher.runtime import output, signals
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_path = argv[0] if argv else os.environ.get("LAUNCH_RUN_DIR", "")
+    if not run_path:
+        print("usage: python -m launcher.runtime RUN_DIR", file=sys.stderr)
+        return 2
+    run = RunDir(Path(run_path))
+    rank, _ = output.rank_from_env()
+    output.install(run.rank_log(rank), rank)
+    # Removed on every way out of this function; left behind only by a rank that died without a
+    # Python error (SIGKILL, out of memory, a native crash), which is how the backends name it.
+    alive = run.alive_marker(rank)
+    try:
+        atomic_write_text(alive, json.dumps({"rank": rank, "host": host_name(), "pid": os.getpid()}))
+    except OSError:
+        pass
+    try:
+        return _main(run, rank)
+    finally:
+        alive.unlink(missing_ok=True)
+
+
+def _main(run: RunDir, rank: int) -> int:
+    try:
+        cfg = load_resolved(run.config)
+        # Own the preemption signal from the first moment: its default action kills the process.
+        if cfg.job.preemptible:
+            signals.install(signals.preemption_signals(cfg.cluster.signal))
+        import_user_code(cfg)
+        from launcher.runtime.fit import train
+
+        train(cfg, run, rank)
+        close_process_group()
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, then re-raised as exit 1
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        text = traceback.format_exc()
+        output.report_error(text)
+        record = {"rank": rank, "host": host_name(), "type": type(exc).__name__,
+                  "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
+                  "traceback": text}
+        try:
+            atomic_write_text(run.error_record(rank), json.dumps(record, indent=1))
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+def host_name() -> str:
+    """The node as the cluster names it (SLURM's node name; several may share one machine)."""
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+
+
+def close_process_group() -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Left to exit-time destructors, gloo's background threads are sometimes destroyed while
+    joinable, and the process aborts ("terminate called without an active exception") after the
+    run has already succeeded.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def import_user_code(cfg: JobConfig) -> None:
+    """Make the submit directory importable, as it was at submission (the user's own modules)."""
+    if cfg.run.workdir and cfg.run.workdir not in sys.path:
+        sys.path.insert(0, cfg.run.workdir)

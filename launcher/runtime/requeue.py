@@ -1,0 +1,23 @@
+"""Rank zero puts a preempted SLURM job back in the queue (torch-free)."""
+
+from __future__ import annotations
+
+import subprocess
+
+from launcher.lifecycle import Event
+from launcher.rundir import RunDir
+from launcher.slurm_env import current_job_id
+
+
+def requeue_on_slurm(run: RunDir) -> None:
+    """`scontrol requeue` this job, unless the user asked to cancel it; the outcome is an event."""
+    job_id = current_job_id()
+    # Only a cancel of this job counts: a run resumed after `launch cancel` is a new job.
+    this_job = [e for e in run.read_events() if e.get("slurm_job_id") == job_id]
+    if not job_id or any(e.get("event") == Event.CANCEL_REQUESTED for e in this_job):
+        return
+    out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if out.returncode == 0:
+        run.add_event(Event.REQUEUED, slurm_job_id=job_id)
+    else:
+        run.add_event(Event.REQUEUE_FAILED, slurm_job_id=job_id, error=(out.stderr or out.stdout).strip()[:300])

@@ -1,0 +1,47 @@
+"""Making a run: its directory, its frozen config and script, and handing it to its backend."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from launcher import backends, config, render
+from launcher.config import JobConfig
+from launcher.errors import LaunchError
+from launcher.lifecycle import Event
+from launcher.rundir import RunDir, atomic_write_text
+
+
+def render_script(cfg: JobConfig, array: bool = False) -> str:
+    """What the run executes: the local commands, or the SLURM batch script."""
+    return render.render_local(cfg) if cfg.cluster.backend == "local" else render.render_sbatch(cfg, array)
+
+
+def render_preview(cfg: JobConfig, runs_dir: Path, job_file: str) -> str:
+    """The script for a run not made yet (its directory shown as RUN-ID)."""
+    placeholder = (runs_dir / cfg.job.name / "RUN-ID").resolve()
+    return render_script(config.finalize(cfg, placeholder, "RUN-ID", job_file))
+
+
+def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = False,
+                **event_fields: Any) -> tuple[JobConfig, RunDir]:
+    """Make the run directory and freeze the config and the script into it."""
+    run = RunDir.create(runs_dir, cfg.job.name)
+    cfg = config.finalize(cfg, run.path, run.run_id, job_file)
+    atomic_write_text(run.config, config.dumps(cfg))
+    atomic_write_text(run.script(cfg.cluster.backend), render_script(cfg, array))
+    run.add_event(Event.SUBMITTED, backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
+                  **event_fields)
+    return cfg, run
+
+
+def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
+    """Prepare the run directory and hand the run to its backend."""
+    cfg, run = prepare_run(cfg, runs_dir, job_file, **event_fields)
+    try:
+        backends.named(cfg.cluster.backend).submit(cfg, run)
+    except LaunchError:
+        shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
+        raise
+    return run

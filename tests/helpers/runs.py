@@ -1,0 +1,111 @@
+"""Helpers for tests that run the preemptable job and compare it with an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from tests.helpers.launch import run_launch
+
+PREEMPTABLE_JOB = """
+[job]
+name = "{name}"
+seed = 3
+
+[model]
+class_path = "{model}"
+init_args = {{ in_features = 64, hidden = 32, lr = 0.01, dropout = 0.3, step_sleep = {sleep}{extra_args} }}
+
+[data]
+class_path = "digits"
+init_args = {{ data_dir = "{data}", batch_size = 32 }}
+
+[trainer]
+max_epochs = {epochs}
+log_every_n_steps = 3
+enable_progress_bar = false
+
+[checkpoint]
+monitor = "val_acc"
+mode = "max"
+save_top_k = 2
+"""
+
+STEPS_PER_EPOCH = 23  # 1,437 training digits, 2 ranks, batches of 32
+
+
+def write_job(tmp: Path, name: str, sleep: float, epochs: int = 5, model: str = "PreemptableMLP",
+              extra_args: str = "") -> Path:
+    path = tmp / f"{name}.toml"
+    path.write_text(PREEMPTABLE_JOB.format(name=name, model=f"tests.helpers.modules.{model}", sleep=sleep,
+                                           data=tmp / "data", epochs=epochs, extra_args=extra_args))
+    return path
+
+
+def events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def count(run_dir: Path, name: str) -> int:
+    return sum(1 for e in events(run_dir) if e["event"] == name)
+
+
+def progress_step(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "progress.json").read_text())["global_step"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+def wait_for(predicate, timeout: float, what: str, run_dir: Path) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            tail = (run_dir / "console.log").read_text()[-3000:] if (run_dir / "console.log").exists() else ""
+            raise AssertionError(f"timed out waiting for {what}\n{(run_dir / 'events.jsonl').read_text()}\n{tail}")
+        time.sleep(0.05)
+
+
+def submit(job: Path, runs: Path, *extra: str) -> Path:
+    result = run_launch("submit", str(job), "--runs-dir", str(runs), *extra)
+    assert result.returncode == 0, result.stderr
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def wait_end(run_dir: Path, timeout: float = 300) -> dict:
+    wait_for(lambda: count(run_dir, "finished") + count(run_dir, "failed") > 0, timeout, "the run to end", run_dir)
+    return json.loads(run_launch("status", str(run_dir), "--json").stdout)
+
+
+def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def metric_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def assert_same_training(run: Path, baseline: Path) -> None:
+    a, b = final_state(run), final_state(baseline)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different}"
+    rows, base_rows = metric_rows(run), metric_rows(baseline)
+    assert len(rows) == len(base_rows)
+    for row, base in zip(rows, base_rows, strict=True):
+        assert row == base
+    # TensorBoard: one run continued across restarts (an event file per attempt), every step once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+        acc = EventAccumulator(str(run_dir / "tensorboard"))
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    for tag in ("train_loss_step", "train_noise_step", "val_acc", "train_acc"):
+        assert scalars(run, tag) == scalars(baseline, tag), tag

@@ -1,0 +1,229 @@
+"""The run lifecycle as a specification: synthetic `events.jsonl` files and rank records in, the
+status `launch status` shows out. Pure and fast: no processes, no cluster, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import lifecycle
+from launcher.backends.base import Backend
+from launcher.backends.local import LocalBackend
+from launcher.backends.slurm import EntryPoint, SlurmBackend, explain_end, task_entry
+from launcher.lifecycle import Event, Probe, State, first_error, record_end, record_not_requeued, summarize
+from launcher.rundir import RunDir
+
+ALIVE = Probe(alive=True, details={"supervisor_pid": 123})
+GONE = Probe(alive=False, ended_as=(State.FAILED, "the run's supervisor is gone without recording an end (killed?)"))
+
+
+def status(events: list[dict], probe: Probe = ALIVE, progress: dict | None = None) -> lifecycle.RunStatus:
+    timed = [{"time": f"t{i}", **e} for i, e in enumerate(events)]
+    return summarize(timed, progress or {}, probe, run_id="R", job="J", run_dir="/runs/J/R", backend="local")
+
+
+def ev(name: Event, **fields) -> dict:
+    return {"event": str(name), **fields}
+
+
+# --------------------------------------------------------------------------- every state
+
+@pytest.mark.parametrize("events,state", [
+    ([], State.UNKNOWN),
+    ([ev(Event.SUBMITTED)], State.PENDING),
+    ([ev(Event.SUBMITTED), ev(Event.QUEUED)], State.PENDING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED)], State.RUNNING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.TRAINING_STARTED), ev(Event.FIRST_STEP)], State.RUNNING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUED)], State.PENDING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUED), ev(Event.STARTED),
+      ev(Event.RESUMED)], State.RUNNING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.TRAINED), ev(Event.FINISHED)], State.COMPLETED),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FAILED, error="boom")], State.FAILED),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.CANCEL_REQUESTED), ev(Event.CANCELLED)], State.CANCELLED),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.CANCELLED), ev(Event.RESUME_REQUESTED)], State.PENDING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FAILED), ev(Event.RESUME_REQUESTED), ev(Event.STARTED),
+      ev(Event.FINISHED), ev(Event.PREDICTED), ev(Event.TUNED)], State.COMPLETED),
+    ([ev(Event.SUBMITTED), ev(Event.QUEUED), ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUE_FAILED)],
+     State.RUNNING),
+], ids=lambda v: "-".join(str(e["event"]) for e in v) or "none" if isinstance(v, list) else str(v))
+def test_the_state_is_the_one_implied_by_the_last_lifecycle_event(events, state) -> None:
+    info = status(events)
+    assert info.state == state
+    assert info.terminal == (state in (State.COMPLETED, State.FAILED, State.CANCELLED))
+    assert info.over == (state not in (State.PENDING, State.RUNNING))
+
+
+def test_every_event_and_state_has_one_spelling() -> None:
+    assert len({e.value for e in Event}) == len(Event) == 17
+    assert set(lifecycle.STATE_OF_EVENT.values()) | {State.UNKNOWN} == set(State)
+    # the string in events.jsonl is the plain name
+    assert json.dumps({"event": Event.FIRST_STEP}) == '{"event": "first_step"}'
+
+
+@pytest.mark.parametrize("probe,state,error", [
+    (GONE, State.FAILED, "the run's supervisor is gone without recording an end (killed?)"),
+    (Probe(alive=False, ended_as=explain_end("CANCELLED")), State.CANCELLED, "cancelled outside launch (scancel)"),
+    (Probe(alive=False, ended_as=explain_end("TIMEOUT")), State.FAILED, "the job reached its time limit"),
+    (Probe(alive=False, ended_as=explain_end(None)), State.FAILED,
+     "the job ended without recording its end (SLURM state unknown)"),
+    (Probe(alive=False, ended_as=explain_end("NODE_FAIL")), State.FAILED,
+     "the job ended without recording its end (SLURM state NODE_FAIL)"),
+    (ALIVE, State.RUNNING, None),
+])
+def test_a_run_gone_without_recording_its_end_takes_the_backends_explanation(probe, state, error) -> None:
+    info = status([ev(Event.SUBMITTED), ev(Event.STARTED)], probe)
+    assert (info.state, info.error) == (state, error)
+
+
+def test_a_recorded_end_is_not_overridden_by_the_probe() -> None:
+    info = status([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FAILED, error="rank 1 (n2): X: y", exit_code=1,
+                                                                  rank=1)], GONE)
+    assert (info.state, info.error, info.exit_code, info.failed_rank) == (State.FAILED, "rank 1 (n2): X: y", 1, 1)
+    assert status([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FINISHED)], GONE).state == State.COMPLETED
+
+
+def test_restarts_count_the_attempts_after_the_first() -> None:
+    attempt = [ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUED)]
+    assert status([ev(Event.SUBMITTED)]).restarts == 0
+    assert status([ev(Event.SUBMITTED), *attempt]).restarts == 0
+    assert status([ev(Event.SUBMITTED), *attempt * 3, ev(Event.STARTED)]).restarts == 3
+
+
+def test_position_and_metrics_come_from_trained_else_progress() -> None:
+    progress = {"global_step": 40, "epoch": 1, "metrics": {"val_acc": 0.5}, "world_size": 4}
+    running = status([ev(Event.SUBMITTED), ev(Event.STARTED)], progress=progress)
+    assert (running.global_step, running.epoch, running.world_size, dict(running.metrics)) == (40, 1, 4, {"val_acc": 0.5})
+    done = status([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.TRAINED, global_step=115, epoch=4,
+                                                               metrics={"test_acc": 0.9})], progress=progress)
+    assert (done.global_step, done.epoch, dict(done.metrics)) == (115, 4, {"test_acc": 0.9})
+
+
+def test_the_json_view_keeps_every_key_status_json_had() -> None:
+    info = status([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FAILED, error="e", exit_code=3, rank=0)],
+                  Probe(alive=False, details={"slurm_job_id": "7", "slurm_state": "FAILED"}))
+    view = info.as_dict()
+    for key in ("run_id", "job", "run_dir", "state", "terminal", "global_step", "epoch", "restarts", "world_size",
+                "metrics", "error", "exit_code", "failed_rank", "backend", "submitted_at", "started_at", "failed_at",
+                "slurm_job_id", "slurm_state"):
+        assert key in view, key
+    assert view["state"] == "failed" and view["terminal"] is True and view["submitted_at"] == "t0"
+    assert json.loads(json.dumps(view)) == view
+
+
+# --------------------------------------------------------------------------- naming the failure
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> RunDir:
+    return RunDir.create(tmp_path / "runs", "job")
+
+
+def rank_error(run: RunDir, rank: int, kind: str, message: str, age_s: float = 0.0) -> None:
+    path = run.error_record(rank)
+    path.write_text(json.dumps({"rank": rank, "host": f"n{rank}", "type": kind, "message": message}))
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+
+
+def died(run: RunDir, rank: int) -> None:
+    run.alive_marker(rank).write_text(json.dumps({"rank": rank, "host": f"n{rank}", "pid": 1}))
+
+
+def test_a_python_error_is_named_before_the_echoes_it_caused(run: RunDir) -> None:
+    since = time.time() - 5
+    rank_error(run, 0, "RuntimeError", "Connection closed by peer [127.0.0.1]:123", age_s=2)  # earlier, an echo
+    rank_error(run, 2, "ValueError", "bad batch", age_s=1)
+    died(run, 3)
+    assert first_error(run, since)["rank"] == 2
+
+
+def test_a_rank_that_died_without_a_word_comes_before_echoes(run: RunDir) -> None:
+    since = time.time() - 5
+    rank_error(run, 0, "DistBackendError", "Connection reset by peer")
+    died(run, 3)
+    died(run, 1)
+    err = first_error(run, since)
+    assert (err["rank"], err["type"], err["host"]) == (1, "Died", "n1")
+    assert "killed by a signal" in err["message"] and "(also ranks 3)" in err["message"]
+    assert "; then rank 0: DistBackendError: Connection reset by peer" in err["message"]
+
+
+def test_only_echoes_name_the_earliest(run: RunDir) -> None:
+    since = time.time() - 5
+    rank_error(run, 1, "RuntimeError", "Timed out waiting", age_s=1)
+    rank_error(run, 0, "RuntimeError", "Broken pipe", age_s=2)
+    assert first_error(run, since)["rank"] == 0
+
+
+def test_records_of_an_earlier_attempt_are_ignored(run: RunDir) -> None:
+    rank_error(run, 1, "ValueError", "from yesterday", age_s=3600)
+    assert first_error(run, time.time() - 5) is None
+
+
+def test_record_end_finished_only_when_training_completed(run: RunDir) -> None:
+    run.add_event(Event.TRAINED, global_step=10, metrics={"val_acc": 0.75}, interrupted=False)
+    finished, summary = record_end(run, 0, time.time(), 12.5)
+    assert finished and summary == "completed in 12.5 s: step 10, val_acc 0.75"
+    assert run.read_events()[-1]["event"] == "finished"
+
+
+@pytest.mark.parametrize("exit_code,trained,expected", [
+    (0, None, "the ranks exited without completing training"),
+    (0, {"interrupted": True}, "the ranks exited without completing training"),
+    (137, None, "the ranks exited with 137; see "),
+])
+def test_record_end_failed_says_why(run: RunDir, exit_code, trained, expected) -> None:
+    if trained is not None:
+        run.add_event(Event.TRAINED, global_step=3, **trained)
+    finished, summary = record_end(run, exit_code, time.time(), 1.0)
+    last = run.read_events()[-1]
+    assert not finished and last["event"] == "failed" and last["error"].startswith(expected)
+    assert last["exit_code"] == (exit_code or 1) and last["rank"] is None
+
+
+def test_record_end_names_the_failing_rank(run: RunDir) -> None:
+    since = time.time() - 1
+    rank_error(run, 1, "RuntimeError", "boom on rank 1")
+    record_end(run, 1, since, 2.0)
+    last = run.read_events()[-1]
+    assert (last["rank"], last["error"]) == (1, "rank 1 (n1): RuntimeError: boom on rank 1")
+
+
+def test_a_preempted_attempt_not_requeued_fails_with_the_resume_command(run: RunDir) -> None:
+    for name in (Event.SUBMITTED, Event.STARTED, Event.PREEMPTED):
+        run.add_event(name)
+    attempt = lifecycle.names(lifecycle.this_attempt(run.read_events()))
+    assert attempt == ["preempted"]
+    record_not_requeued(run, 0)
+    info = lifecycle.status_of(run, GONE, "slurm")
+    assert info.state == State.FAILED and info.error.endswith(f"launch resume {run.path}")
+
+
+# --------------------------------------------------------------------------- backends
+
+
+@pytest.mark.parametrize("backend", [LocalBackend(), SlurmBackend()], ids=["local", "slurm"])
+def test_each_backend_implements_the_whole_protocol(backend) -> None:
+    wanted = [name for name in vars(Backend) if not name.startswith("_")] + list(Backend.__annotations__)
+    missing = [name for name in wanted if not hasattr(backend, name)]
+    assert not missing
+
+
+def test_the_slurm_task_is_pickled_as_a_reference_to_the_entry_function() -> None:
+    import cloudpickle
+
+    from launcher.config import JobConfig
+    from launcher.config.schema import ClusterProfile, ComponentSection, JobSection
+
+    for mode, name in (("srun", "run_rank"), ("torchrun", "run_node")):
+        cfg = JobConfig(job=JobSection(name="j"), model=ComponentSection("mlp"), data=ComponentSection("digits"),
+                        cluster=ClusterProfile(launch_mode=mode))
+        entry = task_entry(cfg)
+        assert isinstance(entry, EntryPoint)
+        loaded = pickle.loads(cloudpickle.dumps(entry))  # what the task does
+        assert (loaded.__module__, loaded.__name__) == ("launcher.entry.slurm_task", name)

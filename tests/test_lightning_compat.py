@@ -1,0 +1,37 @@
+"""The one door to Lightning's private internals checks the versions it was written for."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.helpers.launch import REPO
+
+
+def test_lightning_compat_refuses_versions_it_was_not_written_for() -> None:
+    from launcher.runtime import lightning_compat as compat
+
+    assert compat.version_problem() is None  # the pinned versions
+    problem = compat.version_problem({"pytorch-lightning": "2.7.0", "torchmetrics": "1.9.1"})
+    assert problem is not None and "\n" not in problem
+    assert "pytorch-lightning 2.7.0 (needs 2.6.x)" in problem and "torchmetrics" not in problem
+    assert "torchmetrics missing" in compat.version_problem({"pytorch-lightning": "2.6.0", "torchmetrics": None})
+
+
+def test_no_module_but_the_compat_one_touches_lightning_or_torchmetrics_internals() -> None:
+    """Every `x._name` attribute in runtime/ is on launch's own objects, or in lightning_compat."""
+    ours = {"self", "cls", "handler", "stream", "os", "sys"}
+    found = []
+    for path in sorted((REPO / "launcher").rglob("*.py")):
+        if path.name == "lightning_compat.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                base = node.value.id if isinstance(node.value, ast.Name) else None
+                if base not in ours:
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in (
+                    "pytorch_lightning", "lightning_fabric", "torchmetrics"):
+                found += [f"{path.relative_to(REPO)}:{node.lineno}: import {a.name}" for a in node.names
+                          if a.name.startswith("_")]
+    assert not found, "private Lightning/torchmetrics use outside lightning_compat.py:\n" + "\n".join(found)
