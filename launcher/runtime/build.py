@@ -64,6 +64,8 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     else:
         environment = TorchElasticEnvironment()
     strategy = LaunchDDPStrategy(
+        seed_samples=cfg.job.seed_per_sample,
+        preemptible=cfg.job.preemptible,
         cluster_environment=environment,
         checkpoint_io=AtomicCheckpointIO(),
         process_group_backend="nccl" if cfg.uses_gpus else "gloo",

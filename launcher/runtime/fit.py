@@ -17,6 +17,7 @@ from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.preemption import Preempted, PreemptionHandler
 from launcher.runtime.requeue import requeue_on_slurm
+from launcher.runtime.strategy import guard_evaluation_logging
 
 
 def once_per_job(obj: Any, method: str) -> None:
@@ -44,7 +45,11 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     output.route_logging("pytorch_lightning", "lightning_fabric")
     # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
     warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
+    # launch asks DDP to look for unused parameters so that its buckets never change layout
+    # (strategy.EXACT_DDP_KWARGS); torch's advice to turn that off for speed is moot here.
+    warnings.filterwarnings("ignore", message=r".*find_unused_parameters=True was specified")
     model, datamodule = build_model_and_data(cfg)
+    guard_evaluation_logging(model)
     # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract

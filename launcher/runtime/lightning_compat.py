@@ -84,6 +84,19 @@ def validation_follows(trainer: Trainer) -> bool:
     return fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher)
 
 
+def end_restart(trainer: Trainer) -> None:
+    """Make the fit loop stop treating the current epoch as a restarted one (it would skip the
+    epoch-interval LR scheduler step at the epoch's end); Lightning itself clears the flag only
+    after that epoch."""
+    trainer.fit_loop._restarting = False
+
+
+def set_checkpoint_loader_states(checkpoint: dict[str, Any], states: list[Any]) -> None:
+    """The stateful training loaders' states Lightning restores from `checkpoint` (its own save
+    keeps rank zero's; each rank passes its own here, before the loops are restored)."""
+    checkpoint.setdefault("loops", {}).setdefault("fit_loop", {}).setdefault("state_dict", {})["combined_loader"] = states
+
+
 def train_dataloaders(trainer: Trainer) -> list[Any]:
     """The training DataLoaders of the current fit, as Lightning built them."""
     combined = trainer.fit_loop._combined_loader

@@ -29,11 +29,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback, LightningModule, Trainer
+from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.samplers import ResumableDistributedSampler
+from launcher.runtime.strategy import LaunchDDPStrategy, stateful
 
 AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
 AGREE_MAX_STEPS = 1000
@@ -74,13 +76,22 @@ def _load_metric_states(module: LightningModule, states: dict[str, Any]) -> None
             compat.load_metric_state(metric, saved)
 
 
-def train_loader_and_sampler(trainer: Trainer) -> tuple[Any, ResumableDistributedSampler] | None:
-    """The training DataLoader that uses launch's resumable sampler, with that sampler."""
-    for dl in compat.train_dataloaders(trainer):
-        sampler = getattr(dl, "sampler", None)
-        if isinstance(sampler, ResumableDistributedSampler):
-            return dl, sampler
-    return None
+def _positionable(loader: Any) -> bool:
+    """Whether launch can put this training loader back where a preempted epoch stopped."""
+    if isinstance(getattr(loader, "sampler", None), ResumableDistributedSampler) or stateful(loader):
+        return True
+    return isinstance(getattr(loader, "dataset", None), IterableDataset) and stateful(loader.dataset)
+
+
+def _data_state(trainer: Trainer) -> dict[str, Any]:
+    """This rank's own data position beyond the sampler: stateful loaders, an iterable dataset's state."""
+    loaders = compat.train_dataloaders(trainer)
+    state: dict[str, Any] = {"loaders": [dl.state_dict() for dl in loaders if stateful(dl)]}
+    datasets = [dl.dataset for dl in loaders if not stateful(dl) and isinstance(getattr(dl, "dataset", None),
+                                                                                IterableDataset)]
+    if datasets and stateful(datasets[0]):
+        state["dataset"] = datasets[0].state_dict()
+    return state
 
 
 class StopGate(Callback):
@@ -182,6 +193,7 @@ class PreemptionHandler(Callback):
             "rng": _rng_state(),
             "metrics": _metric_states(pl_module),
             "accumulators": compat.epoch_accumulators(trainer) if batches is not None else {},
+            "data": _data_state(trainer) if batches is not None else {},
         }
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             ranks: list[Any] = [None] * trainer.world_size
@@ -193,6 +205,8 @@ class PreemptionHandler(Callback):
 
     # -- resuming
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Runs before Lightning restores its loops and builds the training loader: the position
+        this rank resumes at is handed to the strategy, which builds the loader."""
         self._resumed = True
         state = checkpoint.get("launch")
         if not state:
@@ -211,19 +225,27 @@ class PreemptionHandler(Callback):
         self._pending_restore = mine
         self._accumulators_to_add = mine["accumulators"]
         self._resume_position = (state["epoch"], state["batches_in_epoch"])
+        data = mine.get("data", {})
+        if isinstance(trainer.strategy, LaunchDDPStrategy):
+            trainer.strategy.resume_position = self._resume_position
+            trainer.strategy.resume_dataset_state = data.get("dataset")
+        if data.get("loaders"):  # Lightning keeps rank zero's loader states only: each rank gets its own
+            compat.set_checkpoint_loader_states(checkpoint, data["loaders"])
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._resumed:
             self.on_resume(trainer, self._resume_position is not None)
-        if self._resume_position is None:
-            return
-        found = train_loader_and_sampler(trainer)
-        if found is None:
-            raise RuntimeError("resuming mid-epoch needs the training loader to use launch's sampler "
-                               "(a map-style dataset with Lightning's default sampler)")
-        loader, sampler = found
-        epoch, batches = self._resume_position
-        sampler.resume_at(epoch, batches * loader.batch_size)
+        if self._resume_position is not None and not any(_positionable(dl) for dl in compat.train_dataloaders(trainer)):
+            raise RuntimeError("resuming mid-epoch needs a training loader launch can position: a map-style dataset "
+                               "with Lightning's default sampler, a stateful loader, or an iterable dataset with state")
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Lightning skips the epoch-interval LR schedulers (ReduceLROnPlateau included) at the end of
+        an epoch it resumed part-way, which an uninterrupted run steps there: end the restart now,
+        just before that step. (This callback runs before the module's hook and the monitoring
+        callbacks; in an uninterrupted run those, too, see a fit loop that is not restarting.)"""
+        if self._resume_position is not None and trainer.current_epoch == self._resume_position[0]:
+            compat.end_restart(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending_restore is not None:

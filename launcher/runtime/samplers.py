@@ -1,27 +1,68 @@
-"""The training sampler: DDP's DistributedSampler, able to start an epoch part-way."""
+"""The training sampler, and random augmentation that is a pure function of where a sample is.
+
+Two things make a resumed epoch differ from an uninterrupted one, and both are fixed here:
+
+- Lightning creates the training iterator before any callback runs (FitLoop.setup_data), and a
+  DataLoader with workers draws the epoch's indices at that moment. So the sampler must know the
+  epoch and the resume position when the loader is built, not later.
+- Random augmentation runs in the workers, each on its own RNG stream; which worker gets which
+  batch, and how far its stream has advanced, depend on where the attempt started. Here every
+  sample is fetched under its own seed, derived from (job seed, epoch, sample index): what a
+  sample's augmentation draws is then the same in every attempt, whichever worker computes it.
+"""
 
 from __future__ import annotations
 
 import itertools
+import random
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
+
+_MASK = 2**64 - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one sample of one epoch (splitmix64 over the three)."""
+    z = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + 1) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (z ^ (z >> 31)) >> 1
+
+
+class SampleKey(int):
+    """A dataset index (an int, so any dataset can use it) that carries its sample's seed."""
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SampleKey:
+        key = super().__new__(cls, index)
+        key.seed = seed
+        return key
+
+    def __reduce__(self) -> tuple[Any, ...]:  # to the workers through their index queue
+        return SampleKey, (int(self), self.seed)
 
 
 class ResumableDistributedSampler(DistributedSampler):
     """DistributedSampler that can start an epoch part-way (to resume mid-epoch), and that
     reseeds the DataLoader's own generator every epoch, so creating a loader iterator (which
-    draws a base seed for workers) never consumes the global RNG the model's dropout uses."""
+    draws a base seed for workers) never consumes the global RNG the model's dropout uses.
+    With `seed_samples`, it yields SampleKeys: indices that carry each sample's seed."""
 
     loader_generator: torch.Generator | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, seed_samples: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.seed_samples = seed_samples
         self._skip_epoch: int | None = None
         self._skip_samples = 0
 
     def resume_at(self, epoch: int, samples: int) -> None:
+        """Start `epoch` after its first `samples` samples of this rank (once)."""
         self._skip_epoch, self._skip_samples = epoch, samples
 
     def set_epoch(self, epoch: int) -> None:
@@ -29,9 +70,85 @@ class ResumableDistributedSampler(DistributedSampler):
         if self.loader_generator is not None:
             self.loader_generator.manual_seed((self.seed * 1_000_003 + epoch * 7_919 + self.rank) % 2**63)
 
-    def __iter__(self):  # noqa: ANN204
-        indices = super().__iter__()
+    def __iter__(self) -> Iterator[int]:
+        indices: Iterator[int] = super().__iter__()
         if self._skip_samples and self.epoch == self._skip_epoch:
             skip, self._skip_samples = self._skip_samples, 0
-            return itertools.islice(indices, skip, None)
+            indices = itertools.islice(indices, skip, None)
+        if self.seed_samples:
+            seed, epoch = self.seed, self.epoch
+            return (SampleKey(i, sample_seed(seed, epoch, i)) for i in indices)
         return indices
+
+
+# --------------------------------------------------------------------------- per-sample seeding
+
+
+def _seeded_class(user_class: type) -> type:
+    """A subclass of the dataset's own class whose fetch of a SampleKey runs under its seed.
+
+    Only methods are added (no fields, empty __slots__), so an instance of the user's class can
+    become one in place. In a worker the process's RNGs belong to the data pipeline, so they are
+    simply reseeded; in the main process (num_workers = 0) they also drive the model (dropout),
+    so their state is put back after the fetch.
+    """
+    fetch = user_class.__getitem__
+
+    def __getitem__(self: Any, key: Any) -> Any:
+        if not isinstance(key, SampleKey):
+            return fetch(self, key)
+        if get_worker_info() is not None:
+            _seed_all(key.seed)
+            return fetch(self, int(key))
+        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+        try:
+            _seed_all(key.seed)
+            return fetch(self, int(key))
+        finally:
+            torch.set_rng_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
+
+    def __getitems__(self: Any, keys: list[Any]) -> list[Any]:
+        return [self[key] for key in keys]  # one seed per sample, whatever a batched fetch would do
+
+    def __reduce_ex__(self: Any, protocol: Any) -> tuple[Any, ...]:
+        # Pickled (to spawned workers) as the user's own class, and seeded again on arrival.
+        plain = object.__new__(user_class)
+        plain.__dict__.update(self.__dict__)
+        return _seeded_again, (plain,)
+
+    namespace = {"__slots__": (), "__module__": user_class.__module__, "__qualname__": user_class.__qualname__,
+                 "__getitem__": __getitem__, "__getitems__": __getitems__, "__reduce_ex__": __reduce_ex__}
+    return type(user_class.__name__, (user_class,), namespace)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+_SEEDED: dict[type, type] = {}  # the user's class -> its seeded subclass
+
+
+def _seeded_again(dataset: Any) -> Any:
+    seed_each_sample(dataset)
+    return dataset
+
+
+def seed_each_sample(dataset: Any) -> bool:
+    """Make `dataset` fetch each SampleKey under its seed (in place: the loaders keep the object).
+    False if it cannot be done (no instance dict, or not a map-style dataset)."""
+    cls = type(dataset)
+    if cls in _SEEDED.values():
+        return True
+    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__dict__") or not hasattr(cls, "__getitem__"):
+        return False
+    if cls not in _SEEDED:
+        _SEEDED[cls] = _seeded_class(cls)
+    try:
+        dataset.__class__ = _SEEDED[cls]
+    except TypeError:  # a class whose layout cannot take a subclass in place
+        return False
+    return True

@@ -1,4 +1,5 @@
-"""DDP with exact evaluation and launch's resumable training sampler."""
+"""DDP with exact evaluation, a reduction order that survives a resume, and launch's resumable
+training data."""
 
 from __future__ import annotations
 
@@ -8,42 +9,114 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import RunningStage
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
-from launcher.runtime.lightning_compat import with_sampler
-from launcher.runtime.samplers import ResumableDistributedSampler
+from launcher.runtime import lightning_compat as compat
+from launcher.runtime.samplers import ResumableDistributedSampler, seed_each_sample
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
+_LOADER_SEEDS = {stage: 1_000_003 * (i + 1) for i, stage in enumerate(RunningStage)}
+
+# DDP splits the gradients into buckets and all-reduces each bucket as one buffer. Its first
+# iteration uses one bucket in parameter order; after it, DDP rebuilds the buckets in the order the
+# gradients became ready. A resumed attempt is a new DDP, so its first step reduces with the first
+# layout while the uninterrupted run, at that step, uses the rebuilt one. A ring all-reduce sums
+# each chunk of the buffer starting from a different rank, so an element's summation order depends
+# on its offset: at 3 or more ranks the resumed step differs in the last bits (at 2, a+b == b+a).
+# DDP never rebuilds when it looks for unused parameters: the layout then depends on the model
+# alone, the same in every attempt. The price is one walk of the autograd graph per step
+# (bench/README.md measures it).
+EXACT_DDP_KWARGS: dict[str, Any] = {"find_unused_parameters": True}
+
+
+class UnresumableData(Exception):
+    """The training data cannot be put back where a preempted run stopped."""
+
+
+def stateful(obj: Any) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 class LaunchDDPStrategy(DDPStrategy):
-    """DDP with evaluation metrics that equal the single-process value exactly.
+    """DDP whose results do not depend on where an attempt started.
 
-    Two things in stock Lightning make distributed evaluation inexact:
-    - the evaluation DistributedSampler pads the last round by repeating samples, so those are
-      counted twice when the dataset size is not divisible by the world size;
-    - a `sync_dist` epoch mean divides an int64 batch-size sum by the world size in place,
-      which floors it (3 and 2 samples per rank: 5 / 2 -> 2, and a constant 1.0 logs as 1.25).
+    Exact evaluation (stock Lightning is inexact in two ways): the evaluation DistributedSampler
+    pads the last round by repeating samples, so those are counted twice when the dataset size is
+    not divisible by the world size; and a `sync_dist` epoch mean divides an int64 batch-size sum
+    by the world size in place, which floors it (3 and 2 samples per rank: 5 / 2 -> 2).
+
+    Exact resume: the gradient buckets never change layout (EXACT_DDP_KWARGS), the training
+    sampler knows its epoch and resume position before Lightning creates the iterator, and each
+    sample's augmentation is drawn from its own seed (samplers.py).
     """
 
     strategy_name = "launch_ddp"
 
+    def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, **kwargs: Any) -> None:
+        super().__init__(**EXACT_DDP_KWARGS, **kwargs)
+        self.seed_samples, self.preemptible = seed_samples, preemptible
+        # Set by the preemption handler when a checkpoint is restored, before the loaders exist.
+        self.resume_position: tuple[int, int] | None = None  # (epoch, batches of it already trained)
+        self.resume_dataset_state: Any = None  # an iterable dataset's own state, this rank's
+
     def process_dataloader(self, dataloader: object) -> object:
         trainer = self.lightning_module.trainer
         stage = trainer.state.stage
+        if stage == RunningStage.TRAINING and isinstance(dataloader, DataLoader) \
+                and isinstance(dataloader.dataset, IterableDataset):
+            self._prepare_iterable(dataloader)
         # Only the DistributedSampler Lightning itself added is replaced; a user's own is kept.
-        if isinstance(dataloader, DataLoader) and type(dataloader.sampler) is DistributedSampler:
+        elif isinstance(dataloader, DataLoader) and type(dataloader.sampler) is DistributedSampler:
             old = dataloader.sampler
             if stage in _EVAL_STAGES:
                 sampler = UnrepeatedDistributedSampler(old.dataset, num_replicas=old.num_replicas, rank=old.rank,
                                                        shuffle=False)
-                dataloader = with_sampler(dataloader, sampler, stage)
+                dataloader = compat.with_sampler(dataloader, sampler, stage)
             elif stage == RunningStage.TRAINING:
-                sampler = ResumableDistributedSampler(old.dataset, num_replicas=old.num_replicas, rank=old.rank,
-                                                      shuffle=old.shuffle, seed=old.seed, drop_last=old.drop_last)
-                dataloader = with_sampler(dataloader, sampler, stage)
-                dataloader.generator = sampler.loader_generator = torch.Generator()
+                dataloader = self._training_loader(dataloader, old, trainer.current_epoch)
+        if isinstance(dataloader, DataLoader) and dataloader.generator is None:
+            # Every iterator a loader creates draws its workers' base seed, from the global RNG
+            # unless the loader has a generator. An attempt creates a persistent-worker loader's
+            # iterator once, so a resumed attempt would draw once more than an uninterrupted run
+            # and shift the RNG the model's dropout uses: every loader draws from its own.
+            dataloader.generator = torch.Generator().manual_seed(_LOADER_SEEDS[stage] + self.global_rank)
         return super().process_dataloader(dataloader)
+
+    def _training_loader(self, dataloader: DataLoader, old: DistributedSampler, epoch: int) -> DataLoader:
+        seeded = self.seed_samples and seed_each_sample(old.dataset)
+        sampler = ResumableDistributedSampler(old.dataset, num_replicas=old.num_replicas, rank=old.rank,
+                                              shuffle=old.shuffle, seed=old.seed, drop_last=old.drop_last,
+                                              seed_samples=seeded)
+        dataloader = compat.with_sampler(dataloader, sampler, RunningStage.TRAINING)
+        dataloader.generator = sampler.loader_generator = torch.Generator()
+        # Lightning creates this loader's iterator before the epoch loop sets the epoch, and a
+        # loader with workers draws the indices right then: the sampler must be ready now.
+        sampler.set_epoch(epoch)
+        if self.resume_position is not None and self.resume_position[0] == epoch and not stateful(dataloader):
+            if dataloader.batch_size is None:
+                raise UnresumableData("resuming mid-epoch needs the training DataLoader's batch_size (a custom "
+                                      "batch_sampler cannot be positioned); set job.preemptible = false to run it")
+            sampler.resume_at(epoch, self.resume_position[1] * dataloader.batch_size)
+        return dataloader
+
+    def _prepare_iterable(self, dataloader: DataLoader) -> None:
+        """An iterable dataset resumes only through its own state: the loader's (torchdata's
+        StatefulDataLoader, any workers) or the dataset's (in the main process, num_workers = 0)."""
+        dataset = dataloader.dataset
+        if stateful(dataloader):
+            return  # Lightning saves and restores it; the preemption handler makes it per rank
+        if stateful(dataset) and dataloader.num_workers == 0:
+            if self.resume_dataset_state is not None:
+                dataset.load_state_dict(self.resume_dataset_state)
+                self.resume_dataset_state = None
+            return
+        if self.preemptible:
+            what = "with num_workers > 0 (its state lives in the workers)" if stateful(dataset) else \
+                "without state_dict() and load_state_dict()"
+            raise UnresumableData(
+                f"the training data is an IterableDataset ({type(dataset).__name__}) {what}: a preempted run could not "
+                "continue where it stopped. Give the dataset state_dict()/load_state_dict() (num_workers = 0), or use "
+                "torchdata's StatefulDataLoader, or set job.preemptible = false")
 
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
         if (
@@ -54,3 +127,32 @@ class LaunchDDPStrategy(DDPStrategy):
         ):
             tensor = tensor.double()
         return super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+
+class EvaluationStepSync(ValueError):
+    """A per-step collective in evaluation, where ranks may run different numbers of batches."""
+
+
+def guard_evaluation_logging(module: Any) -> None:
+    """Refuse `self.log(..., sync_dist=True, on_step=True)` in validation and test, at the first call.
+
+    Launch evaluates every sample exactly once, so with an uneven split one rank runs a batch
+    more than another; a per-step all-reduce there waits forever for the rank that has no such
+    batch (gloo then dies natively, with the reason only in a rank log).
+    """
+    log = module.log
+
+    def checked_log(name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            trainer = module.trainer
+        except RuntimeError:  # not attached to a Trainer (yet)
+            trainer = None
+        if trainer is not None and kwargs.get("sync_dist") and kwargs.get("on_step") \
+                and trainer.state.stage in _EVAL_STAGES:
+            raise EvaluationStepSync(
+                f"self.log({name!r}, ..., sync_dist=True, on_step=True) in {trainer.state.stage.value}: launch evaluates "
+                "every sample exactly once, so ranks may run different numbers of batches and a per-step all-reduce "
+                "would hang; log evaluation metrics per epoch (on_step=False)")
+        return log(name, value, *args, **kwargs)
+
+    module.log = checked_log

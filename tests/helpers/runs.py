@@ -90,11 +90,38 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def assert_same_tensors(a: object, b: object, where: str = "") -> None:
+    """Nested dicts, lists and tensors equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), \
+            f"{where}: max |d| {(a.double() - b.double()).abs().max().item():.3g}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for key in a:
+            assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def max_weight_difference(run: Path, baseline: Path) -> float:
+    a, b = final_state(run), final_state(baseline)
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
 def assert_same_training(run: Path, baseline: Path) -> None:
     a, b = final_state(run), final_state(baseline)
     assert a.keys() == b.keys()
     different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"weights differ from the uninterrupted run: {different}"
+    assert not different, (f"weights differ from the uninterrupted run: {different} "
+                           f"(max |dw| {max_weight_difference(run, baseline):.3g})")
+    full, base_full = (torch.load(r / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                       for r in (run, baseline))
+    assert_same_tensors(full["optimizer_states"], base_full["optimizer_states"], "optimizer_states")
+    assert_same_tensors(full["lr_schedulers"], base_full["lr_schedulers"], "lr_schedulers")
     rows, base_rows = metric_rows(run), metric_rows(baseline)
     assert len(rows) == len(base_rows)
     for row, base in zip(rows, base_rows, strict=True):
