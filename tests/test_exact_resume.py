@@ -114,3 +114,58 @@ def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical
     assert_same_training(run_dir, world4_baseline)
     # no rank hung joining its workers at exit: every attempt's ranks exited on their own
     assert json.loads(run_launch("status", str(run_dir), "--json").stdout)["error"] is None
+
+
+# --------------------------------------------------------------------------- every scheduler and callback
+
+TOOLBOX_JOB = """
+[job]
+name = "{name}"
+seed = 4
+
+[model]
+class_path = "tests.helpers.modules.{model}"
+init_args = {{ in_features = 64, hidden = 32, lr = 0.05, dropout = 0.2, step_sleep = {sleep} }}
+
+[data]
+class_path = "digits"
+init_args = {{ data_dir = "{data}", batch_size = 64 }}
+
+[trainer]
+max_epochs = 3
+log_every_n_steps = 2
+enable_progress_bar = false
+num_sanity_val_steps = 0
+{extra}
+"""
+TOOLBOX_STEPS = 12  # 1,437 training digits, 2 ranks, batches of 64 (the last one short)
+ADAMW = '[optimizer]\nname = "adamw"\nlr = 0.01\n'
+TOOLBOX = {
+    "step-per-epoch": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "step"\ninterval = "epoch"\nstep_size = 1\ngamma = 0.5'),
+    "cosine-per-epoch": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "cosine"\ninterval = "epoch"'),
+    "plateau": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "plateau"\nmonitor = "val_loss"\npatience = 0\nfactor = 0.5'),
+    "onecycle": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "onecycle"'),
+    "models-own-epoch-scheduler": ("EpochScheduledMLP", ""),
+    "swa": ("PreemptableMLP", ADAMW + "[swa]\nswa_lrs = 0.005\nswa_epoch_start = 1\nannealing_epochs = 1"),
+    "callbacks-and-logging": ("PreemptableMLP", '[early_stopping]\nmonitor = "val_loss"\npatience = 5\n'
+                              '[checkpoint]\nmonitor = "val_acc"\nmode = "max"\nsave_top_k = 2\nevery_n_train_steps = 7\n'
+                              "[logging]\ngrad_norm = true\nhistograms = true"),
+}
+
+
+@pytest.mark.parametrize("variant", list(TOOLBOX))
+def test_every_scheduler_and_callback_survives_a_mid_epoch_preemption_bit_for_bit(variant, tmp_path) -> None:
+    model, extra = TOOLBOX[variant]
+    runs = []
+    for name, sleep in (("plain", 0.0), ("stopped", 0.12)):  # started together: their start-ups overlap
+        job = tmp_path / f"{name}.toml"
+        job.write_text(TOOLBOX_JOB.format(name=name, model=model, sleep=sleep, data=tmp_path / "data", extra=extra))
+        runs.append(submit(job, tmp_path / "runs"))
+    baseline, run_dir = runs
+    preempt_at(run_dir, (TOOLBOX_STEPS + 3,))
+    for r in runs:
+        info = wait_end(r)
+        assert info["state"] == "completed" and info["global_step"] == 3 * TOOLBOX_STEPS, info
+    (preempted,) = [e for e in events(run_dir) if e["event"] == "preempted"]
+    assert 0 < preempted["batch_in_epoch"] < TOOLBOX_STEPS, preempted  # mid-epoch: an epoch end follows the resume
+    assert_same_training(run_dir, baseline)

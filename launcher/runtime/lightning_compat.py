@@ -91,6 +91,16 @@ def end_restart(trainer: Trainer) -> None:
     trainer.fit_loop._restarting = False
 
 
+def restored_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch the Trainer will be at once `checkpoint` is restored (its `current_epoch`), read
+    before Lightning restores its loops (which comes after configure_optimizers may already have
+    built the training loader)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def set_checkpoint_loader_states(checkpoint: dict[str, Any], states: list[Any]) -> None:
     """The stateful training loaders' states Lightning restores from `checkpoint` (its own save
     keeps rank zero's; each rank passes its own here, before the loops are restored)."""

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.callbacks import StochasticWeightAveraging
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
@@ -208,6 +209,8 @@ class PreemptionHandler(Callback):
         """Runs before Lightning restores its loops and builds the training loader: the position
         this rank resumes at is handed to the strategy, which builds the loader."""
         self._resumed = True
+        if isinstance(trainer.strategy, LaunchDDPStrategy):
+            trainer.strategy.restored_epoch = compat.restored_epoch(checkpoint)
         state = checkpoint.get("launch")
         if not state:
             return
@@ -235,9 +238,17 @@ class PreemptionHandler(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._resumed:
             self.on_resume(trainer, self._resume_position is not None)
-        if self._resume_position is not None and not any(_positionable(dl) for dl in compat.train_dataloaders(trainer)):
+        if self._resume_position is None:
+            return
+        if not any(_positionable(dl) for dl in compat.train_dataloaders(trainer)):
             raise RuntimeError("resuming mid-epoch needs a training loader launch can position: a map-style dataset "
                                "with Lightning's default sampler, a stateful loader, or an iterable dataset with state")
+        # Lightning does not call on_train_epoch_start for an epoch it resumes part-way.
+        # StochasticWeightAveraging sets itself up there (its SWALR scheduler, restored from the
+        # checkpoint); the averaging it also does there is skipped for an epoch already averaged.
+        for callback in trainer.callbacks:
+            if isinstance(callback, StochasticWeightAveraging):
+                callback.on_train_epoch_start(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Lightning skips the epoch-interval LR schedulers (ReduceLROnPlateau included) at the end of

@@ -58,6 +58,10 @@ class LaunchDDPStrategy(DDPStrategy):
         # Set by the preemption handler when a checkpoint is restored, before the loaders exist.
         self.resume_position: tuple[int, int] | None = None  # (epoch, batches of it already trained)
         self.resume_dataset_state: Any = None  # an iterable dataset's own state, this rank's
+        # The epoch a restored checkpoint puts the Trainer at. The training loader may be built
+        # before Lightning restores its loops (configure_optimizers asking for
+        # estimated_stepping_batches), when trainer.current_epoch still says 0.
+        self.restored_epoch: int | None = None
 
     def process_dataloader(self, dataloader: object) -> object:
         trainer = self.lightning_module.trainer
@@ -73,7 +77,9 @@ class LaunchDDPStrategy(DDPStrategy):
                                                        shuffle=False)
                 dataloader = compat.with_sampler(dataloader, sampler, stage)
             elif stage == RunningStage.TRAINING:
-                dataloader = self._training_loader(dataloader, old, trainer.current_epoch)
+                epoch = trainer.current_epoch if self.restored_epoch is None else self.restored_epoch
+                self.restored_epoch = None  # later loaders (reload_dataloaders_every_n_epochs) follow the loop
+                dataloader = self._training_loader(dataloader, old, epoch)
         if isinstance(dataloader, DataLoader) and dataloader.generator is None:
             # Every iterator a loader creates draws its workers' base seed, from the global RNG
             # unless the loader has a generator. An attempt creates a persistent-worker loader's

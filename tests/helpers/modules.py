@@ -161,3 +161,12 @@ class SlowMLP(StepSleep, MLP):
 
 class SlowCNN(StepSleep, SmallCNN):
     """The example CNN with a sleep per training step, outside the compiled forward."""
+
+
+class EpochScheduledMLP(StepSleep, MLP):
+    """The model's own configure_optimizers: SGD with momentum and a StepLR stepped per epoch."""
+
+    def configure_optimizers(self):  # noqa: ANN201
+        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
