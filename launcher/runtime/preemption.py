@@ -35,7 +35,7 @@ from torchmetrics import Metric
 
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
-from launcher.runtime.samplers import ResumableDistributedSampler
+from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
 from launcher.runtime.strategy import LaunchDDPStrategy, stateful
 
 AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
@@ -84,14 +84,15 @@ def _positionable(loader: Any) -> bool:
     return isinstance(getattr(loader, "dataset", None), IterableDataset) and stateful(loader.dataset)
 
 
-def _data_state(trainer: Trainer) -> dict[str, Any]:
-    """This rank's own data position beyond the sampler: stateful loaders, an iterable dataset's state."""
+def _data_state(trainer: Trainer, batches: int) -> dict[str, Any]:
+    """This rank's own data position beyond the sampler, after `batches` batches of the epoch:
+    stateful loaders' states, and an iterable dataset's own state."""
     loaders = compat.train_dataloaders(trainer)
     state: dict[str, Any] = {"loaders": [dl.state_dict() for dl in loaders if stateful(dl)]}
     datasets = [dl.dataset for dl in loaders if not stateful(dl) and isinstance(getattr(dl, "dataset", None),
                                                                                 IterableDataset)]
     if datasets and stateful(datasets[0]):
-        state["dataset"] = datasets[0].state_dict()
+        state["dataset"] = batch_state(datasets[0], batches)
     return state
 
 
@@ -194,7 +195,7 @@ class PreemptionHandler(Callback):
             "rng": _rng_state(),
             "metrics": _metric_states(pl_module),
             "accumulators": compat.epoch_accumulators(trainer) if batches is not None else {},
-            "data": _data_state(trainer) if batches is not None else {},
+            "data": _data_state(trainer, batches) if batches is not None else {},
         }
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             ranks: list[Any] = [None] * trainer.world_size

@@ -152,3 +152,51 @@ def seed_each_sample(dataset: Any) -> bool:
     except TypeError:  # a class whose layout cannot take a subclass in place
         return False
     return True
+
+
+# --------------------------------------------------------------------------- iterable datasets with state
+
+
+def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> None:
+    """Make a stateful IterableDataset (iterated in the main process) remember its own state at
+    every batch boundary, by batch number in the epoch: `batch_state(dataset, n)` is its state after
+    n batches. Lightning fetches a batch ahead of training, so the dataset's state when a checkpoint
+    is written is one batch past what was trained; the checkpoint takes the remembered one."""
+    cls = type(dataset)
+    if not getattr(cls, "_launch_records_batches", False):
+        iterate = cls.__iter__
+
+        def __iter__(self: Any) -> Iterator[Any]:
+            states, size = self.__dict__["_launch_batch_states"], self.__dict__["_launch_batch_size"]
+            first, self.__dict__["_launch_first_batch"] = self.__dict__["_launch_first_batch"], 0
+            states.clear()
+            samples = iterate(self)
+            n = 0
+            while True:
+                if n % size == 0:
+                    states[first + n // size] = self.state_dict()
+                    states.pop(first + n // size - 4, None)  # a few batches back is all a save needs
+                try:
+                    sample = next(samples)
+                except StopIteration:
+                    return
+                n += 1
+                yield sample
+
+        namespace = {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                     "__iter__": __iter__, "_launch_records_batches": True}
+        dataset.__class__ = type(cls.__name__, (cls,), namespace)
+    dataset.__dict__.update(_launch_batch_states={}, _launch_batch_size=batch_size, _launch_first_batch=first_batch)
+
+
+def batch_state(dataset: Any, batches: int) -> Any:
+    """The dataset's state after `batches` batches of the current epoch: the one remembered at
+    that boundary if a later batch was already fetched (Lightning prefetches from loaders without
+    a length), else its state now."""
+    states = dataset.__dict__.get("_launch_batch_states", {})
+    if batches not in states and states and batches == max(states) + 1:
+        return dataset.state_dict()  # nothing fetched past the trained batches
+    if batches not in states:
+        raise RuntimeError(f"no recorded state of {type(dataset).__name__} after {batches} batches (recorded: "
+                           f"{sorted(states)})")
+    return states[batches]

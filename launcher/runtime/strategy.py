@@ -12,7 +12,7 @@ from pytorch_lightning.trainer.states import RunningStage
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
 
 from launcher.runtime import lightning_compat as compat
-from launcher.runtime.samplers import ResumableDistributedSampler, seed_each_sample
+from launcher.runtime.samplers import ResumableDistributedSampler, record_batch_states, seed_each_sample
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
 _LOADER_SEEDS = {stage: 1_000_003 * (i + 1) for i, stage in enumerate(RunningStage)}
@@ -112,9 +112,12 @@ class LaunchDDPStrategy(DDPStrategy):
         if stateful(dataloader):
             return  # Lightning saves and restores it; the preemption handler makes it per rank
         if stateful(dataset) and dataloader.num_workers == 0:
+            first = 0
             if self.resume_dataset_state is not None:
                 dataset.load_state_dict(self.resume_dataset_state)
                 self.resume_dataset_state = None
+                first = self.resume_position[1] if self.resume_position else 0
+            record_batch_states(dataset, dataloader.batch_size or 1, first)
             return
         if self.preemptible:
             what = "with num_workers > 0 (its state lives in the workers)" if stateful(dataset) else \
