@@ -168,6 +168,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  {key:<14} {value:.6g}")
     if info.error:
         print(f"error     {info.error}")
+    if info.note:
+        print(f"note      {info.note}")
     print(f"dir       {info.run_dir}")
     return 0
 

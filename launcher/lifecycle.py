@@ -95,6 +95,7 @@ class RunStatus:
     failed_rank: int | None = None
     times: Mapping[str, str] = field(default_factory=dict)  # lifecycle event -> when it last happened
     details: Mapping[str, Any] = field(default_factory=dict)  # the backend's probe
+    note: str | None = None  # what the user should know that is not an error (a signal that came too late)
 
     @property
     def terminal(self) -> bool:
@@ -116,7 +117,7 @@ class RunStatus:
             "terminal": self.terminal, "global_step": self.global_step, "epoch": self.epoch,
             "restarts": self.restarts, "world_size": self.world_size, "metrics": dict(self.metrics),
             "error": self.error, "exit_code": self.exit_code, "failed_rank": self.failed_rank,
-            "backend": self.backend,
+            "backend": self.backend, "note": self.note,
         }
         out.update({f"{event}_at": when for event, when in self.times.items()})
         out.update(self.details)
@@ -153,6 +154,7 @@ def summarize(events: Sequence[Mapping[str, Any]], progress: Mapping[str, Any], 
         restarts=max(restarts, 0), world_size=progress.get("world_size"),
         metrics=(trained or {}).get("metrics") or progress.get("metrics", {}),
         error=error, exit_code=exit_code, failed_rank=failed_rank, times=times, details=probe.details,
+        note=(trained or {}).get("note"),
     )
 
 

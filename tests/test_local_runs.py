@@ -186,3 +186,13 @@ def test_smoke_runs_a_few_batches_of_everything(tmp_path) -> None:
     info = status(run_dir)
     assert info["state"] == "completed" and info["global_step"] == 4 and info["world_size"] == 2
     assert "test_acc" in info["metrics"]
+
+
+def test_a_per_step_synced_log_in_validation_is_refused_in_one_line(digits_job, tmp_path) -> None:
+    job = digits_job(model="tests.helpers.modules.StepSyncValidationMLP")
+    result = run_launch("submit", str(job), "--runs-dir", str(tmp_path / "runs"), "--follow", timeout=300)
+    assert result.returncode == 1
+    info = status(Path(result.stdout.strip().splitlines()[-1]))
+    assert info["state"] == "failed", info
+    assert "EvaluationStepSync: self.log('val_step_count', ..., sync_dist=True, on_step=True) in validation " \
+           "(sanity check): launch evaluates every sample exactly once" in info["error"], info["error"]

@@ -108,3 +108,27 @@ def test_rank_killed_while_writing_the_checkpoint_keeps_the_previous_and_resume_
     info = json.loads(run_launch("status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["global_step"] == 3 * STEPS_PER_EPOCH
     assert run_launch("resume", str(run_dir)).returncode == 2  # nothing left to resume
+
+
+def test_preempt_before_any_rank_runs_is_refused_instead_of_lost(tmp_path) -> None:
+    """Before the ranks start (and between two attempts) only the supervisor and torchrun's agent
+    exist, and they ignore the signal: launch says so instead of reporting it sent."""
+    run_dir = submit(write_job(tmp_path, "early", sleep=0.05, epochs=1), tmp_path / "runs")
+    early = run_launch("preempt", str(run_dir))  # the agent is still importing torch
+    assert early.returncode == 2 and "no rank is running yet" in early.stderr, early.stdout + early.stderr
+    assert early.stderr.count("\n") == 1
+    info = wait_end(run_dir)
+    assert info["state"] == "completed" and info["restarts"] == 0 and info["note"] is None, info
+
+
+def test_a_signal_after_the_last_stop_point_is_reported_not_dropped(tmp_path) -> None:
+    """A signal during the final test cannot stop the run (nothing is left to resume): the run
+    completes, and its status says the signal came too late."""
+    run_dir = submit(write_job(tmp_path, "late", sleep=0.0, epochs=1, model="SlowTestMLP"), tmp_path / "runs")
+    log = run_dir / "logs" / "rank-0.log"
+    wait_for(lambda: log.exists() and "testing now" in log.read_text(errors="replace"), 240, "the test", run_dir)
+    assert run_launch("preempt", str(run_dir)).returncode == 0
+    info = wait_end(run_dir)
+    assert info["state"] == "completed" and info["restarts"] == 0, info
+    assert "a preemption signal (SIGUSR1) came after the last point training could stop" in info["note"], info
+    assert "note      a preemption signal" in run_launch("status", str(run_dir)).stdout

@@ -71,11 +71,18 @@ class LocalBackend:
             time.sleep(0.2)
 
     def signal(self, run: RunDir, signal_name: str) -> str:
-        """Send the preemption signal to every process of the run, as SLURM signals a job step."""
+        """Send the preemption signal to every process of the run, as SLURM signals a job step.
+
+        Only while ranks run: between two attempts (or before the first rank starts) only the
+        supervisor and torchrun's agent exist, and they ignore the signal, so it would be lost.
+        """
         if not self.still_running(run):
             raise LaunchError(f"{run.path}: not running")
-        signum = getattr(signal, f"SIG{signal_name}")
         pids = processes_of(run)
+        if not set(rank_pids(run)) & set(pids):
+            raise LaunchError(f"{run.path}: no rank is running yet (the run is starting, or restarting between two "
+                              "attempts); the signal would be lost: try again in a few seconds")
+        signum = getattr(signal, f"SIG{signal_name}")
         for pid in pids:
             try:
                 os.kill(pid, signum)
@@ -85,6 +92,17 @@ class LocalBackend:
 
     def logs(self, run: RunDir) -> Path:
         return run.console
+
+
+def rank_pids(run: RunDir) -> list[int]:
+    """The ranks running now, from their alive markers (written at each rank's start)."""
+    pids = []
+    for marker in run.errors.glob("rank-*.alive"):
+        try:
+            pids.append(int(json.loads(marker.read_text())["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return pids
 
 
 def supervisor_pid(run: RunDir) -> int | None:

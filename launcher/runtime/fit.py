@@ -94,6 +94,11 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
+    late = None
+    if cfg.job.preemptible and signals.is_set():  # a signal, yet no stop: say so, do not drop it silently
+        late = (f"a preemption signal (SIG{signals.name()}) came after the last point training could stop at (the last "
+                "epoch's end, or the final test): the run finished instead of stopping")
+        print(f"[launch] {late}", flush=True)
     if rank == 0:
         run.preempt_checkpoint.unlink(missing_ok=True)  # superseded by last.ckpt
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
@@ -104,4 +109,5 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
             interrupted=bool(trainer.interrupted),
             metrics=metrics,
             t=round(time.time(), 3),
+            **({"note": late} if late else {}),
         )

@@ -34,6 +34,11 @@ def is_set() -> bool:
     return received["signum"] is not None
 
 
+def name() -> str | None:
+    """The received signal's name without SIG (USR1, TERM, ...), or None."""
+    return signal.Signals(received["signum"]).name.removeprefix("SIG") if is_set() else None
+
+
 def preemption_signals(name: str) -> list[int]:
     """The profile's signal plus SIGTERM (preemption with GraceTime, scancel, torchrun's shutdown)."""
     return sorted({int(getattr(signal, f"SIG{name}")), int(signal.SIGTERM)})

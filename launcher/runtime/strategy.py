@@ -158,8 +158,10 @@ def guard_evaluation_logging(module: Any) -> None:
             trainer = None
         if trainer is not None and kwargs.get("sync_dist") and kwargs.get("on_step") \
                 and trainer.state.stage in _EVAL_STAGES:
+            where = {"sanity_check": "validation (sanity check)", "validate": "validation"}.get(
+                trainer.state.stage.value, trainer.state.stage.value)
             raise EvaluationStepSync(
-                f"self.log({name!r}, ..., sync_dist=True, on_step=True) in {trainer.state.stage.value}: launch evaluates "
+                f"self.log({name!r}, ..., sync_dist=True, on_step=True) in {where}: launch evaluates "
                 "every sample exactly once, so ranks may run different numbers of batches and a per-step all-reduce "
                 "would hang; log evaluation metrics per epoch (on_step=False)")
         return log(name, value, *args, **kwargs)

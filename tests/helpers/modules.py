@@ -170,3 +170,22 @@ class EpochScheduledMLP(StepSleep, MLP):
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class StepSyncValidationMLP(MLP):
+    """Logs a per-step synchronised value in validation (ranks may run different batch counts)."""
+
+    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        super().validation_step(batch, batch_idx)
+        self.log("val_step_count", float(len(batch[1])), on_step=True, on_epoch=False, sync_dist=True)
+
+
+class SlowTestMLP(PreemptableMLP):
+    """PreemptableMLP whose test takes a few seconds (time to signal it there)."""
+
+    def on_test_start(self) -> None:
+        print("testing now", flush=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        time.sleep(0.5)
+        super().test_step(batch, batch_idx)
