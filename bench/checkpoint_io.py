@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from launcher.runtime.checkpoint_io import AtomicCheckpointIO
-
 from models.mlp import MLP
 from models.resnet import ResNet18
 

@@ -66,6 +66,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     strategy = LaunchDDPStrategy(
         seed_samples=cfg.job.seed_per_sample,
         preemptible=cfg.job.preemptible,
+        fixed_buckets=cfg.job.fixed_ddp_buckets,
         cluster_environment=environment,
         checkpoint_io=AtomicCheckpointIO(),
         process_group_backend="nccl" if cfg.uses_gpus else "gloo",

@@ -52,8 +52,9 @@ class LaunchDDPStrategy(DDPStrategy):
 
     strategy_name = "launch_ddp"
 
-    def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, **kwargs: Any) -> None:
-        super().__init__(**EXACT_DDP_KWARGS, **kwargs)
+    def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, fixed_buckets: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**(EXACT_DDP_KWARGS if fixed_buckets else {}), **kwargs)
         self.seed_samples, self.preemptible = seed_samples, preemptible
         # Set by the preemption handler when a checkpoint is restored, before the loaders exist.
         self.resume_position: tuple[int, int] | None = None  # (epoch, batches of it already trained)
