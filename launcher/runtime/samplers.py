@@ -93,24 +93,34 @@ def _seeded_class(user_class: type) -> type:
     so their state is put back after the fetch.
     """
     fetch = user_class.__getitem__
+    fetch_batch = getattr(user_class, "__getitems__", None)
 
-    def __getitem__(self: Any, key: Any) -> Any:
-        if not isinstance(key, SampleKey):
-            return fetch(self, key)
+    def seeded(seed: int, call: Any, *args: Any) -> Any:
         if get_worker_info() is not None:
-            _seed_all(key.seed)
-            return fetch(self, int(key))
+            _seed_all(seed)
+            return call(*args)
         saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
         try:
-            _seed_all(key.seed)
-            return fetch(self, int(key))
+            _seed_all(seed)
+            return call(*args)
         finally:
             torch.set_rng_state(saved[0])
             np.random.set_state(saved[1])
             random.setstate(saved[2])
 
-    def __getitems__(self: Any, keys: list[Any]) -> list[Any]:
-        return [self[key] for key in keys]  # one seed per sample, whatever a batched fetch would do
+    def __getitem__(self: Any, key: Any) -> Any:
+        if not isinstance(key, SampleKey):
+            return fetch(self, key)
+        return seeded(key.seed, fetch, self, int(key))
+
+    def __getitems__(self: Any, keys: list[Any]) -> Any:
+        if fetch_batch is None:
+            return [self[key] for key in keys]  # one seed per sample
+        if keys and isinstance(keys[0], SampleKey):
+            # The dataset fetches whole batches itself: the batch runs under its first sample's
+            # seed (a batch is the same in every attempt, so what it draws is too).
+            return seeded(keys[0].seed, fetch_batch, self, [int(k) for k in keys])
+        return fetch_batch(self, keys)
 
     def __reduce_ex__(self: Any, protocol: Any) -> tuple[Any, ...]:
         # Pickled (to spawned workers) as the user's own class, and seeded again on arrival.
