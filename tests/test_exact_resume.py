@@ -116,6 +116,17 @@ def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical
     assert json.loads(run_launch("status", str(run_dir), "--json").stdout)["error"] is None
 
 
+def test_non_persistent_workers_preempted_twice_match_the_persistent_baseline(world4_baseline, tmp_path) -> None:
+    """Workers made anew every epoch (and by every attempt) instead of persistent ones: with each
+    sample's seed fixed by where it is, and no loader drawing from the global RNG, the worker
+    set-up changes nothing, so the persistent-worker baseline is the reference."""
+    run_dir = submit(write(tmp_path, "w4", sleep=0.15, persistent=False), tmp_path / "runs", *WORLD)
+    preempt_at(run_dir, (4, STEPS_PER_EPOCH + 4))
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["restarts"] == 2, info
+    assert_same_training(run_dir, world4_baseline)
+
+
 # --------------------------------------------------------------------------- every scheduler and callback
 
 TOOLBOX_JOB = """
