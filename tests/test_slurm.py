@@ -32,6 +32,15 @@ PROFILES = PROFILE.format(mode="srun") + PROFILE.format(mode="torchrun") + PROFI
 backend = "slurm"
 partition = "no-such-partition"
 gpus_per_node = 0
+
+[test-wide]
+backend = "slurm"
+partition = "wide"
+gpus_per_node = 0
+cpus_per_node = 2
+max_nodes = 4
+max_time = "02:00:00"
+launch_mode = "srun"
 """
 
 
@@ -316,3 +325,40 @@ def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_j
         assert [c.split()[0] for c in made] == ["squeue"], made
     finally:
         subprocess.run(["scancel", running, held], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def slurm_wide_baseline(slurm_cluster, tmp_path_factory) -> Path:
+    """One uninterrupted run on 4 SLURM nodes x 1 rank (partition `wide`)."""
+    tmp = tmp_path_factory.mktemp("slurm-wide")
+    (tmp / "cluster.toml").write_text(PROFILES)
+    job = write_job(tmp, "w4", sleep=0.0, epochs=3)
+    result = launch(tmp / "cluster.toml", "submit", str(job), "--cluster", "test-wide", "--nodes", "4",
+                    "--procs", "1", "--runs-dir", str(tmp / "runs"), "--follow", timeout=600)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr + (run_dir / "events.jsonl").read_text()
+    return run_dir
+
+
+def test_four_slurm_nodes_preempted_twice_mid_epoch_end_bit_identical(cluster_file, slurm_wide_baseline,
+                                                                       tmp_path) -> None:
+    """World size 4 on SLURM (4 nodes x 1 rank, srun mode), preempted twice mid-epoch: the
+    gradient buckets, data position and every rank's RNG come back exactly."""
+    steps_per_epoch = 12  # 1,437 digits, 4 ranks, batches of 32
+    job = write_job(tmp_path, "w4", sleep=0.1, epochs=3)
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "4", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    for n, target in enumerate((5, steps_per_epoch + 4), start=1):
+        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and slurm_events(run_dir).count("resumed") == k - 1,
+                 300, f"step {target}", run_dir)
+        assert launch(cluster_file, "preempt", str(run_dir)).returncode == 0
+        wait_for(lambda k=n: slurm_events(run_dir).count("resumed") == k, 300, f"resume #{n}", run_dir)
+    wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 400, "the end", run_dir)
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["restarts"] == 2 and info["world_size"] == 4, info
+    preempted = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                 if json.loads(line)["event"] == "preempted"]
+    assert len(preempted) == 2 and all(0 < e["batch_in_epoch"] < steps_per_epoch for e in preempted), preempted
+    assert_same_training(run_dir, slurm_wide_baseline)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A real two-node SLURM cluster on this machine, for the `slurm` tests.
+# A real four-node SLURM cluster on this machine, for the `slurm` tests.
 #   tests/slurm/cluster.sh up     install slurm-wlm + munge if missing, start munged, slurmctld and
-#                                 two slurmd (n1, n2), wait until both nodes are idle
+#                                 four slurmd (n1..n4), wait until every node is idle. Partition
+#                                 debug (the default) has n1 and n2; partition wide has all four
 #   tests/slurm/cluster.sh down   stop the daemons
 #   tests/slurm/cluster.sh status sinfo
 # Needs root on Debian 12. State, spool, pid and log files live in $LAUNCH_SLURM_DIR
@@ -13,6 +14,7 @@ DIR=${LAUNCH_SLURM_DIR:-/tmp/launch-slurm}
 CONF=/etc/slurm/slurm.conf
 HOST=$(hostname)
 CPUS_PER_NODE=${LAUNCH_SLURM_CPUS:-2}
+NODES="n1 n2 n3 n4"  # partition debug: n1, n2 (most tests); partition wide: all four (world size 4)
 
 log() { echo "[cluster.sh] $*" >&2; }
 
@@ -56,9 +58,12 @@ MinJobAge=3600
 SchedulerParameters=bf_interval=1,sched_interval=2
 NodeName=n1 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6821 CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
 NodeName=n2 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6822 CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
+NodeName=n3 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6823 CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
+NodeName=n4 NodeHostname=$HOST NodeAddr=127.0.0.1 Port=6824 CPUs=$CPUS_PER_NODE RealMemory=4000 State=UNKNOWN
 PartitionName=debug Nodes=n1,n2 Default=YES MaxTime=02:00:00 State=UP
+PartitionName=wide Nodes=n1,n2,n3,n4 MaxTime=02:00:00 State=UP
 CONF
-    grep -qE '^127\.0\.0\.1[[:space:]].*\bn1\b' /etc/hosts || echo "127.0.0.1 n1 n2" >>/etc/hosts
+    grep -qE '^127\.0\.0\.1[[:space:]].*\bn4\b' /etc/hosts || echo "127.0.0.1 n1 n2 n3 n4" >>/etc/hosts
 }
 
 start_munge() {
@@ -79,11 +84,10 @@ up() {
     down_daemons
     rm -rf "$DIR/state" "$DIR/spool" && mkdir -p "$DIR/state" "$DIR/spool"  # a clean cluster: no recovered jobs
     slurmctld -c
-    slurmd -N n1
-    slurmd -N n2
+    for node in $NODES; do slurmd -N "$node"; done
     for _ in $(seq 120); do
         states=$(sinfo -h -N -o '%N %T' 2>/dev/null | sort -u || true)
-        if [ "$(echo "$states" | grep -c ' idle$' || true)" = 2 ]; then
+        if [ "$(echo "$states" | grep -c ' idle$' || true)" = "$(echo $NODES | wc -w)" ]; then
             log "up: $(echo $states)"
             return
         fi
@@ -97,7 +101,7 @@ up() {
 down_daemons() {
     scancel --full --signal=KILL --user=root 2>/dev/null || true  # no job survives into the next cluster
     scancel --user=root 2>/dev/null || true
-    for f in "$DIR"/slurmd-n1.pid "$DIR"/slurmd-n2.pid "$DIR"/slurmctld.pid; do
+    for f in "$DIR"/slurmd-n*.pid "$DIR"/slurmctld.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done
     pkill -x slurmd 2>/dev/null || true
