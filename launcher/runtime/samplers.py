@@ -128,9 +128,26 @@ def _seeded_class(user_class: type) -> type:
         plain.__dict__.update(self.__dict__)
         return _seeded_again, (plain,)
 
-    namespace = {"__slots__": (), "__module__": user_class.__module__, "__qualname__": user_class.__qualname__,
-                 "__getitem__": __getitem__, "__getitems__": __getitems__, "__reduce_ex__": __reduce_ex__}
-    return type(user_class.__name__, (user_class,), namespace)
+    return _methods_subclass(user_class, {"__getitem__": __getitem__, "__getitems__": __getitems__,
+                                          "__reduce_ex__": __reduce_ex__})
+
+
+def _methods_subclass(user_class: type, methods: dict[str, Any]) -> type:
+    """A subclass of the user's class that adds only methods (no fields, empty __slots__, the same
+    name), so that an instance can become one in place."""
+    namespace = {"__slots__": (), "__module__": user_class.__module__, "__qualname__": user_class.__qualname__}
+    return type(user_class.__name__, (user_class,), {**namespace, **methods})
+
+
+def _become(obj: Any, cls: type) -> bool:
+    """Swap `obj`'s class for `cls` in place; False for a class whose layout does not allow it."""
+    if not hasattr(obj, "__dict__"):
+        return False
+    try:
+        obj.__class__ = cls
+    except TypeError:
+        return False
+    return True
 
 
 def _seed_all(seed: int) -> None:
@@ -153,25 +170,22 @@ def seed_each_sample(dataset: Any) -> bool:
     cls = type(dataset)
     if cls in _SEEDED.values():
         return True
-    if not isinstance(dataset, Dataset) or not hasattr(dataset, "__dict__") or not hasattr(cls, "__getitem__"):
+    if not isinstance(dataset, Dataset) or not hasattr(cls, "__getitem__"):
         return False
     if cls not in _SEEDED:
         _SEEDED[cls] = _seeded_class(cls)
-    try:
-        dataset.__class__ = _SEEDED[cls]
-    except TypeError:  # a class whose layout cannot take a subclass in place
-        return False
-    return True
+    return _become(dataset, _SEEDED[cls])
 
 
 # --------------------------------------------------------------------------- iterable datasets with state
 
 
-def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> None:
+def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> bool:
     """Make a stateful IterableDataset (iterated in the main process) remember its own state at
     every batch boundary, by batch number in the epoch: `batch_state(dataset, n)` is its state after
     n batches. Lightning fetches a batch ahead of training, so the dataset's state when a checkpoint
-    is written is one batch past what was trained; the checkpoint takes the remembered one."""
+    is written is one batch past what was trained; the checkpoint takes the remembered one.
+    False if the dataset's class cannot be extended in place."""
     cls = type(dataset)
     if not getattr(cls, "_launch_records_batches", False):
         iterate = cls.__iter__
@@ -193,10 +207,10 @@ def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> 
                 n += 1
                 yield sample
 
-        namespace = {"__slots__": (), "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                     "__iter__": __iter__, "_launch_records_batches": True}
-        dataset.__class__ = type(cls.__name__, (cls,), namespace)
+        if not _become(dataset, _methods_subclass(cls, {"__iter__": __iter__, "_launch_records_batches": True})):
+            return False
     dataset.__dict__.update(_launch_batch_states={}, _launch_batch_size=batch_size, _launch_first_batch=first_batch)
+    return True
 
 
 def batch_state(dataset: Any, batches: int) -> Any:

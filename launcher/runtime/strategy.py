@@ -118,8 +118,11 @@ class LaunchDDPStrategy(DDPStrategy):
                 dataset.load_state_dict(self.resume_dataset_state)
                 self.resume_dataset_state = None
                 first = self.resume_position[1] if self.resume_position else 0
-            record_batch_states(dataset, dataloader.batch_size or 1, first)
-            return
+            if record_batch_states(dataset, dataloader.batch_size or 1, first) or not self.preemptible:
+                return
+            raise UnresumableData(
+                f"the training data is an IterableDataset ({type(dataset).__name__}) whose class launch cannot extend in "
+                "place (it needs an instance __dict__) to keep its state at each batch; set job.preemptible = false")
         if self.preemptible:
             what = "with num_workers > 0 (its state lives in the workers)" if stateful(dataset) else \
                 "without state_dict() and load_state_dict()"
