@@ -183,6 +183,10 @@ def names(events: Sequence[Mapping[str, Any]]) -> list[str]:
 # A rank that fails in a collective because another rank died or hung: an echo, not the cause.
 ECHO = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|[Tt]imed out|timeout|"
                   r"NCCL communicator was aborted|ProcessGroup.*abort|Gloo connectFullMesh failed")
+# An echo that says the rank waited job.collective_timeout_s for the others and gave up. gloo words
+# it "Timed out waiting Nms for recv" or, on a pair an earlier timeout closed, "Application timeout
+# caused pair closure"; NCCL's watchdog "... ran for N milliseconds before timing out".
+COLLECTIVE_TIMEOUT = re.compile(r"[Tt]imed out|[Tt]imeout|timing out")
 
 
 def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
@@ -215,6 +219,12 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
         first = dead[0]
         others = f" (also ranks {', '.join(str(d['rank']) for d in dead[1:])})" if len(dead) > 1 else ""
         echo = f"; then rank {errors[0][1]['rank']}: {errors[0][1]['type']}: {errors[0][1]['message'][:160]}" if errors else ""
+        timed_out = [e for _, e in errors if COLLECTIVE_TIMEOUT.search(f"{e.get('type')}: {e.get('message')}")]
+        if timed_out:
+            return {"rank": first["rank"], "host": first.get("host", "?"), "type": "Hung",
+                    "message": f"stopped responding: rank {timed_out[0]['rank']} waited job.collective_timeout_s for "
+                               "it in a collective and gave up, then it was stopped (a hang in its code or data, or "
+                               f"its node was lost); its stack is in logs/rank-{first['rank']}.log{others}{echo}"}
         return {"rank": first["rank"], "host": first.get("host", "?"), "type": "Died",
                 "message": "ended without a Python error: killed by a signal (or out of memory), crashed in "
                            f"native code, or hung and was stopped; see logs/rank-{first['rank']}.log{others}{echo}"}

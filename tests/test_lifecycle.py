@@ -153,6 +153,28 @@ def test_a_rank_that_died_without_a_word_comes_before_echoes(run: RunDir) -> Non
     assert "; then rank 0: DistBackendError: Connection reset by peer" in err["message"]
 
 
+@pytest.mark.parametrize("echo", [
+    ("RuntimeError", "[gloo/transport/tcp/pair.cc:534] Timed out waiting 8000ms for recv operation to complete"),
+    ("RuntimeError", "Application timeout caused pair closure"),
+    ("DistBackendError", "[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9, OpType=ALLREDUCE) "
+                         "ran for 600012 milliseconds before timing out."),
+])
+def test_a_silent_rank_the_others_timed_out_on_is_named_hung(run: RunDir, echo: tuple[str, str]) -> None:
+    since = time.time() - 5
+    rank_error(run, 0, *echo)
+    died(run, 1)
+    err = first_error(run, since)
+    assert (err["rank"], err["type"]) == (1, "Hung")
+    assert err["message"].startswith("stopped responding: rank 0 waited job.collective_timeout_s"), err["message"]
+    assert "logs/rank-1.log" in err["message"] and f"; then rank 0: {echo[0]}: {echo[1][:40]}" in err["message"]
+
+
+def test_a_silent_rank_the_others_lost_the_connection_to_died(run: RunDir) -> None:
+    rank_error(run, 0, "RuntimeError", "Connection closed by peer [10.0.0.2]:4321")
+    died(run, 1)
+    assert first_error(run, time.time() - 5)["type"] == "Died"
+
+
 def test_only_echoes_name_the_earliest(run: RunDir) -> None:
     since = time.time() - 5
     rank_error(run, 1, "RuntimeError", "Timed out waiting", age_s=1)
