@@ -185,18 +185,20 @@ def test_every_scheduler_and_callback_survives_a_mid_epoch_preemption_bit_for_bi
 # --------------------------------------------------------------------------- iterable datasets
 
 STREAM_JOB = TOOLBOX_JOB.replace('class_path = "digits"', 'class_path = "tests.helpers.streams.StreamingDigits"').replace(
-    "batch_size = 64 }}", "batch_size = 64, stateful = {stateful}, sized = {sized} }}")
+    "batch_size = 64 }}", "batch_size = 64, stateful = {stateful}, sized = {sized}, workers = {workers} }}")
 
 
-@pytest.mark.parametrize("sized", [True, False], ids=["with-length", "without-length"])
-def test_a_stateful_iterable_dataset_resumes_exactly_per_rank(tmp_path, sized) -> None:
+@pytest.mark.parametrize("sized,workers", [(True, 0), (False, 0), (False, 2)],
+                         ids=["with-length", "without-length", "torchdata-loader-2-workers"])
+def test_a_stateful_iterable_dataset_resumes_exactly_per_rank(tmp_path, sized, workers) -> None:
     """Per rank: each rank streams its own shard. Without a length, Lightning fetches one batch
-    ahead of training, so the dataset's own state at the save is one batch too far."""
+    ahead of training, so the state at the save (the dataset's own, or torchdata's
+    StatefulDataLoader's with each worker's) is one batch too far."""
     runs = []
     for name, sleep in (("plain", 0.0), ("stopped", 0.12)):
         job = tmp_path / f"{name}.toml"
         job.write_text(STREAM_JOB.format(name=name, model="PreemptableMLP", sleep=sleep, data=tmp_path / "data",
-                                         extra="", stateful="true", sized=str(sized).lower()))
+                                         extra="", stateful="true", sized=str(sized).lower(), workers=workers))
         runs.append(submit(job, tmp_path / "runs"))
     baseline, run_dir = runs
     preempt_at(run_dir, (TOOLBOX_STEPS + 3,))
@@ -211,7 +213,7 @@ def test_a_stateful_iterable_dataset_resumes_exactly_per_rank(tmp_path, sized) -
 def test_an_iterable_dataset_without_state_is_refused_before_training(tmp_path) -> None:
     job = tmp_path / "stateless.toml"
     job.write_text(STREAM_JOB.format(name="stateless", model="PreemptableMLP", sleep=0.0, data=tmp_path / "data",
-                                     extra="", stateful="false", sized="true"))
+                                     extra="", stateful="false", sized="true", workers=0))
     info = wait_end(submit(job, tmp_path / "runs"))
     assert info["state"] == "failed" and info["global_step"] == 0, info
     assert "UnresumableData: the training data is an IterableDataset (SizedDigitStream) without state_dict() and " \

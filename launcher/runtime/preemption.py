@@ -88,7 +88,7 @@ def _data_state(trainer: Trainer, batches: int) -> dict[str, Any]:
     """This rank's own data position beyond the sampler, after `batches` batches of the epoch:
     stateful loaders' states, and an iterable dataset's own state."""
     loaders = compat.train_dataloaders(trainer)
-    state: dict[str, Any] = {"loaders": [dl.state_dict() for dl in loaders if stateful(dl)]}
+    state: dict[str, Any] = {"loaders": [batch_state(dl, batches) for dl in loaders if stateful(dl)]}
     datasets = [dl.dataset for dl in loaders if not stateful(dl) and isinstance(getattr(dl, "dataset", None),
                                                                                 IterableDataset)]
     if datasets and stateful(datasets[0]):

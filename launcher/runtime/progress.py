@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -14,45 +15,100 @@ from launcher.rundir import RunDir, atomic_open
 
 
 class RunProgress(Callback):
-    """Rank zero keeps `progress.json` current (step, epoch, metrics) for `launch status`."""
+    """Rank zero keeps `progress.json` current (step, epoch, metrics) for `launch status`.
 
-    def __init__(self, run: RunDir, every_s: float = 1.0) -> None:
-        self.run, self.every_s = run, every_s
-        self._last = 0.0
+    Every step hands the position to a writer thread, which replaces the file as fast as it can
+    (at most 20 times a second), so the file trails the run by one write, not by a fixed interval,
+    and the training loop never waits on the filesystem. The metrics are read only every
+    `metrics_every_s` and at the end of an epoch or a validation: reading them copies device
+    tensors to the host, which waits for the accelerator.
+    """
+
+    MIN_WRITE_GAP_S = 0.05
+
+    def __init__(self, run: RunDir, metrics_every_s: float = 1.0) -> None:
+        self.run, self.metrics_every_s = run, metrics_every_s
+        self._metrics: dict[str, float] = {}
+        self._metrics_at = 0.0
         self._first_step_seen = False
+        self._latest: tuple[int, dict[str, Any]] | None = None  # (sequence, record), replaced whole
+        self._written = 0  # sequence of the record on disk
+        self._seq = 0
+        self._lock = threading.Lock()  # one write at a time, never an older record over a newer one
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
 
-    def write(self, trainer: Trainer, stage: str) -> None:
-        if trainer.global_rank != 0:
-            return
-        metrics = {}
-        for key, value in trainer.callback_metrics.items():
-            try:
-                metrics[key] = float(value)
-            except (TypeError, ValueError):
-                continue
-        record = {
+    def record(self, trainer: Trainer, stage: str, with_metrics: bool) -> tuple[int, dict[str, Any]]:
+        if with_metrics:
+            self._metrics = {}
+            for key, value in trainer.callback_metrics.items():
+                try:
+                    self._metrics[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+            self._metrics_at = time.monotonic()
+        self._seq += 1
+        return self._seq, {
             "stage": stage,
             "global_step": int(trainer.global_step),
             "epoch": int(trainer.current_epoch),
-            "metrics": metrics,
+            "metrics": dict(self._metrics),
             "world_size": int(trainer.world_size),
             "time": time.time(),
             "pid": os.getpid(),
         }
-        self._last = time.monotonic()
-        try:
-            with atomic_open(self.run.progress) as fh:
-                fh.write(json.dumps(record, indent=1).encode())
-        except OSError:
-            pass  # a status view may lag (a full disk); training must not stop for it
+
+    def write(self, trainer: Trainer, stage: str) -> None:
+        """Write now, with fresh metrics (the end of an epoch, a validation, the run)."""
+        if trainer.global_rank == 0:
+            self._write(self.record(trainer, stage, with_metrics=True))
+
+    def publish(self, trainer: Trainer, stage: str) -> None:
+        """Hand the writer thread the newest position; returns at once."""
+        if trainer.global_rank != 0:
+            return
+        self._latest = self.record(trainer, stage, time.monotonic() - self._metrics_at >= self.metrics_every_s)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer, name="launch-progress", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _writer(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stop:
+                return
+            if self._latest is not None:
+                self._write(self._latest)
+            time.sleep(self.MIN_WRITE_GAP_S)
+
+    def _write(self, item: tuple[int, dict[str, Any]]) -> None:
+        seq, record = item
+        with self._lock:
+            if seq <= self._written:
+                return
+            try:
+                with atomic_open(self.run.progress) as fh:
+                    fh.write(json.dumps(record, indent=1).encode())
+                self._written = seq
+            except OSError:
+                pass  # a status view may lag (a full disk); training must not stop for it
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._thread is not None:
+            self._stop = True
+            self._wake.set()
+            self._thread.join(timeout=5)
+            self._thread, self._stop = None, False
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if not self._first_step_seen:
             self._first_step_seen = True
             if trainer.global_rank == 0:  # start-up cost of this attempt: `started` to here (bench/)
                 self.run.add_event(Event.FIRST_STEP, global_step=int(trainer.global_step), t=round(time.time(), 3))
-        if time.monotonic() - self._last >= self.every_s:
-            self.write(trainer, "fit")
+        self.publish(trainer, "fit")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.write(trainer, "fit")

@@ -181,11 +181,13 @@ def seed_each_sample(dataset: Any) -> bool:
 
 
 def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> bool:
-    """Make a stateful IterableDataset (iterated in the main process) remember its own state at
-    every batch boundary, by batch number in the epoch: `batch_state(dataset, n)` is its state after
-    n batches. Lightning fetches a batch ahead of training, so the dataset's state when a checkpoint
-    is written is one batch past what was trained; the checkpoint takes the remembered one.
-    False if the dataset's class cannot be extended in place."""
+    """Make a stateful iterable remember its own state at every batch boundary, by batch number in
+    the epoch: `batch_state(it, n)` is its state after n batches. Lightning fetches a batch ahead of
+    training from a loader without a length, so the state when a checkpoint is written is one batch
+    past what was trained; the checkpoint takes the remembered one. The iterable is an
+    IterableDataset iterated in the main process (`batch_size` samples a batch) or a stateful
+    DataLoader (torchdata's StatefulDataLoader, any workers: `batch_size` 1, each item a batch).
+    False if its class cannot be extended in place."""
     cls = type(dataset)
     if not getattr(cls, "_launch_records_batches", False):
         iterate = cls.__iter__
@@ -217,7 +219,9 @@ def batch_state(dataset: Any, batches: int) -> Any:
     """The dataset's state after `batches` batches of the current epoch: the one remembered at
     that boundary if a later batch was already fetched (Lightning prefetches from loaders without
     a length), else its state now."""
-    states = dataset.__dict__.get("_launch_batch_states", {})
+    if "_launch_batch_states" not in dataset.__dict__:
+        return dataset.state_dict()  # not iterated through launch's recorder (never prefetched from)
+    states = dataset.__dict__["_launch_batch_states"]
     if batches not in states and states and batches == max(states) + 1:
         return dataset.state_dict()  # nothing fetched past the trained batches
     if batches not in states:

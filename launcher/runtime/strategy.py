@@ -110,14 +110,21 @@ class LaunchDDPStrategy(DDPStrategy):
         """An iterable dataset resumes only through its own state: the loader's (torchdata's
         StatefulDataLoader, any workers) or the dataset's (in the main process, num_workers = 0)."""
         dataset = dataloader.dataset
+        first = self.resume_position[1] if self.resume_position else 0
         if stateful(dataloader):
-            return  # Lightning saves and restores it; the preemption handler makes it per rank
+            # Lightning restores its state (each rank's own: the preemption handler hands it over);
+            # launch keeps its state at each batch, as Lightning fetches one ahead of an unsized loader.
+            if record_batch_states(dataloader, 1, first) or not self.preemptible:
+                return
+            raise UnresumableData(
+                f"the training loader ({type(dataloader).__name__}) is of a class launch cannot extend in place (it needs "
+                "an instance __dict__) to keep its state at each batch; set job.preemptible = false")
         if stateful(dataset) and dataloader.num_workers == 0:
-            first = 0
             if self.resume_dataset_state is not None:
                 dataset.load_state_dict(self.resume_dataset_state)
                 self.resume_dataset_state = None
-                first = self.resume_position[1] if self.resume_position else 0
+            else:
+                first = 0
             if record_batch_states(dataset, dataloader.batch_size or 1, first) or not self.preemptible:
                 return
             raise UnresumableData(

@@ -1,5 +1,7 @@
-"""The digits as an IterableDataset: each rank streams its own shard, reshuffled every epoch. One
-keeps its position (state_dict / load_state_dict), one does not."""
+"""The digits as an IterableDataset: each rank (and each DataLoader worker of it) streams its own
+shard, reshuffled every epoch. One keeps its position (state_dict / load_state_dict), one does not;
+either is loaded by a plain DataLoader in the main process or by torchdata's StatefulDataLoader with
+workers."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from datamodules.digits import DigitsDataModule
 
@@ -21,7 +24,9 @@ class DigitStream(IterableDataset):
     def _shard(self) -> torch.Tensor:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        return order[rank::world][: len(self.labels) // world]  # equal shards: every rank runs as many batches
+        shard = order[rank::world][: len(self.labels) // world]  # equal shards: every rank runs as many batches
+        worker = get_worker_info()
+        return shard[worker.id::worker.num_workers] if worker else shard
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         shard = self._shard()
@@ -59,9 +64,9 @@ STREAMS = {(stateful, sized): type("".join(["Stateful" * stateful, "Sized" * siz
 class StreamingDigits(DigitsDataModule):
     """DigitsDataModule whose training data is a stream (stateful or not, with a length or not)."""
 
-    def __init__(self, stateful: bool = True, sized: bool = True, **kwargs: Any) -> None:
+    def __init__(self, stateful: bool = True, sized: bool = True, workers: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.stateful, self.sized = stateful, sized
+        self.stateful, self.sized, self.workers = stateful, sized, workers
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -69,4 +74,7 @@ class StreamingDigits(DigitsDataModule):
         self.stream = STREAMS[self.stateful, self.sized](images, labels, seed=self.split_seed)
 
     def train_dataloader(self) -> DataLoader:
+        if self.workers:  # each worker streams (and keeps the state of) its own part
+            return StatefulDataLoader(self.stream, batch_size=self.batch_size, num_workers=self.workers,
+                                      persistent_workers=True)
         return DataLoader(self.stream, batch_size=self.batch_size)
