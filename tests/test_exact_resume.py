@@ -18,13 +18,11 @@ from launcher.runtime.strategy import EXACT_DDP_KWARGS
 from tests.helpers.launch import run_launch
 from tests.helpers.runs import (
     assert_same_training,
-    count,
     events,
     metric_rows,
-    progress_step,
+    preempt_at,
     submit,
     wait_end,
-    wait_for,
 )
 
 pytestmark = pytest.mark.multiprocess
@@ -57,16 +55,6 @@ def write(tmp: Path, name: str, sleep: float, workers: int = 2, persistent: bool
     path = tmp / f"{name}.toml"
     path.write_text(JOB.format(name=name, sleep=sleep, workers=workers, persistent=str(persistent).lower()))
     return path
-
-
-def preempt_at(run_dir: Path, steps: tuple[int, ...], timeout: float = 240) -> None:
-    """Preempt the run once it has passed each of `steps`, waiting for each resume."""
-    for n, target in enumerate(steps, start=1):
-        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1, timeout,
-                 f"step {target}", run_dir)
-        result = run_launch("preempt", str(run_dir))
-        assert result.returncode == 0, result.stderr
-        wait_for(lambda k=n: count(run_dir, "resumed") == k, timeout, f"resume #{n}", run_dir)
 
 
 def free_port() -> int:

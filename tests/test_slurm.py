@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.launch import REPO, run_launch
-from tests.helpers.runs import STEPS_PER_EPOCH, assert_same_training, progress_step, wait_for, write_job
+from tests.helpers.runs import STEPS_PER_EPOCH, assert_same_training, preempt_at, progress_step, wait_for, write_job
 from tests.helpers.values import NASTY, SECRETS
 
 pytestmark = pytest.mark.slurm
@@ -177,16 +177,20 @@ def slurm_events(run_dir: Path) -> list[str]:
     return [json.loads(line)["event"] for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def slurm_baseline(slurm_cluster, tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("slurm-baseline")
+def uninterrupted(tmp: Path, name: str, epochs: int, profile: str, nodes: int) -> Path:
+    """One uninterrupted run of the preemptable job on the test cluster (`--follow`: to its end)."""
     (tmp / "cluster.toml").write_text(PROFILES)
-    job = write_job(tmp, "pre", sleep=0.0, epochs=4)
-    result = launch(tmp / "cluster.toml", "submit", str(job), "--cluster", "test-srun", "--nodes", "2",
-                    "--procs", "1", "--runs-dir", str(tmp / "runs"), "--follow")
+    job = write_job(tmp, name, sleep=0.0, epochs=epochs)
+    result = launch(tmp / "cluster.toml", "submit", str(job), "--cluster", profile, "--nodes", str(nodes),
+                    "--procs", "1", "--runs-dir", str(tmp / "runs"), "--follow", timeout=600)
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr + (run_dir / "events.jsonl").read_text()
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def slurm_baseline(slurm_cluster, tmp_path_factory) -> Path:
+    return uninterrupted(tmp_path_factory.mktemp("slurm-baseline"), "pre", 4, "test-srun", 2)
 
 
 @pytest.mark.parametrize("profile", ["test-srun", "test-torchrun"])
@@ -330,14 +334,7 @@ def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_j
 @pytest.fixture(scope="module")
 def slurm_wide_baseline(slurm_cluster, tmp_path_factory) -> Path:
     """One uninterrupted run on 4 SLURM nodes x 1 rank (partition `wide`)."""
-    tmp = tmp_path_factory.mktemp("slurm-wide")
-    (tmp / "cluster.toml").write_text(PROFILES)
-    job = write_job(tmp, "w4", sleep=0.0, epochs=3)
-    result = launch(tmp / "cluster.toml", "submit", str(job), "--cluster", "test-wide", "--nodes", "4",
-                    "--procs", "1", "--runs-dir", str(tmp / "runs"), "--follow", timeout=600)
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert result.returncode == 0, result.stderr + (run_dir / "events.jsonl").read_text()
-    return run_dir
+    return uninterrupted(tmp_path_factory.mktemp("slurm-wide"), "w4", 3, "test-wide", 4)
 
 
 def test_four_slurm_nodes_preempted_twice_mid_epoch_end_bit_identical(cluster_file, slurm_wide_baseline,
@@ -350,11 +347,7 @@ def test_four_slurm_nodes_preempted_twice_mid_epoch_end_bit_identical(cluster_fi
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
-    for n, target in enumerate((5, steps_per_epoch + 4), start=1):
-        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and slurm_events(run_dir).count("resumed") == k - 1,
-                 300, f"step {target}", run_dir)
-        assert launch(cluster_file, "preempt", str(run_dir)).returncode == 0
-        wait_for(lambda k=n: slurm_events(run_dir).count("resumed") == k, 300, f"resume #{n}", run_dir)
+    preempt_at(run_dir, (5, steps_per_epoch + 4), timeout=300, preempt=lambda: launch(cluster_file, "preempt", str(run_dir)))
     wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 400, "the end", run_dir)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["restarts"] == 2 and info["world_size"] == 4, info

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -68,6 +70,21 @@ def wait_for(predicate, timeout: float, what: str, run_dir: Path) -> None:  # no
             tail = (run_dir / "console.log").read_text()[-3000:] if (run_dir / "console.log").exists() else ""
             raise AssertionError(f"timed out waiting for {what}\n{(run_dir / 'events.jsonl').read_text()}\n{tail}")
         time.sleep(0.05)
+
+
+def preempt_at(run_dir: Path, steps: tuple[int, ...], timeout: float = 240,
+               preempt: Callable[[], subprocess.CompletedProcess] | None = None) -> list[subprocess.CompletedProcess]:
+    """Preempt the run (`launch preempt`, or `preempt()`) once it has passed each of `steps`,
+    waiting for each resume; returns each preempt command's result."""
+    send = preempt or (lambda: run_launch("preempt", str(run_dir)))
+    results = []
+    for n, target in enumerate(steps, start=1):
+        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1, timeout,
+                 f"step {target}", run_dir)
+        results.append(send())
+        assert results[-1].returncode == 0, results[-1].stderr
+        wait_for(lambda k=n: count(run_dir, "resumed") == k, timeout, f"resume #{n}", run_dir)
+    return results
 
 
 def submit(job: Path, runs: Path, *extra: str) -> Path:
