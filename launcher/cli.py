@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from launcher import backends, config, sweep
+from launcher import backends, code_snapshot, config, sweep
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event, RunStatus, State, last_event
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
-from launcher.submission import render_preview, render_script, start_run
+from launcher.submission import job_class_paths, render_preview, render_script, start_run
 from launcher.table import format_table
 
 SMOKE_OVERRIDES = (
@@ -213,12 +213,44 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg = config.load_resolved(run.config)
     if cfg.cluster.backend == "local":  # the old rendezvous port may be taken by now
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
-    run.add_event(Event.RESUME_REQUESTED, previous_state=info.state)
+    code: dict[str, Any] = {}
+    if args.code == "current":
+        before = code_snapshot.manifest(run.code)
+        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code)
+        edited = code_snapshot.changed(before, taken)
+        code = {"code": "current", "code_changed": edited[:100]}
+        print(f"code: the submit directory's current code replaces the run's snapshot ({len(edited)} file(s) differ"
+              + (f": {', '.join(edited[:5])}{', ...' if len(edited) > 5 else ''})" if edited else ")"), file=sys.stderr)
+    elif run.code.is_dir():
+        code = {"code": "snapshot"}
+    run.add_event(Event.RESUME_REQUESTED, previous_state=info.state, **code)
     backend.submit(cfg, run)
     print(f"resuming {cfg.job.name} run {run.run_id} from its newest checkpoint", file=sys.stderr)
     code = _exit_code(_follow_or_detach(run, None)) if args.follow else 0
     print(run.path)
     return code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from launcher.verify import verify
+
+    args.cluster, args.nodes = args.cluster or config.DEFAULT_PROFILE, 1
+    overrides = (f"trainer.max_epochs={args.epochs}", "trainer.max_steps=-1", f"trainer.limit_train_batches={args.batches}",
+                 "trainer.limit_val_batches=4", "trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
+                 "trainer.enable_progress_bar=false", f"checkpoint.every_n_train_steps={args.every}",
+                 "job.fingerprints=true", "job.preemptible=true")
+    cfg = config.resolve(_request(args, overrides))
+    if cfg.cluster.backend != "local":
+        raise LaunchError(f"verify runs on this machine: profile {cfg.run.profile!r} is {cfg.cluster.backend}; "
+                          "use a local profile (the default)")
+    exact, problems = verify(cfg, _runs_dir(args, cfg) / "verify", args.job, args.preemptions, args.seed)
+    if exact:
+        print(f"exact: preempted {args.preemptions} time(s) and killed once, {cfg.job.name} matches its uninterrupted "
+              f"run bit for bit at every step ({args.epochs * args.batches} steps x {cfg.world_size} ranks: data, RNG, "
+              "learning rate, metric states, model attributes, weights, optimizer state) and in every logged row")
+        return 0
+    print("NOT exact: " + "\n".join(problems))
+    return 1
 
 
 def _tool(tool: str, args: list[str], cfg: JobConfig) -> int:
@@ -317,6 +349,15 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(p, smoke=True)
     p.set_defaults(func=cmd_smoke, procs=None)
 
+    p = sub.add_parser("verify", help="certify that a job resumes bit for bit (preempted, killed) or say what breaks it")
+    job_args(p)
+    p.add_argument("--preemptions", type=int, default=2, help="mid-epoch preemptions of the preempted run (default 2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each run (default 2)")
+    p.add_argument("--batches", type=int, default=8, help="training batches an epoch (default 8)")
+    p.add_argument("--every", type=int, default=3, help="periodic checkpoint every N steps, for the killed run (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="draws the stop and kill steps (default 0)")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("tune", help="find a learning rate and/or batch size (one device); writes a tuned job file")
     job_args(p)
     p.add_argument("--lr", action="store_true", help="the learning-rate finder only (default: both)")
@@ -355,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--rank", type=int, help="that rank's full log (default: the run's console)")
         if name in ("logs", "resume"):
             p.add_argument("--follow", action="store_true", help="keep printing until the run ends")
+        if name == "resume":
+            p.add_argument("--code", choices=("snapshot", "current"), default="snapshot",
+                           help="snapshot (default): the code as submitted; current: snapshot the submit directory's "
+                                "code now and train with it from here on (recorded in events.jsonl)")
         if name == "predict":
             p.add_argument("--ckpt", default="best", help="best (default: checkpoint.monitor's best), last, or a path")
         p.set_defaults(func=func)

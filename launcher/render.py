@@ -78,6 +78,14 @@ def shell_line(cmd: NodeCommand) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def code_comment(cfg: JobConfig) -> str:
+    """Where the ranks import the user's code from (no user text: a path could hold a newline)."""
+    if cfg.job.snapshot_code:
+        return ("# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit "
+                "(launch resume --code current replaces it)")
+    return "# user code: imported live from the submit directory (job.snapshot_code = false)"
+
+
 def render_local(cfg: JobConfig) -> str:
     """What `launch submit` runs on the local backend, as a script a person can read and rerun."""
     cmds = local_commands(cfg)
@@ -86,6 +94,7 @@ def render_local(cfg: JobConfig) -> str:
         f"# launch: job {shlex.quote(cfg.job.name)}, run {shlex.quote(cfg.run.id)}, local backend",
         f"# {cfg.resources.nodes} node(s) x {cfg.procs_per_node} process(es), "
         + (f"{cfg.resources.gpus_per_node} GPU(s) per node (nccl)" if cfg.uses_gpus else "CPU (gloo)"),
+        code_comment(cfg),
         f"cd {shlex.quote(cfg.run.workdir or '.')}",
     ]
     if len(cmds) == 1:
@@ -161,6 +170,7 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
         f"profile {shlex.quote(cfg.run.profile)}, {prof.launch_mode} mode",
         f"# {cfg.resources.nodes} node(s) x {cfg.procs_per_node} rank(s), "
         + (f"{cfg.resources.gpus_per_node} GPU(s) per node (nccl)" if cfg.uses_gpus else "CPU (gloo)"),
+        code_comment(cfg),
     ]
     if array:
         lines.append("# one task of a job array (launch sweep): the array's own script runs this file with bash")

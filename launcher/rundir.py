@@ -81,6 +81,7 @@ class RunDir:
     SUBMITIT = "submitit"
     BATCH_SCRIPT = "job.sbatch"
     PREEMPT_CKPT = "preempt.ckpt"
+    PERIODIC_CKPT = "resume.ckpt"  # launch's periodic full-state checkpoint (every N steps or minutes)
     LAST_CKPT = "last.ckpt"
 
     # -- what launch writes
@@ -104,6 +105,16 @@ class RunDir:
     @property
     def plan(self) -> Path:
         return self.path / "plan.json"
+
+    @property
+    def fingerprints(self) -> Path:
+        """job.fingerprints: each rank's per-batch state digests (launch verify)."""
+        return self.path / "fingerprints"
+
+    @property
+    def code(self) -> Path:
+        """The user's code as submitted (launcher/code_snapshot.py): what every attempt imports."""
+        return self.path / "code"
 
     @property
     def events(self) -> Path:
@@ -163,6 +174,14 @@ class RunDir:
     @property
     def preempt_checkpoint(self) -> Path:
         return self.checkpoints / self.PREEMPT_CKPT
+
+    @property
+    def periodic_checkpoint(self) -> Path:
+        return self.checkpoints / self.PERIODIC_CKPT
+
+    def full_state_checkpoints(self) -> list[Path]:
+        """launch's own mid-epoch checkpoints, which resume bit for bit: preemption, periodic."""
+        return [p for p in (self.preempt_checkpoint, self.periodic_checkpoint) if p.is_file()]
 
     @property
     def metrics_csv(self) -> Path:

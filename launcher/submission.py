@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from launcher import backends, config, render
+from launcher import backends, code_snapshot, config, render
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event
@@ -31,9 +31,16 @@ def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = Fal
     cfg = config.finalize(cfg, run.path, run.run_id, job_file)
     atomic_write_text(run.config, config.dumps(cfg))
     atomic_write_text(run.script(cfg.cluster.backend), render_script(cfg, array))
+    if cfg.job.snapshot_code:
+        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code)
+        event_fields["code"] = {"packages": taken["packages"], "files": len(taken["files"])}
     run.add_event(Event.SUBMITTED, backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
                   **event_fields)
     return cfg, run
+
+
+def job_class_paths(cfg: JobConfig) -> dict[str, str]:
+    return {"model": cfg.model.class_path, "data": cfg.data.class_path}
 
 
 def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:

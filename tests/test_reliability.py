@@ -21,6 +21,7 @@ import torch
 from launcher.backends.local import processes_of
 from launcher.rundir import RunDir
 from tests.helpers.launch import REPO, run_launch
+from tests.helpers.runs import kill_every_process
 from tests.helpers.values import NASTY, SECRETS
 
 pytestmark = pytest.mark.multiprocess
@@ -156,13 +157,9 @@ def test_a_crashed_run_with_torn_records_is_reported_and_resumes(tmp_path: Path)
                     extra='[checkpoint]\nevery_n_train_steps = 10\nsave_top_k = -1\nsave_last = false\nfilename = "s-{step}"')
     run_dir = submit(job, tmp_path / "runs")
     run = RunDir(run_dir)
-    wait_for(lambda: len(list(run.checkpoints.glob("s*.ckpt"))) >= 2, 120, "two checkpoints", run_dir)
-    for pid in [int(run.supervisor_pid.read_text())] + processes_of(run):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: not processes_of(run), 30, "every process gone", run_dir)
+    # the periodic full-state checkpoint (resume.ckpt) replaced once: at step 10, then 20
+    wait_for(lambda: run.periodic_checkpoint.exists() and step_of(run_dir) >= 22, 120, "two checkpoints", run_dir)
+    kill_every_process(run_dir)
     # what a kill in the middle of writing would leave: a torn event line, a partial temp file
     with open(run.events, "ab") as fh:
         fh.write(b'{"event": "preempted", "time": "2026-')
@@ -175,7 +172,7 @@ def test_a_crashed_run_with_torn_records_is_reported_and_resumes(tmp_path: Path)
     info = status(run_dir)
     assert info["state"] == "completed" and info["global_step"] == 3 * 23, info
     resumed = [e for e in run.read_events() if e["event"] == "training_started"][-1]
-    assert resumed["resume_from"].startswith("s"), resumed
+    assert resumed["resume_from"] == "resume.ckpt", resumed
 
 
 # --------------------------------------------------------------------------- disk full
@@ -201,8 +198,8 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(tmp_pa
                     steps=60, extra="[checkpoint]\nevery_n_train_steps = 10\nsave_last = false")
     run_dir = submit(job, small_disk / "runs")
     run = RunDir(run_dir)
-    wait_for(lambda: list(run.checkpoints.glob("*step=10.ckpt")), 120, "the first checkpoint", run_dir)
-    first = next(run.checkpoints.glob("*step=10.ckpt"))
+    first = run.periodic_checkpoint
+    wait_for(first.exists, 120, "the first periodic checkpoint (step 10)", run_dir)
     free = shutil.disk_usage(small_disk).free
     (small_disk / "filler").write_bytes(b"\0" * (free - 1_500_000))  # room for logs, not for a checkpoint
     wait_for(lambda: ended(run_dir), 120, "the job to fail", run_dir)

@@ -82,6 +82,18 @@ class JobSection:
     # in the same order (exact resume at 3+ ranks). False: DDP's own rebuild (a few % faster on
     # large models; a resumed run then differs from an uninterrupted one in the last bits).
     fixed_ddp_buckets: bool = True
+    # Copy the job's own code (its class paths' modules in the submit directory and what they
+    # import from it) into the run directory at submit; every attempt imports that copy, so a
+    # requeue or resume trains the code that was submitted. False: import the submit directory live.
+    snapshot_code: bool = True
+    # Every rank records a digest of each piece of state at every training batch (fingerprints/):
+    # what `launch verify` compares to name the first state that diverged. Costs a hash of the
+    # weights a step: for verification runs.
+    fingerprints: bool = False
+    # Drills `launch verify` runs (real code paths, at steps it draws): stop as if preempted after
+    # each of these optimizer steps; SIGKILL every process of the run (local) at this step, once.
+    drill_preempt_at_steps: list[int] = field(default_factory=list)
+    drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,10 @@ class CheckpointSection:
     save_last: bool = True
     filename: str | None = None
     every_n_epochs: int | None = None
-    every_n_train_steps: int | None = None
+    # launch's periodic full-state checkpoint (checkpoints/resume.ckpt): every N optimizer steps
+    # and/or every N minutes (0: off), at the first batch boundary it can resume exactly from
+    every_n_train_steps: int | None = bounded(None, AT_LEAST_ONE)
+    every_n_minutes: float = bounded(30.0, NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)

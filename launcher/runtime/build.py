@@ -81,7 +81,9 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         save_top_k=ck.save_top_k,
         save_last=ck.save_last,
         every_n_epochs=ck.every_n_epochs,
-        every_n_train_steps=ck.every_n_train_steps,
+        # A preemptible job's step-interval checkpoint is launch's full-state one (checkpoints/
+        # resume.ckpt, at a boundary it resumes exactly from); ModelCheckpoint keeps the epoch ends.
+        every_n_train_steps=None if cfg.job.preemptible else ck.every_n_train_steps,
     )
     loggers: list[Any] = []
     if cfg.logging.tensorboard:
@@ -92,6 +94,14 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
     callbacks: list[Any] = [*gates, checkpoint, RunProgress(run),
                             *job_callbacks.from_job_file(cfg, run, bool(loggers)), *extra_callbacks]
+    if cfg.job.fingerprints:  # after the preemption handler: it records the state a resumed batch starts from
+        from launcher.runtime.fingerprints import Fingerprints
+
+        callbacks.append(Fingerprints(run.fingerprints))
+    if cfg.job.drill_kill_at_step:
+        from launcher.runtime.fingerprints import KillDrill
+
+        callbacks.append(KillDrill(run, cfg.job.drill_kill_at_step))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(TimedProgressBar())
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}

@@ -15,6 +15,7 @@ from launcher.lifecycle import Event
 from launcher.rundir import RunDir
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
+from launcher.runtime.loggers import rewind_history
 from launcher.runtime.preemption import Preempted, PreemptionHandler
 from launcher.runtime.requeue import requeue_on_slurm
 from launcher.runtime.strategy import guard_evaluation_logging
@@ -36,8 +37,10 @@ def once_per_job(obj: Any, method: str) -> None:
 
 
 def find_resume_checkpoint(run: RunDir) -> Path | None:
-    """The newest complete checkpoint of the run (writes are atomic: a visible file is whole)."""
-    candidates = [p for p in run.checkpoints.glob("*.ckpt") if not p.name.startswith(".")]
+    """The newest of launch's full-state checkpoints (preemption, periodic), which resume bit for
+    bit; without either, the newest of the others (ModelCheckpoint's, at epoch and validation
+    ends; last.ckpt). Writes are atomic: a visible file is whole."""
+    candidates = run.full_state_checkpoints() or [p for p in run.checkpoints.glob("*.ckpt") if not p.name.startswith(".")]
     return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
 
 
@@ -59,13 +62,24 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
             run.add_event(Event.PREEMPTED, **info)
         print(f"preemption: all ranks stop after step {info['step']} (signal: {info['signal']})", flush=True)
 
+    rewound: dict[str, Any] = {}
+
     def on_resume(trainer: Any, mid_epoch: bool) -> None:
         if trainer.global_rank == 0:
             run.add_event(Event.RESUMED, global_step=int(trainer.global_step), epoch=int(trainer.current_epoch),
-                          mid_epoch=mid_epoch, checkpoint=resume.name if resume else None)
+                          mid_epoch=mid_epoch, checkpoint=resume.name if resume else None, **rewound)
 
+    def rewind(trainer: Any, logged_steps: int | None) -> None:
+        """History after the checkpoint (a crash's lost steps) goes: they are trained again."""
+        if logged_steps is not None:
+            rewound.update(history_kept_to_step=logged_steps,
+                           csv_rows_dropped=rewind_history(trainer.loggers, logged_steps))
+
+    ck = cfg.checkpoint
     handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint),
-                                on_preempt, on_resume)
+                                on_preempt, on_resume, periodic_path=str(run.periodic_checkpoint),
+                                every_n_steps=ck.every_n_train_steps, every_n_minutes=ck.every_n_minutes, rewind=rewind)
+    handler.drill_steps = set(cfg.job.drill_preempt_at_steps)
     trainer = build_trainer(cfg, run, [handler] if cfg.job.preemptible else [])
     resume = find_resume_checkpoint(run)
     if rank == 0:
@@ -101,6 +115,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
         print(f"[launch] {late}", flush=True)
     if rank == 0:
         run.preempt_checkpoint.unlink(missing_ok=True)  # superseded by last.ckpt
+        run.periodic_checkpoint.unlink(missing_ok=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         run.add_event(
             Event.TRAINED,

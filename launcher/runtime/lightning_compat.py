@@ -101,6 +101,32 @@ def restored_epoch(checkpoint: dict[str, Any]) -> int | None:
         return None
 
 
+def dump_checkpoint(trainer: Trainer) -> dict[str, Any]:
+    """The checkpoint `trainer.save_checkpoint` would write now (every rank runs the callbacks'
+    on_save_checkpoint, which may gather), without writing it: `strategy.save_checkpoint` does."""
+    return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+
+
+def logged_steps(checkpoint: dict[str, Any]) -> int | None:
+    """The logging step of the last training step `checkpoint` holds (Lightning's
+    `_batches_that_stepped` when it was saved; the step the loggers wrote that step's rows at):
+    a run resumed from it logs from the next one on."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def purge_tensorboard_from(logger: Any, step: int) -> None:
+    """Hide, in TensorBoard, every event of earlier attempts at `step` or later: a SessionLog START
+    at `step` (TensorBoard's own restart mechanism, what SummaryWriter(purge_step=) writes; its
+    reader drops what came before it at that step or later). Written through the logger's writer,
+    made now if it is not yet (rank zero)."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    logger.experiment._get_file_writer().add_event(Event(step=step, session_log=SessionLog(status=SessionLog.START)))
+
+
 def set_checkpoint_loader_states(checkpoint: dict[str, Any], states: list[Any]) -> None:
     """The stateful training loaders' states Lightning restores from `checkpoint` (its own save
     keeps rank zero's; each rank passes its own here, before the loops are restored)."""

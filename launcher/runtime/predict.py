@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m launcher.runtime.predict RUN_DIR best|last|PATH", file=sys.stderr)
         return 2
     run = RunDir(Path(argv[0]))
-    import_user_code(load_resolved(run.config))
+    import_user_code(load_resolved(run.config), run)
     predict(run, argv[1])
     return 0
 

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import StochasticWeightAveraging
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
@@ -96,6 +97,15 @@ def _data_state(trainer: Trainer, batches: int) -> dict[str, Any]:
     return state
 
 
+def flush_loggers(trainer: Trainer) -> None:
+    """Put every row logged so far on disk (rank zero): metrics.csv, TensorBoard's event file."""
+    for logger in trainer.loggers:
+        logger.save()
+        flush = getattr(logger.experiment, "flush", None)
+        if callable(flush):
+            flush()
+
+
 class StopGate(Callback):
     """Raises `Preempted` at the start of the batch after the stop, before any other callback's
     on_train_batch_start (build_trainer puts it first): nothing is logged for a step that will
@@ -112,11 +122,27 @@ class StopGate(Callback):
 class PreemptionHandler(Callback):
     """Owns the preemption signal for the whole fit (see the module docstring)."""
 
-    def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any) -> None:
+    def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any,
+                 periodic_path: str | None = None, every_n_steps: int | None = None, every_n_minutes: float = 0.0,
+                 rewind: Any = None) -> None:
         self.signals = signal_numbers
         self.checkpoint_path = checkpoint_path
         self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
         self.on_resume = on_resume  # called on every rank with (trainer, mid_epoch) when training restarts
+        # The periodic full-state checkpoint: due every `every_n_steps` optimizer steps and every
+        # `every_n_minutes` (rank zero's clock, agreed in the stop agreement's all-reduce), taken at
+        # the first safe boundary from then on. Its state is taken at that boundary and written at
+        # the start of the next batch, after the step's metrics are logged and the loggers flushed:
+        # whatever a crash interrupts, the newest checkpoint's history is on disk.
+        self.periodic_path = periodic_path
+        self.every_n_steps = every_n_steps
+        self.every_n_s = every_n_minutes * 60.0
+        self.rewind = rewind  # called on rank zero with (trainer, logged_steps) before a resumed fit logs
+        self._next_periodic_step = every_n_steps or 0
+        self._periodic_at = time.monotonic()
+        self._time_due = False
+        self._to_write: dict[str, Any] | None = None
+        self.drill_steps: set[int] = set()  # job.drill_preempt_at_steps (launch verify)
         self.stop_at: tuple[int, int] | None = None
         self._pending_restore: dict[str, Any] | None = None
         self._accumulators_to_add: dict[str, Any] | None = None
@@ -148,10 +174,36 @@ class PreemptionHandler(Callback):
         if self._accumulators_to_add is not None:
             compat.add_epoch_accumulators(trainer, self._accumulators_to_add)
             self._accumulators_to_add = None
-        if trainer.global_step < self._next_agreement or not self._safe_boundary(trainer, batch_idx):
+        step = trainer.global_step
+        if step in self.drill_steps:  # a preemption drill: as if rank zero were signalled now
+            if trainer.global_rank == 0 and not signals.is_set():
+                signals.received.update(signum=int(signal.SIGUSR1), at=time.time())
+            self._next_agreement = min(self._next_agreement, step)  # every rank: agree at once
+        steps_due = self.periodic_path is not None and self.every_n_steps is not None and step >= self._next_periodic_step
+        agree = step >= self._next_agreement
+        if not (agree or steps_due or self._time_due) or not self._safe_boundary(trainer, batch_idx):
             return
-        if not self._agree_to_stop(trainer):
-            return
+        if agree and self._agree_to_stop(trainer):
+            self._stop(trainer, batch_idx)
+        elif steps_due or self._time_due:
+            self._take_periodic(trainer, batch_idx)
+
+    def _take_periodic(self, trainer: Trainer, batch_idx: int) -> None:
+        """The periodic checkpoint's state, now (every rank: the RNG and metric states are gathered);
+        written at the next batch's start."""
+        self._saving_batch = (trainer.current_epoch, batch_idx + 1)
+        self._to_write = compat.dump_checkpoint(trainer)
+        self._time_due, self._periodic_at = False, time.monotonic()
+        if self.every_n_steps:
+            self._next_periodic_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
+
+    def _write_periodic(self, trainer: Trainer) -> None:
+        checkpoint, self._to_write = self._to_write, None
+        if trainer.global_rank == 0:
+            flush_loggers(trainer)  # the steps up to this checkpoint's are on disk before it is
+        trainer.strategy.save_checkpoint(checkpoint, self.periodic_path)
+
+    def _stop(self, trainer: Trainer, batch_idx: int) -> None:
         started = time.time()
         self._saving_batch = (trainer.current_epoch, batch_idx + 1)
         trainer.save_checkpoint(self.checkpoint_path)
@@ -177,11 +229,15 @@ class PreemptionHandler(Callback):
             if step > last_step and now > last_time:
                 every = int(AGREE_EVERY_S / ((now - last_time) / (step - last_step)))
         every = max(1, min(every, AGREE_MAX_STEPS)) if trainer.global_rank == 0 else 0
-        message = torch.tensor([1 if signals.is_set() else 0, every], device=trainer.strategy.root_device)
+        # rank zero's clock says whether the periodic checkpoint is due: one clock, one decision
+        time_due = int(trainer.global_rank == 0 and self.periodic_path is not None and self.every_n_s > 0
+                       and now - self._periodic_at >= self.every_n_s)
+        message = torch.tensor([1 if signals.is_set() else 0, every, time_due], device=trainer.strategy.root_device)
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             dist.all_reduce(message, op=dist.ReduceOp.MAX)
         self._last_agreement = (step, now)
         self._next_agreement = step + int(message[1].item())
+        self._time_due = self._time_due or bool(message[2].item())
         return bool(message[0].item())
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -212,6 +268,8 @@ class PreemptionHandler(Callback):
         self._resumed = True
         if isinstance(trainer.strategy, LaunchDDPStrategy):
             trainer.strategy.restored_epoch = compat.restored_epoch(checkpoint)
+        if self.rewind is not None and trainer.global_rank == 0 and trainer.state.fn == TrainerFn.FITTING:
+            self.rewind(trainer, compat.logged_steps(checkpoint))  # not for test's load of the best checkpoint
         state = checkpoint.get("launch")
         if not state:
             return
@@ -237,6 +295,9 @@ class PreemptionHandler(Callback):
             compat.set_checkpoint_loader_states(checkpoint, data["loaders"])
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._periodic_at = time.monotonic()
+        if self.every_n_steps:
+            self._next_periodic_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
         if self._resumed:
             self.on_resume(trainer, self._resume_position is not None)
         if self._resume_position is None:
@@ -260,6 +321,8 @@ class PreemptionHandler(Callback):
             compat.end_restart(trainer)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._to_write is not None:
+            self._write_periodic(trainer)
         if self._pending_restore is not None:
             _set_rng_state(self._pending_restore["rng"])
             _load_metric_states(pl_module, self._pending_restore["metrics"])

@@ -45,7 +45,7 @@ def _main(run: RunDir, rank: int) -> int:
         # Own the preemption signal from the first moment: its default action kills the process.
         if cfg.job.preemptible:
             signals.install(signals.preemption_signals(cfg.cluster.signal))
-        import_user_code(cfg)
+        import_user_code(cfg, run)
         from launcher.runtime.fit import train
 
         train(cfg, run, rank)
@@ -85,7 +85,10 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def import_user_code(cfg: JobConfig) -> None:
-    """Make the submit directory importable, as it was at submission (the user's own modules)."""
-    if cfg.run.workdir and cfg.run.workdir not in sys.path:
+def import_user_code(cfg: JobConfig, run: RunDir) -> None:
+    """Make the user's modules importable: the run's snapshot of them (taken at submit, or by
+    `launch resume --code current`), ahead of everything; without one, the submit directory."""
+    if run.code.is_dir():
+        sys.path.insert(0, str(run.code))
+    elif cfg.run.workdir and cfg.run.workdir not in sys.path:
         sys.path.insert(0, cfg.run.workdir)

@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-trials", type=int, default=6)
     args = parser.parse_args(argv)
     run = RunDir(Path(args.run))
-    import_user_code(load_resolved(run.config))
+    import_user_code(load_resolved(run.config), run)
     tune(run, args.lr, args.batch_size, args.max_trials)
     return 0
 

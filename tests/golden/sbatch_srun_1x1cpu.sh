@@ -1,6 +1,7 @@
 #!/bin/bash
 # launch: job digits, run RUN, profile cpu, srun mode
 # 1 node(s) x 1 rank(s), CPU (gloo)
+# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit (launch resume --code current replaces it)
 #SBATCH --job-name=digits
 #SBATCH --partition=debug
 #SBATCH --nodes=1

@@ -1,6 +1,7 @@
 #!/bin/bash
 # launch: job digits, run RUN, profile gpu8, torchrun mode
 # 4 node(s) x 8 rank(s), 8 GPU(s) per node (nccl)
+# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit (launch resume --code current replaces it)
 #SBATCH --job-name=digits
 #SBATCH --partition=gpu
 #SBATCH --account=ml-team

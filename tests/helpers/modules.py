@@ -189,3 +189,16 @@ class SlowTestMLP(PreemptableMLP):
     def test_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
         time.sleep(0.5)
         super().test_step(batch, batch_idx)
+
+
+class CountingLossMLP(MLP):
+    """Keeps a plain counter (outside its state_dict) that scales the loss: a resumed attempt
+    starts it at 0 again, so it trains differently from an uninterrupted run."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.seen = 0
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        self.seen += 1
+        return super().training_step(batch, batch_idx) * (1.0 + 0.01 * self.seen)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -85,6 +87,21 @@ def preempt_at(run_dir: Path, steps: tuple[int, ...], timeout: float = 240,
         assert results[-1].returncode == 0, results[-1].stderr
         wait_for(lambda k=n: count(run_dir, "resumed") == k, timeout, f"resume #{n}", run_dir)
     return results
+
+
+def kill_every_process(run_dir: Path) -> None:
+    """What a machine's crash does to a local run: SIGKILL its supervisor, agents, ranks and
+    workers at once, and wait until none is left."""
+    from launcher.backends.local import processes_of
+    from launcher.rundir import RunDir
+
+    run = RunDir(run_dir)
+    for pid in [int(run.supervisor_pid.read_text())] + processes_of(run):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not processes_of(run), 30, "every process gone", run_dir)
 
 
 def submit(job: Path, runs: Path, *extra: str) -> Path:

@@ -1,0 +1,58 @@
+"""`launch verify`: a job that resumes exactly is certified; one that does not is named, with the
+first step and the piece of state that diverged."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.launch import REPO
+
+pytestmark = pytest.mark.multiprocess
+
+JOB = """
+[job]
+name = "{name}"
+seed = 6
+
+[model]
+class_path = "{model}"
+init_args = {{ in_features = 64, hidden = 16, lr = 0.02, dropout = 0.25 }}
+
+[data]
+class_path = "digits"
+init_args = {{ data_dir = "{data}", batch_size = 16, num_workers = 1 }}
+"""
+
+
+def start_verify(tmp: Path, name: str, model: str, *args: str) -> subprocess.Popen:
+    job = tmp / f"{name}.toml"
+    job.write_text(JOB.format(name=name, model=model, data=tmp / name / "data"))
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "verify", str(job), "--runs-dir", str(tmp / "runs"),
+                             "--procs", "3", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")})
+
+
+def test_verify_certifies_an_exact_job_and_names_a_model_attribute_outside_the_state_dict(tmp_path: Path) -> None:
+    """Both at 3 ranks with a DataLoader worker each, run side by side (their start-ups overlap)."""
+    exact = start_verify(tmp_path, "exact", "mlp", "--preemptions", "2", "--seed", "3")
+    counting = start_verify(tmp_path, "counting", "tests.helpers.modules.CountingLossMLP", "--preemptions", "1",
+                            "--seed", "1")
+    out, err = exact.communicate(timeout=900)
+    assert exact.returncode == 0, out + err[-4000:]
+    assert out.startswith("exact: preempted 2 time(s) and killed once"), out
+    assert "16 steps x 3 ranks" in out
+    assert "preempted at steps" in err and "every process SIGKILLed at step" in err, err
+    runs = sorted((tmp_path / "runs" / "verify" / "exact").iterdir())
+    assert len(runs) == 3 and all((r / "checkpoints" / "last.ckpt").exists() for r in runs)
+
+    out, err = counting.communicate(timeout=900)
+    assert counting.returncode == 1, out + err[-4000:]
+    assert out.startswith("NOT exact: the preempted run first differs at step "), out
+    assert "the model's attribute `seen` (outside its state_dict): 0 here, " in out, out
+    assert "in the reference" in out and "self.register_buffer" in out, out
+    assert "the killed run first differs at step " in out, out
