@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
-from bench.preemption import launch, of
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.preemption import launch, of  # noqa: E402
 
 
 def train_s(run: Path) -> float:
     return of(run, "trained")[0]["t"] - of(run, "first_step")[0]["t"]
+
+
+def _size(runs: Path) -> int:
+    """The size of the run's last.ckpt (the periodic one is the same state, removed at the end)."""
+    found = list(runs.glob("*/*/checkpoints/last.ckpt"))
+    return found[0].stat().st_size if found else 0
 
 
 def run_once(runs: Path, steps: int, every: int | None) -> Path:
@@ -45,14 +54,15 @@ def main() -> None:
     size = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            base = train_s(run_once(Path(tmp) / f"r{r}-none", args.steps, None))
+            # the order alternates between repeats: a VM's first run of a series is often the slowest
+            order: list[int | None] = [None, *intervals] if r % 2 == 0 else [*intervals, None]
+            times = {n: train_s(run_once(Path(tmp) / f"r{r}-{n or 'none'}", args.steps, n)) for n in order}
+            base = times[None]
             base_times.append(base)
             for n in intervals:
-                run = run_once(Path(tmp) / f"r{r}-{n}", args.steps, n)
-                ratios[n].append(train_s(run) / base)
-                last = run / "checkpoints" / "last.ckpt"
-                size[n] = last.stat().st_size if last.exists() else 0
-                print(f"repeat {r + 1}: every {n} steps: {train_s(run):.2f} s vs {base:.2f} s without", flush=True)
+                ratios[n].append(times[n] / base)
+                size[n] = _size(Path(tmp) / f"r{r}-{n}")
+                print(f"repeat {r + 1}: every {n} steps: {times[n]:.2f} s vs {base:.2f} s without", flush=True)
     print(f"\n{args.steps} steps, 2 processes, median training time without periodic checkpoints: "
           f"{statistics.median(base_times):.2f} s ({statistics.median(base_times) / args.steps * 1000:.1f} ms a step)")
     for n in intervals:
