@@ -128,12 +128,19 @@ def task_log_pattern(cfg: JobConfig, task: str, array: bool = False) -> str:
     return f"{submitit_folder(cfg)}/{'%A_%a' if array else '%j'}_{task}_log.out"
 
 
+def task_cpus(cfg: JobConfig) -> int | None:
+    """CPUs of one SLURM task: a rank's (srun mode), or a node's ranks' together (torchrun mode,
+    one task per node runs them all)."""
+    cpus = cfg.resources.cpus_per_task
+    if cpus is not None and cfg.cluster.launch_mode == "torchrun":
+        cpus *= cfg.procs_per_node
+    return cpus
+
+
 def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, str | None]]:
     res, prof = cfg.resources, cfg.cluster
     per_node_tasks = cfg.procs_per_node if prof.launch_mode == "srun" else 1
-    cpus = res.cpus_per_task
-    if cpus is not None and prof.launch_mode == "torchrun":
-        cpus *= cfg.procs_per_node  # one task per node runs all of that node's ranks
+    cpus = task_cpus(cfg)
     items: list[tuple[str, str | None]] = [
         ("job-name", cfg.job.name),
         ("partition", prof.partition),
@@ -144,7 +151,7 @@ def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, st
         ("ntasks-per-node", str(per_node_tasks)),
         ("gpus-per-node", str(res.gpus_per_node) if res.gpus_per_node else None),
         ("cpus-per-task", str(cpus) if cpus else None),
-        ("mem", res.mem),
+        ("mem", res.mem or prof.mem),
         ("time", res.time or prof.max_time),
         ("signal", f"{prof.signal}@{prof.signal_grace_s}"),
         ("requeue", ""),
@@ -186,6 +193,14 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     # --kill-on-bad-exit: a rank (or node agent) that exits non-zero ends the step at once; the
     # others would otherwise wait in a collective until job.collective_timeout_s.
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--output", task_log_pattern(cfg, "%t", array)]
+    # Restated for the step: srun of Slurm 22.05 to 23.02 does not inherit the batch's
+    # --cpus-per-task, and with CPU binding every task would get one core.
+    if task_cpus(cfg):
+        srun += [f"--cpus-per-task={task_cpus(cfg)}"]
+    # One GPU a task (srun mode) only: binding torchrun's one task per node could hide the GPUs
+    # away from the cores it was given.
+    if prof.gpu_bind and cfg.uses_gpus and prof.launch_mode == "srun":
+        srun += [f"--gpu-bind={prof.gpu_bind}"]
     if prof.launch_mode == "torchrun":
         lines += [
             "# the rendezvous host: the first node of this allocation",

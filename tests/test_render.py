@@ -111,6 +111,8 @@ constraint = "h100"
 gpus_per_node = 8
 cpus_per_node = 96
 mem_per_node = "1000G"
+mem = "800G"
+gpu_bind = "closest"
 max_time = "2-00:00:00"
 launch_mode = "{mode}"
 signal = "USR1"
@@ -153,6 +155,28 @@ SBATCH_CASES = [
 @pytest.mark.parametrize("name,mode,profile,kwargs", SBATCH_CASES, ids=[c[0] for c in SBATCH_CASES])
 def test_sbatch_render_matches_golden(write, name, mode, profile, kwargs) -> None:
     check_golden(name, render.render_sbatch(slurm_config(write, mode, profile, **kwargs)))
+
+
+@pytest.mark.parametrize("mode", ["srun", "torchrun"])
+def test_srun_restates_the_cpus_of_a_task_and_binds_gpus_in_srun_mode(write, mode) -> None:
+    """Slurm 22.05-23.02's srun does not inherit the batch's --cpus-per-task: every srun line says
+    it (a rank's CPUs; in torchrun mode the node's). The profile's memory is the default request."""
+    script = render.render_sbatch(slurm_config(write, mode, "gpu8", nodes=2, gpus=8))
+    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    cpus = 1 if mode == "srun" else 8  # the job asks 1 CPU a rank; torchrun mode: the node's 8 ranks in one task
+    assert len(srun) == 1 and f" --cpus-per-task={cpus} " in srun[0] and f"#SBATCH --cpus-per-task={cpus}" in script
+    assert (" --gpu-bind=closest " in srun[0]) == (mode == "srun"), srun[0]
+    assert "#SBATCH --mem=800G" in script  # the profile's, as the job does not say
+    cpu_only = render.render_sbatch(slurm_config(write, mode, "cpu", nodes=1, procs=2))
+    assert "--gpu-bind" not in cpu_only
+
+
+def test_a_gpu_binding_slurm_does_not_know_is_refused(write) -> None:
+    job = write("job.toml", JOB)
+    cluster = write("cluster.toml", SLURM_CLUSTER.format(mode="srun").replace('gpu_bind = "closest"',
+                                                                             'gpu_bind = "nearest; rm -rf ~"'))
+    with pytest.raises(config.ConfigError, match=r"cluster.gpu_bind.*use closest, none, single:N"):
+        config.resolve(Request(job_file=str(job), cluster_file=str(cluster), cluster="gpu8"))
 
 
 def test_sbatch_task_command_is_submitits_own(write, tmp_path) -> None:

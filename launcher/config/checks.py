@@ -78,13 +78,19 @@ def validate(cfg: JobConfig, src: Sources) -> None:
 def _check_allocation_units(cfg: JobConfig, src: Sources) -> None:
     """Memory and time: well-formed, and within the profile's limits."""
     res, prof = cfg.resources, cfg.cluster
-    if res.mem is not None:
-        mem = parse_mem_mb(res.mem, src.of("resources.mem"), "resources.mem")
+    asked_mem, mem_key = (res.mem, "resources.mem") if res.mem is not None else (prof.mem, "cluster.mem")
+    if asked_mem is not None:
+        mem = parse_mem_mb(asked_mem, src.of(mem_key), mem_key)
         if prof.mem_per_node is not None:
             limit = parse_mem_mb(prof.mem_per_node, src.of("cluster.mem_per_node"), "cluster.mem_per_node")
             if mem > limit:
-                raise ConfigError(src.of("resources.mem"), "resources.mem",
-                                  f"{res.mem} per node requested; '{src.profile}' nodes have {prof.mem_per_node}")
+                raise ConfigError(src.of(mem_key), mem_key,
+                                  f"{asked_mem} per node requested; '{src.profile}' nodes have {prof.mem_per_node}")
+    if prof.gpu_bind is not None and not re.fullmatch(
+            r"(verbose,)?(closest|none|single:\d+|map_gpu:[0-9*,]+|mask_gpu:[0-9a-fA-Fx*,]+)", prof.gpu_bind):
+        raise ConfigError(src.of("cluster.gpu_bind"), "cluster.gpu_bind",
+                          f"{prof.gpu_bind!r}: use closest, none, single:N, map_gpu:LIST or mask_gpu:LIST "
+                          "(optionally prefixed by verbose,)")
     if prof.max_time is not None:
         limit = parse_time_minutes(prof.max_time, src.of("cluster.max_time"), "cluster.max_time")
         if res.time is not None:
@@ -103,7 +109,7 @@ def _check_script_values(cfg: JobConfig, src: Sources) -> None:
     def err(key: str, message: str) -> ConfigError:
         return ConfigError(src.of(key), key, message)
 
-    for key in ("partition", "account", "qos", "constraint", "max_time", "mem_per_node", "python", "runs_dir"):
+    for key in ("partition", "account", "qos", "constraint", "max_time", "mem_per_node", "mem", "python", "runs_dir"):
         value = getattr(prof, key)
         if value is not None and any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise err(f"cluster.{key}", f"{value!r}: line breaks and control characters are not allowed")

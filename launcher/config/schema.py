@@ -233,6 +233,8 @@ class ClusterProfile:
     gpus_per_node: int | Literal["auto"] = bounded("auto", at_least(0, "must be 0 or more, or 'auto'", only=int))
     cpus_per_node: int | None = None
     mem_per_node: str | None = None
+    mem: str | None = None  # memory to request per node when the job does not say (resources.mem)
+    gpu_bind: str | None = None  # srun --gpu-bind for GPU runs, e.g. "closest" (srun mode: one GPU a rank)
     max_time: str | None = None
     max_nodes: int | None = None
     partition: str | None = None
