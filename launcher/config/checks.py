@@ -100,6 +100,15 @@ def _check_allocation_units(cfg: JobConfig, src: Sources) -> None:
                                   f"{res.time} requested; profile '{src.profile}' allows at most {prof.max_time}")
     elif res.time is not None:
         parse_time_minutes(res.time, src.of("resources.time"), "resources.time")
+    # The preemption warning comes signal_grace_s before the time limit: not before the start.
+    limit_text, limit_key = (res.time, "resources.time") if res.time is not None else (prof.max_time, "cluster.max_time")
+    if prof.backend == "slurm" and limit_text is not None:
+        limit_s = parse_time_seconds(limit_text, src.of(limit_key), limit_key)
+        if prof.signal_grace_s >= limit_s:
+            raise ConfigError(src.of("cluster.signal_grace_s"), "cluster.signal_grace_s",
+                              f"{prof.signal_grace_s} s is not shorter than the time limit ({limit_key} = "
+                              f"{limit_text}, {limit_s} s): the job would be told to stop as it starts; ask for more "
+                              "time or a shorter grace")
 
 
 def _check_script_values(cfg: JobConfig, src: Sources) -> None:
@@ -134,7 +143,7 @@ def check_path(label: str, path: str) -> None:
 # --------------------------------------------------------------------------- units
 
 
-def parse_time_minutes(text: str, source: str, key: str) -> int:
+def parse_time_seconds(text: str, source: str, key: str) -> int:
     """SLURM time formats: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
     m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not m:
@@ -143,16 +152,21 @@ def parse_time_minutes(text: str, source: str, key: str) -> int:
     nums = [int(x) for x in (a, b, c) if x is not None]
     if days is not None:
         hours, minutes, seconds = (nums + [0, 0])[:3]
-        total = int(days) * 1440 + hours * 60 + minutes + (seconds > 0)
+        total = ((int(days) * 24 + hours) * 60 + minutes) * 60 + seconds
     elif len(nums) == 1:
-        total = nums[0]
+        total = nums[0] * 60
     elif len(nums) == 2:
-        total = nums[0] + (nums[1] > 0)
+        total = nums[0] * 60 + nums[1]
     else:
-        total = nums[0] * 60 + nums[1] + (nums[2] > 0)
+        total = (nums[0] * 60 + nums[1]) * 60 + nums[2]
     if total <= 0:
         raise ConfigError(source, key, f"{text!r}: time must be positive")
     return total
+
+
+def parse_time_minutes(text: str, source: str, key: str) -> int:
+    """The time in whole minutes, rounded up (as SLURM rounds a limit)."""
+    return -(-parse_time_seconds(text, source, key) // 60)
 
 
 def parse_mem_mb(text: str, source: str, key: str) -> int:
