@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -11,14 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-from launcher import backends, code_snapshot, config, sweep
+from launcher import backends, config, sweep
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event, RunStatus, State, last_event
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
-from launcher.submission import job_class_paths, render_preview, render_script, start_run
+from launcher.submission import render_preview, render_script, resume_run, start_run
 from launcher.table import format_table
 
 SMOKE_OVERRIDES = (
@@ -210,21 +209,10 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
     if info.state == State.COMPLETED:
         raise LaunchError(f"{run.path}: already completed")
-    cfg = config.load_resolved(run.config)
-    if cfg.cluster.backend == "local":  # the old rendezvous port may be taken by now
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
-    code: dict[str, Any] = {}
+    cfg, edited = resume_run(run, info.state, args.code)
     if args.code == "current":
-        before = code_snapshot.manifest(run.code)
-        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code)
-        edited = code_snapshot.changed(before, taken)
-        code = {"code": "current", "code_changed": edited[:100]}
         print(f"code: the submit directory's current code replaces the run's snapshot ({len(edited)} file(s) differ"
               + (f": {', '.join(edited[:5])}{', ...' if len(edited) > 5 else ''})" if edited else ")"), file=sys.stderr)
-    elif run.code.is_dir():
-        code = {"code": "snapshot"}
-    run.add_event(Event.RESUME_REQUESTED, previous_state=info.state, **code)
-    backend.submit(cfg, run)
     print(f"resuming {cfg.job.name} run {run.run_id} from its newest checkpoint", file=sys.stderr)
     code = _exit_code(_follow_or_detach(run, None)) if args.follow else 0
     print(run.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,24 @@ def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
         raise
     return run
+
+
+def resume_run(run: RunDir, previous_state: str, code: str = "snapshot") -> tuple[JobConfig, list[str]]:
+    """Hand a stopped run to its backend again, from its frozen config (a fresh rendezvous port
+    locally: the old one may be taken by now), recording the request; with code "current", the
+    submit directory's code replaces the run's snapshot first. Returns the config and the files
+    of the snapshot that changed."""
+    cfg = config.load_resolved(run.config)
+    if cfg.cluster.backend == "local":
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
+    fields: dict[str, Any] = {}
+    edited: list[str] = []
+    if code == "current":
+        before = code_snapshot.manifest(run.code)
+        edited = code_snapshot.changed(before, code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code))
+        fields = {"code": "current", "code_changed": edited[:100]}
+    elif run.code.is_dir():
+        fields = {"code": "snapshot"}
+    run.add_event(Event.RESUME_REQUESTED, previous_state=previous_state, **fields)
+    backends.for_run(run).submit(cfg, run)
+    return cfg, edited

@@ -24,9 +24,9 @@ from typing import Any
 from launcher import backends, config
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event, State
+from launcher.lifecycle import State
 from launcher.rundir import RunDir
-from launcher.submission import start_run
+from launcher.submission import resume_run, start_run
 
 # What each fingerprint field is, and what to change when it is the first to differ.
 ADVICE = {
@@ -90,17 +90,13 @@ def drive(configs: dict[str, JobConfig], runs_dir: Path, job_file: str, say: Cal
     runs = {name: start_run(cfg, runs_dir, job_file) for name, cfg in configs.items()}
     for name, run in runs.items():
         say(f"  {name:<10} {run.path}")
-    backend = backends.named("local")
     killed_cfg = configs["killed"]
     marker = runs["killed"].fingerprints / f"killed-at-{killed_cfg.job.drill_kill_at_step}"
     resumed, deadline = False, time.monotonic() + 24 * 3600
     while time.monotonic() < deadline:
         states = {name: backends.status(run) for name, run in runs.items()}
         if not resumed and states["killed"].state == State.FAILED and marker.exists():
-            cfg = config.load_resolved(runs["killed"].config)  # as `launch resume` does
-            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
-            runs["killed"].add_event(Event.RESUME_REQUESTED, previous_state=states["killed"].state, code="snapshot")
-            backend.submit(cfg, runs["killed"])
+            resume_run(runs["killed"], states["killed"].state)  # what `launch resume` does
             resumed = True
             say(f"  killed     every process SIGKILLed at step {killed_cfg.job.drill_kill_at_step}; launch resume")
         elif all(s.terminal for s in states.values()):

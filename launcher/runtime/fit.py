@@ -78,8 +78,8 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     ck = cfg.checkpoint
     handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint),
                                 on_preempt, on_resume, periodic_path=str(run.periodic_checkpoint),
-                                every_n_steps=ck.every_n_train_steps, every_n_minutes=ck.every_n_minutes, rewind=rewind)
-    handler.drill_steps = set(cfg.job.drill_preempt_at_steps)
+                                every_n_steps=ck.every_n_train_steps, every_n_minutes=ck.every_n_minutes, rewind=rewind,
+                                drill_steps=cfg.job.drill_preempt_at_steps)
     trainer = build_trainer(cfg, run, [handler] if cfg.job.preemptible else [])
     resume = find_resume_checkpoint(run)
     if rank == 0:

@@ -124,7 +124,7 @@ class PreemptionHandler(Callback):
 
     def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any,
                  periodic_path: str | None = None, every_n_steps: int | None = None, every_n_minutes: float = 0.0,
-                 rewind: Any = None) -> None:
+                 rewind: Any = None, drill_steps: list[int] | None = None) -> None:
         self.signals = signal_numbers
         self.checkpoint_path = checkpoint_path
         self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
@@ -138,11 +138,9 @@ class PreemptionHandler(Callback):
         self.every_n_steps = every_n_steps
         self.every_n_s = every_n_minutes * 60.0
         self.rewind = rewind  # called on rank zero with (trainer, logged_steps) before a resumed fit logs
-        self._next_periodic_step = every_n_steps or 0
-        self._periodic_at = time.monotonic()
-        self._time_due = False
+        self._schedule_periodic(0)
         self._to_write: dict[str, Any] | None = None
-        self.drill_steps: set[int] = set()  # job.drill_preempt_at_steps (launch verify)
+        self.drill_steps = set(drill_steps or ())  # job.drill_preempt_at_steps (launch verify)
         self.stop_at: tuple[int, int] | None = None
         self._pending_restore: dict[str, Any] | None = None
         self._accumulators_to_add: dict[str, Any] | None = None
@@ -176,8 +174,8 @@ class PreemptionHandler(Callback):
             self._accumulators_to_add = None
         step = trainer.global_step
         if step in self.drill_steps:  # a preemption drill: as if rank zero were signalled now
-            if trainer.global_rank == 0 and not signals.is_set():
-                signals.received.update(signum=int(signal.SIGUSR1), at=time.time())
+            if trainer.global_rank == 0:
+                signals.set_flag(int(signal.SIGUSR1))
             self._next_agreement = min(self._next_agreement, step)  # every rank: agree at once
         steps_due = self.periodic_path is not None and self.every_n_steps is not None and step >= self._next_periodic_step
         agree = step >= self._next_agreement
@@ -193,9 +191,13 @@ class PreemptionHandler(Callback):
         written at the next batch's start."""
         self._saving_batch = (trainer.current_epoch, batch_idx + 1)
         self._to_write = compat.dump_checkpoint(trainer)
+        self._schedule_periodic(trainer.global_step)
+
+    def _schedule_periodic(self, step: int) -> None:
+        """The periodic checkpoint is next due every_n_steps after `step` (on the multiples), and
+        every_n_minutes from now."""
         self._time_due, self._periodic_at = False, time.monotonic()
-        if self.every_n_steps:
-            self._next_periodic_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
+        self._next_periodic_step = (step // self.every_n_steps + 1) * self.every_n_steps if self.every_n_steps else 0
 
     def _write_periodic(self, trainer: Trainer) -> None:
         checkpoint, self._to_write = self._to_write, None
@@ -295,9 +297,7 @@ class PreemptionHandler(Callback):
             compat.set_checkpoint_loader_states(checkpoint, data["loaders"])
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._periodic_at = time.monotonic()
-        if self.every_n_steps:
-            self._next_periodic_step = (trainer.global_step // self.every_n_steps + 1) * self.every_n_steps
+        self._schedule_periodic(trainer.global_step)
         if self._resumed:
             self.on_resume(trainer, self._resume_position is not None)
         if self._resume_position is None:

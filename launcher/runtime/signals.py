@@ -16,10 +16,15 @@ STACK_DUMP_AFTER_S = 20
 received: dict[str, Any] = {"signum": None, "at": None}
 
 
-def _on_signal(signum: int, frame: Any) -> None:
-    # A handler may run between any two bytecodes: only set the flag, never do work here.
+def set_flag(signum: int) -> None:
+    """Record `signum` as the preemption signal, unless one came first (the handler, and a drill)."""
     if received["signum"] is None:
         received.update(signum=signum, at=time.time())
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    # A handler may run between any two bytecodes: only set the flag, never do work here.
+    set_flag(signum)
     if signum == signal.SIGTERM and sys.__stderr__ is not None:
         faulthandler.dump_traceback_later(STACK_DUMP_AFTER_S, exit=False, file=sys.__stderr__)
 

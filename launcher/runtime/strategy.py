@@ -37,6 +37,11 @@ def stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
+def _unrecordable(what: str) -> UnresumableData:
+    return UnresumableData(f"{what} launch cannot extend in place (it needs an instance __dict__) to keep its state "
+                           "at each batch; set job.preemptible = false")
+
+
 class LaunchDDPStrategy(DDPStrategy):
     """DDP whose results do not depend on where an attempt started.
 
@@ -116,9 +121,7 @@ class LaunchDDPStrategy(DDPStrategy):
             # launch keeps its state at each batch, as Lightning fetches one ahead of an unsized loader.
             if record_batch_states(dataloader, 1, first) or not self.preemptible:
                 return
-            raise UnresumableData(
-                f"the training loader ({type(dataloader).__name__}) is of a class launch cannot extend in place (it needs "
-                "an instance __dict__) to keep its state at each batch; set job.preemptible = false")
+            raise _unrecordable(f"the training loader ({type(dataloader).__name__}) is of a class")
         if stateful(dataset) and dataloader.num_workers == 0:
             if self.resume_dataset_state is not None:
                 dataset.load_state_dict(self.resume_dataset_state)
@@ -127,9 +130,7 @@ class LaunchDDPStrategy(DDPStrategy):
                 first = 0
             if record_batch_states(dataset, dataloader.batch_size or 1, first) or not self.preemptible:
                 return
-            raise UnresumableData(
-                f"the training data is an IterableDataset ({type(dataset).__name__}) whose class launch cannot extend in "
-                "place (it needs an instance __dict__) to keep its state at each batch; set job.preemptible = false")
+            raise _unrecordable(f"the training data is an IterableDataset ({type(dataset).__name__}) whose class is one")
         if self.preemptible:
             what = "with num_workers > 0 (its state lives in the workers)" if stateful(dataset) else \
                 "without state_dict() and load_state_dict()"
