@@ -1,0 +1,80 @@
+"""The shape of `launcher/` that the README's layout section promises, checked on the source: module
+size, the one-way imports, and event names spelled only in lifecycle.py. Pure and fast."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+LAUNCHER = Path(__file__).resolve().parents[1] / "launcher"
+MODULES = sorted(LAUNCHER.rglob("*.py"))
+MAX_LINES = 400
+
+
+def imported(path: Path) -> set[str]:
+    """Every module `path` imports (absolute names; relative imports are not used in launcher/)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(LAUNCHER)))
+def test_no_module_is_over_the_size_limit(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.relative_to(LAUNCHER)}: {lines} lines"
+
+
+def test_backends_import_nothing_from_runtime_or_entry() -> None:
+    for path in (LAUNCHER / "backends").glob("*.py"):
+        wrong = {n for n in imported(path) if n.startswith(("launcher.runtime", "launcher.entry"))}
+        assert not wrong, f"{path.name} imports {sorted(wrong)}"
+
+
+def test_nothing_imports_the_cli() -> None:
+    for path in MODULES:
+        if path.name not in ("cli.py", "cli_args.py"):
+            assert not {n for n in imported(path) if n.startswith("launcher.cli")}, path.name
+
+
+def literal_event_uses(tree: ast.AST) -> list[int]:
+    """Lines that spell an event as a string: `{"event": "x"}`, `rec["event"] == "x"`, `event="x"`."""
+
+    def is_event_key(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value == "event") or (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+            and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "event")
+
+    def is_str(node: ast.AST) -> bool:
+        return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            found += [node.lineno for k, v in zip(node.keys, node.values, strict=True)
+                      if isinstance(k, ast.Constant) and k.value == "event" and is_str(v)]
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(is_event_key(s) for s in sides) and any(is_str(s) or (isinstance(s, ast.Tuple | ast.Set | ast.List)
+                                                            and any(is_str(e) for e in s.elts)) for s in sides):
+                found.append(node.lineno)
+        elif isinstance(node, ast.keyword) and node.arg == "event" and is_str(node.value):
+            found.append(node.value.lineno)
+    return found
+
+
+def test_event_names_are_spelled_only_in_lifecycle() -> None:
+    spelled = {str(p.relative_to(LAUNCHER)): lines for p in MODULES if p.name != "lifecycle.py"
+               if (lines := literal_event_uses(ast.parse(p.read_text())))}
+    assert not spelled
+
+
+def test_the_literal_check_finds_what_it_looks_for() -> None:
+    src = 'a = {"event": "started"}\nif rec["event"] == "finished": pass\nif e.get("event") in ("x", "y"): pass\nf(event="z")\n'
+    assert literal_event_uses(ast.parse(src)) == [1, 2, 3, 4]
