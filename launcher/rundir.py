@@ -195,6 +195,24 @@ class RunDir:
     def profiler(self) -> Path:
         return self.path / "profiler"
 
+    @property
+    def wandb(self) -> Path:
+        """W&B's own files (its `dir`): wandb/offline-run-*, one folder an attempt, one W&B run."""
+        return self.path / "wandb"
+
+    @property
+    def mlruns(self) -> Path:
+        """The MLflow file store of a job that names no tracking_uri."""
+        return self.path / "mlruns"
+
+    def tracker_record(self, tracker: str) -> Path:
+        """A tracker's (W&B, MLflow) run id and the last step it was sent, kept across attempts."""
+        return self.path / "loggers" / f"{tracker}.json"
+
+    def user_logger_dir(self, class_name: str) -> Path:
+        """Where a [[loggers]] entry writes when its job file gives no save_dir."""
+        return self.path / "loggers" / class_name.lower()
+
     # -- what the one-device tools write (launch tune, launch predict)
     def tool_root(self, tool: str) -> Path:
         """The Trainer root of `launch tune` or `launch predict` (Lightning's scratch files)."""

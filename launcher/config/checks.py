@@ -4,6 +4,7 @@ the bounds declared on the fields, then the rules that involve more than one fie
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ def check_bounds(cfg: JobConfig, src: Sources) -> None:
     sections = sorted(dataclasses.fields(cfg), key=lambda s: s.name != "cluster")
     for section in sections:
         table = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(table):  # [[callbacks]], [[loggers]]: class paths, checked below
+            continue
         for f in dataclasses.fields(table):
             value = getattr(table, f.name)
             for bound in bounds_of(f):
@@ -68,10 +71,15 @@ def validate(cfg: JobConfig, src: Sources) -> None:
         raise err("lr_scheduler.name", "a scheduler from the job file needs [optimizer] name (adam, adamw or sgd)")
     if sched.name == "plateau" and not sched.monitor:
         raise err("lr_scheduler.monitor", "the plateau scheduler needs the metric it watches, e.g. 'val_loss'")
-    for section in ("model", "data"):
-        comp: ComponentSection = getattr(cfg, section)
+    named: list[tuple[str, ComponentSection]] = [("model", cfg.model), ("data", cfg.data)]
+    named += [(f"{s}[{i}]", c) for s in ("callbacks", "loggers") for i, c in enumerate(getattr(cfg, s))]
+    for section, comp in named:
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):
             raise err(f"{section}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
+    for tracker, package in (("wandb", "wandb"), ("mlflow", "mlflow")):
+        # Checked where launch runs (unless the nodes use another interpreter); never imported here.
+        if getattr(cfg.logging, tracker) is not None and prof.python is None and importlib.util.find_spec(package) is None:
+            raise err(f"logging.{tracker}", f"needs the {package} package: pip install -e '.[{tracker}]'")
     _check_script_values(cfg, src)
 
 

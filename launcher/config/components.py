@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
+import re
 from pathlib import Path
 
 from launcher.errors import ConfigError
@@ -21,12 +23,18 @@ REGISTRY: dict[str, dict[str, str]] = {
         "mnist": "datamodules.mnist:MNISTDataModule",
         "cifar10": "datamodules.cifar10:CIFAR10DataModule",
     },
+    "callbacks": {},
+    "loggers": {},
 }
+# A bare class name in [[callbacks]] or [[loggers]] is Lightning's own.
+LIGHTNING_MODULE = {"callbacks": "pytorch_lightning.callbacks", "loggers": "pytorch_lightning.loggers"}
 
 
 def split_class_path(section: str, class_path: str) -> tuple[str, str]:
     """'mlp' or 'models.mlp.MLP' or 'models.mlp:MLP' -> ('models.mlp', 'MLP')."""
     class_path = REGISTRY[section].get(class_path, class_path)
+    if section in LIGHTNING_MODULE and not re.search(r"[.:]", class_path):
+        return LIGHTNING_MODULE[section], class_path
     if ":" in class_path:
         module, _, name = class_path.partition(":")
     else:
@@ -34,37 +42,54 @@ def split_class_path(section: str, class_path: str) -> tuple[str, str]:
     return module, name
 
 
-def check_component(section: str, class_path: str, source: str) -> None:
+def module_source(module: str) -> str | None:
+    """The file of `module` without importing it or its packages (`find_spec` of a dotted name
+    imports the parents: `pytorch_lightning.callbacks` would import torch). None: no such module."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)
+    if spec is None and rest:
+        raise ModuleNotFoundError(f"No module named {top!r}")  # as find_spec(module) says it
+    if spec is None or not rest:
+        return None if spec is None else spec.origin or ""
+    for base in spec.submodule_search_locations or ():
+        path = Path(base, *rest)
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return str(candidate)
+    found = importlib.util.find_spec(module)  # compiled, or a package that extends its own path
+    return None if found is None else found.origin or ""
+
+
+def check_component(section: str, class_path: str, source: str, key: str = "") -> None:
     """Refuse a class path whose module or class does not exist, without importing torch.
 
     The module's source is parsed, not executed; classes made at import time are not seen, so
     those pass here and are checked again when the job imports them.
     """
     import ast
-    import importlib.util
     import sys
 
-    key = f"{section}.class_path"
+    key = key or f"{section}.class_path"
     module, name = split_class_path(section, class_path)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as in the job, where the submit directory is importable
-    registered = ", ".join(REGISTRY[section])
+    registered = ", ".join(REGISTRY[section]) or f"a class of {LIGHTNING_MODULE[section]}"
     if not module:
         raise ConfigError(source, key, f"{class_path!r} is neither a registered name ({registered}) nor 'module.Class'")
     try:
-        spec = importlib.util.find_spec(module)
+        origin = module_source(module)
     except (ImportError, ValueError) as err:
         raise ConfigError(source, key, f"cannot import {module!r}: {err}") from None
-    if spec is None:
+    if origin is None:
         raise ConfigError(source, key, f"no module named {module!r} (registered names: {registered})")
-    if not spec.origin or not spec.origin.endswith(".py"):
+    if not origin.endswith(".py"):
         return
     try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"), filename=spec.origin)
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"), filename=origin)
     except SyntaxError as exc:
-        raise ConfigError(source, key, f"{spec.origin}, line {exc.lineno}: SyntaxError: {exc.msg}") from None
+        raise ConfigError(source, key, f"{origin}, line {exc.lineno}: SyntaxError: {exc.msg}") from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(source, key, f"cannot read {spec.origin}: {exc}") from None
+        raise ConfigError(source, key, f"cannot read {origin}: {exc}") from None
     defined = {
         n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))
     } | {

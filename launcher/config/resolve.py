@@ -144,6 +144,10 @@ def resolve(req: Request) -> JobConfig:
     validate(cfg, src)
     for section in ("model", "data"):
         check_component(section, getattr(cfg, section).class_path, src.of(f"{section}.class_path"))
+    for section in ("callbacks", "loggers"):
+        for i, comp in enumerate(getattr(cfg, section)):
+            key = f"{section}[{i}].class_path"
+            check_component(section, comp.class_path, src.of(key), key)
     return cfg
 
 

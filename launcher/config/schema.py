@@ -205,6 +205,25 @@ class SWASection:
 
 
 @dataclass(frozen=True)
+class WandbSection:
+    """[logging.wandb]: one W&B run for the whole launch run (every requeue, restart and resume)."""
+
+    project: str
+    entity: str | None = None
+    name: str | None = None  # default: the job name
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["online", "offline", "disabled"] = "online"  # $WANDB_MODE wins, as in W&B
+
+
+@dataclass(frozen=True)
+class MLflowSection:
+    """[logging.mlflow]: one MLflow run for the whole launch run."""
+
+    tracking_uri: str | None = None  # default: a file store in the run directory (mlruns/)
+    experiment: str | None = None  # default: the job name
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     tensorboard: bool = True
     csv: bool = True
@@ -214,6 +233,8 @@ class LoggingSection:
     hparams: bool = True  # the resolved config in TensorBoard's HPARAMS tab, with hp_metric
     hp_metric: str | None = None  # the metric shown as hp_metric (default: checkpoint.monitor's best, else val_loss)
     loss_curve: bool = True  # loss_curve.png in the run directory at the end
+    wandb: WandbSection | None = None
+    mlflow: MLflowSection | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +301,10 @@ class JobConfig:
     swa: SWASection = field(default_factory=SWASection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     performance: PerformanceSection = field(default_factory=PerformanceSection)
+    # [[callbacks]] and [[loggers]]: the user's own, as class_path + init_args (a bare name is
+    # Lightning's: "LearningRateMonitor", "WandbLogger"); callbacks' state is in every checkpoint.
+    callbacks: list[ComponentSection] = field(default_factory=list)
+    loggers: list[ComponentSection] = field(default_factory=list)
     cluster: ClusterProfile = field(default_factory=ClusterProfile)
     run: RunSection = field(default_factory=RunSection)
 

@@ -5,6 +5,7 @@ Trainer of `launch tune` and `launch predict`."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasti
 from launcher.config import JobConfig, split_class_path
 from launcher.rundir import RunDir
 from launcher.runtime import callbacks as job_callbacks
+from launcher.runtime import trackers
 from launcher.runtime.checkpoint_io import AtomicCheckpointIO
 from launcher.runtime.lightning_compat import TimedProgressBar, disable_lightning_signal_handling
 from launcher.runtime.loggers import ContinuingCSVLogger, LaunchTensorBoardLogger
@@ -32,6 +34,20 @@ def load_class(section: str, class_path: str) -> type:
         return getattr(module, name)
     except AttributeError:
         raise ImportError(f"{section}.class_path: module {module_name!r} has no attribute {name!r}") from None
+
+
+def user_logger(comp: Any, run: RunDir) -> Any:
+    """A [[loggers]] entry. Unless the job file says otherwise, one that takes a `save_dir` writes
+    under the run directory (`loggers/<class name>`), and one that takes a `version` gets the run
+    id, so that every attempt continues the same version (Lightning would start a new one each)."""
+    cls = load_class("loggers", comp.class_path)
+    args = dict(comp.init_args)
+    takes = inspect.signature(cls).parameters
+    if "save_dir" not in args and "save_dir" in takes:
+        args["save_dir"] = str(run.user_logger_dir(cls.__name__))
+    if "version" not in args and "version" in takes:
+        args["version"] = run.run_id
+    return cls(**args)
 
 
 def build_model_and_data(cfg: JobConfig) -> tuple[Any, Any]:
@@ -91,9 +107,12 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
                                                default_hp_metric=False))
     if cfg.logging.csv:
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
+    loggers += trackers.from_job_file(cfg, run) + [user_logger(comp, run) for comp in cfg.loggers]
     gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
     callbacks: list[Any] = [*gates, checkpoint, RunProgress(run),
-                            *job_callbacks.from_job_file(cfg, run, bool(loggers)), *extra_callbacks]
+                            *job_callbacks.from_job_file(cfg, run, bool(loggers)),
+                            *(load_class("callbacks", c.class_path)(**c.init_args) for c in cfg.callbacks),
+                            *extra_callbacks]
     if cfg.job.fingerprints:  # after the preemption handler: it records the state a resumed batch starts from
         from launcher.runtime.fingerprints import Fingerprints
 

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from pytorch_lightning import Callback
 from torchmetrics import SumMetric
 
 from datamodules.digits import DigitsDataModule
@@ -202,3 +203,26 @@ class CountingLossMLP(MLP):
     def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
         self.seen += 1
         return super().training_step(batch, batch_idx) * (1.0 + 0.01 * self.seen)
+
+
+
+class BatchCounter(Callback):
+    """A user callback ([[callbacks]]) with state: the training batches it has seen, and a running
+    sum of their losses. Without its state restored, a resumed run counts only what came after."""
+
+    def __init__(self, report: str) -> None:
+        self.report, self.batches, self.loss_sum = report, 0, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:  # noqa: ANN001
+        self.batches += 1
+        self.loss_sum += float(outputs["loss"])
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if trainer.is_global_zero:
+            Path(self.report).write_text(json.dumps({"batches": self.batches, "loss_sum": self.loss_sum}))
+
+    def state_dict(self) -> dict:
+        return {"batches": self.batches, "loss_sum": self.loss_sum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batches, self.loss_sum = state["batches"], state["loss_sum"]

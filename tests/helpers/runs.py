@@ -81,8 +81,11 @@ def preempt_at(run_dir: Path, steps: tuple[int, ...], timeout: float = 240,
     send = preempt or (lambda: run_launch("preempt", str(run_dir)))
     results = []
     for n, target in enumerate(steps, start=1):
-        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1, timeout,
-                 f"step {target}", run_dir)
+        def reached(t: int = target, k: int = n) -> bool:
+            assert not count(run_dir, "failed"), f"the run failed before step {t}: " + run_dir.joinpath("console.log").read_text()[-3000:]
+            return progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1
+
+        wait_for(reached, timeout, f"step {target}", run_dir)
         results.append(send())
         assert results[-1].returncode == 0, results[-1].stderr
         wait_for(lambda k=n: count(run_dir, "resumed") == k, timeout, f"resume #{n}", run_dir)
