@@ -137,6 +137,31 @@ def task_cpus(cfg: JobConfig) -> int | None:
     return cpus
 
 
+def container_mounts(cfg: JobConfig, user: list[str]) -> str:
+    """The mounts a containerised task needs: the submit directory (the job's code and data paths,
+    and the working directory), the run directory when it is elsewhere, then the profile's."""
+    own = [cfg.run.workdir]
+    if not (cfg.run.dir + "/").startswith(cfg.run.workdir.rstrip("/") + "/"):
+        own.append(cfg.run.dir)
+    return ",".join([f"{d}:{d}" for d in own if d] + user)
+
+
+def container_words(cfg: JobConfig) -> tuple[list[str], list[str]]:
+    """(srun options, the words before the task's python): pyxis takes srun options, Apptainer
+    wraps the command. The batch script itself, and launch's hooks in it, stay on the host."""
+    prof = cfg.cluster
+    if prof.container == "pyxis":
+        assert prof.container_image is not None
+        return [f"--container-image={prof.container_image}",
+                f"--container-mounts={container_mounts(cfg, prof.container_mounts)}",
+                f"--container-workdir={prof.container_workdir or cfg.run.workdir}"], []
+    if prof.container == "apptainer":
+        assert prof.apptainer_image is not None
+        return [], ["apptainer", "exec", *(["--nv"] if cfg.uses_gpus else []),
+                    "--bind", container_mounts(cfg, prof.apptainer_binds), prof.apptainer_image]
+    return [], []
+
+
 def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, str | None]]:
     res, prof = cfg.resources, cfg.cluster
     per_node_tasks = cfg.procs_per_node if prof.launch_mode == "srun" else 1
@@ -169,7 +194,7 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     c10d rendezvous on the allocation's first node, resolved here, inside the job.
     """
     prof = cfg.cluster
-    py = shlex.quote(cfg.run.python or "python")
+    py = shlex.quote(cfg.run.launcher_python or cfg.run.python or "python")  # the hooks: on the host
     run_dir = shlex.quote(cfg.run.dir)
     lines = [
         "#!/bin/bash",
@@ -211,6 +236,10 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
             ).replace("is_host=1", "is_host=<1 on the first node, else 0>"),
         ]
         srun += ["--ntasks-per-node", "1"]
+    container_opts, wrapper = container_words(cfg)
+    srun += container_opts + wrapper
+    if prof.container:
+        lines.append(f"# the ranks run in a container ({prof.container}); the hooks around srun run on the host")
     lines += [
         "",
         f"{py} -m {BATCH_HOOKS_MODULE} started {run_dir}",

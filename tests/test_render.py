@@ -129,6 +129,24 @@ gpus_per_node = 0
 cpus_per_node = 2
 launch_mode = "{mode}"
 python = "python"
+
+[gpu8-pyxis]
+backend = "slurm"
+partition = "gpu"
+gpus_per_node = 8
+cpus_per_node = 96
+launch_mode = "{mode}"
+container_image = "nvcr.io#nvidia/pytorch:24.05-py3"
+container_mounts = ["/datasets:/datasets:ro"]
+
+[gpu8-apptainer]
+backend = "slurm"
+partition = "gpu"
+gpus_per_node = 8
+cpus_per_node = 96
+launch_mode = "{mode}"
+apptainer_image = "/images/train.sif"
+apptainer_binds = ["/datasets:/data:ro", "/scratch"]
 """
 
 
@@ -136,7 +154,9 @@ def slurm_config(write, mode: str, profile: str, run_dir: str = "/shared/runs/mn
     job = write("job.toml", JOB + "\n[resources]\ncpus_per_task = 1\n")
     cluster = write("cluster.toml", SLURM_CLUSTER.format(mode=mode))
     cfg = config.resolve(Request(job_file=str(job), cluster_file=str(cluster), cluster=profile, **kwargs))
-    run = dataclasses.replace(cfg.run, id="RUN", dir=run_dir, workdir="/home/me/project", python="python")
+    in_container = cfg.cluster.container is not None  # the hooks run on the host: the submitting interpreter
+    run = dataclasses.replace(cfg.run, id="RUN", dir=run_dir, workdir="/home/me/project", python="python",
+                              launcher_python="/home/me/venv/bin/python" if in_container else "")
     return dataclasses.replace(cfg, run=run)
 
 
@@ -149,6 +169,9 @@ SBATCH_CASES = [
     ("sbatch_torchrun_1x1cpu.sh", "torchrun", "cpu", {"nodes": 1, "procs": 1}),
     ("sbatch_torchrun_2x1cpu.sh", "torchrun", "cpu", {"nodes": 2, "procs": 1}),
     ("sbatch_torchrun_4x8gpu.sh", "torchrun", "gpu8", {"nodes": 4, "gpus": 8, "overrides": BIG}),
+    ("sbatch_srun_2x8gpu_pyxis.sh", "srun", "gpu8-pyxis", {"nodes": 2, "gpus": 8}),
+    ("sbatch_torchrun_2x8gpu_apptainer.sh", "torchrun", "gpu8-apptainer", {"nodes": 2, "gpus": 8}),
+    ("sbatch_srun_1x2cpu_apptainer.sh", "srun", "gpu8-apptainer", {"nodes": 1, "gpus": 0, "procs": 2}),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from launcher.config.profiles import detect_local_gpus
@@ -140,6 +141,29 @@ def _check_script_values(cfg: JobConfig, src: Sources) -> None:
     for name in prof.env:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise err(f"cluster.env.{name}", "not a valid environment variable name")
+    _check_containers(cfg, err)
+
+
+def _check_containers(cfg: JobConfig, err: Callable[[str, str], ConfigError]) -> None:
+    prof = cfg.cluster
+    if prof.container_image and prof.apptainer_image:
+        raise err("cluster.apptainer_image", "a profile runs one container runtime: container_image (pyxis) or "
+                                             "apptainer_image, not both")
+    for key, needs in (("container_mounts", "container_image"), ("container_workdir", "container_image"),
+                       ("apptainer_binds", "apptainer_image")):
+        if getattr(prof, key) and not getattr(prof, needs):
+            raise err(f"cluster.{key}", f"is for a container: set cluster.{needs} too")
+    if prof.container and prof.backend != "slurm":
+        key = "cluster.container_image" if prof.container_image else "cluster.apptainer_image"
+        raise err(key, "containers run on SLURM profiles (backend = \"slurm\"); the local backend runs this interpreter")
+    for key in ("container_image", "container_workdir", "apptainer_image"):
+        value = getattr(prof, key)
+        if value is not None and (not value or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+            raise err(f"cluster.{key}", f"{value!r}: empty, or a line break or control character")
+    for key in ("container_mounts", "apptainer_binds"):
+        for i, item in enumerate(getattr(prof, key)):
+            if not re.fullmatch(r"[^,\s:]+(:[^,\s:]+){0,2}", item):
+                raise err(f"cluster.{key}[{i}]", f"{item!r}: one mount a item, SRC[:DST[:OPTIONS]], no commas or spaces")
 
 
 def check_path(label: str, path: str) -> None:

@@ -193,7 +193,8 @@ def finalize(cfg: JobConfig, run_path: Path, run_id: str, job_file: str) -> JobC
         id=run_id,
         dir=str(run_path),
         workdir=os.getcwd(),
-        python=cfg.cluster.python or sys.executable,
+        python=cfg.cluster.python or ("python" if cfg.cluster.container else sys.executable),
+        launcher_python=sys.executable if cfg.cluster.container else "",
         job_file=str(Path(job_file).resolve()),
         rdzv_port=free_port() if cfg.cluster.backend == "local" else cfg.cluster.rdzv_port,
     )

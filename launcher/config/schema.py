@@ -269,9 +269,22 @@ class ClusterProfile:
     launch_mode: Literal["srun", "torchrun"] = "srun"
     signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"
     signal_grace_s: int = bounded(120, at_least(1, "must be at least 1 second"))
-    python: str | None = None  # interpreter on the compute nodes; None: the submitting one
+    python: str | None = None  # interpreter on the compute nodes; None: the submitting one ("python" in a container)
     runs_dir: str | None = None
     rdzv_port: int = 29400
+    # Containers (SLURM): the ranks run in the image; launch's hooks in the batch script run on the
+    # host (the submitting interpreter). pyxis/enroot through srun's --container-* options:
+    container_image: str | None = None
+    container_mounts: list[str] = field(default_factory=list)  # "SRC:DST[:FLAGS]"; the submit and run dirs are added
+    container_workdir: str | None = None  # default: the submit directory
+    # ... or Apptainer/Singularity: `apptainer exec [--nv] --bind ... IMAGE python ...` in each task
+    apptainer_image: str | None = None
+    apptainer_binds: list[str] = field(default_factory=list)  # "SRC[:DST[:OPTS]]"; the submit and run dirs are added
+
+    @property
+    def container(self) -> str | None:
+        """The container runtime the ranks run in: "pyxis", "apptainer", or None."""
+        return "pyxis" if self.container_image else "apptainer" if self.apptainer_image else None
 
 
 @dataclass(frozen=True)
@@ -282,6 +295,7 @@ class RunSection:
     dir: str = ""
     workdir: str = ""
     python: str = ""
+    launcher_python: str = ""  # the batch script's hooks, on the host, when the ranks run in a container
     profile: str = DEFAULT_PROFILE
     job_file: str = ""
     rdzv_port: int = 0

@@ -41,14 +41,16 @@ def coerce(value: Any, tp: Any, source: str, key: str) -> Any:
     """Check `value` against type `tp`; return the typed value or raise ConfigError."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        closest = None  # a table's own error (a missing or unknown key) says more than "expected a table"
         for option in typing.get_args(tp):
             if option is type(None):
                 continue
             try:
                 return coerce(value, option, source, key)
-            except ConfigError:
-                continue
-        raise ConfigError(source, key, f"expected {type_name(tp)}, got {describe(value)}")
+            except ConfigError as err:
+                if dataclasses.is_dataclass(option) and isinstance(value, dict):
+                    closest = err
+        raise closest or ConfigError(source, key, f"expected {type_name(tp)}, got {describe(value)}")
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value in allowed and type(value) is type(allowed[allowed.index(value)]):

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.entry.requeue import requeue_on_slurm
 from launcher.lifecycle import Event, last_event, names, record_end, record_not_requeued, this_attempt
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id
@@ -28,6 +29,10 @@ def main(argv: list[str]) -> int:
     if what == "ended":
         events = run.read_events()
         attempt = names(this_attempt(events))
+        if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
+            requeue_on_slurm(run)
+            events = run.read_events()
+            attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:
             print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
             return 0

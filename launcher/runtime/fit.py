@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from pathlib import Path
@@ -17,7 +16,6 @@ from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.loggers import rewind_history
 from launcher.runtime.preemption import Preempted, PreemptionHandler
-from launcher.runtime.requeue import requeue_on_slurm
 from launcher.runtime.strategy import guard_evaluation_logging
 
 
@@ -99,8 +97,8 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
         # weights_only=False: the run's own checkpoint, which holds RNG states (numpy, python)
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
     except Preempted:
-        if rank == 0 and os.environ.get("LAUNCH_BACKEND") == "slurm":
-            requeue_on_slurm(run)
+        # Saved. Back in the queue: the batch script's end hook requeues the job (on SLURM), outside
+        # the ranks and any container, so no rank needs SLURM's tools; locally the supervisor restarts it.
         return
     trainer.save_checkpoint(run.last_checkpoint)
     # the end-of-fit metrics (test replaces callback_metrics with its own): both are reported

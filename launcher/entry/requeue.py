@@ -1,7 +1,11 @@
-"""Rank zero puts a preempted SLURM job back in the queue (torch-free)."""
+"""The batch script's end hook puts a preempted SLURM job back in the queue (torch-free).
+
+It runs in the batch script after srun, on the host: the ranks may be in a container without
+SLURM's client tools (pyxis#129), and need none."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 from launcher.lifecycle import Event
@@ -16,6 +20,9 @@ def requeue_on_slurm(run: RunDir) -> None:
     this_job = [e for e in run.read_events() if e.get("slurm_job_id") == job_id]
     if not job_id or any(e.get("event") == Event.CANCEL_REQUESTED for e in this_job):
         return
+    # A requeue ends this batch script (SIGTERM, then SIGKILL after KillWait): ignore the SIGTERM
+    # for the moment it takes to record the requeue.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if out.returncode == 0:
         run.add_event(Event.REQUEUED, slurm_job_id=job_id)

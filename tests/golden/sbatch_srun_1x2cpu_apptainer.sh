@@ -1,0 +1,28 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile gpu8-apptainer, srun mode
+# 1 node(s) x 2 rank(s), CPU (gloo)
+# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit (launch resume --code current replaces it)
+#SBATCH --job-name=digits
+#SBATCH --partition=gpu
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=1
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+
+cd /home/me/project
+export LAUNCH_BACKEND=slurm
+export LAUNCH_MODE=srun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+# the ranks run in a container (apptainer); the hooks around srun run on the host
+
+/home/me/venv/bin/python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --cpus-per-task=1 apptainer exec --bind /home/me/project:/home/me/project,/shared/runs/mnist/RUN:/shared/runs/mnist/RUN,/datasets:/data:ro,/scratch /images/train.sif python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+/home/me/venv/bin/python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"

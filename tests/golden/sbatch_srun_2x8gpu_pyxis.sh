@@ -1,0 +1,29 @@
+#!/bin/bash
+# launch: job digits, run RUN, profile gpu8-pyxis, srun mode
+# 2 node(s) x 8 rank(s), 8 GPU(s) per node (nccl)
+# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit (launch resume --code current replaces it)
+#SBATCH --job-name=digits
+#SBATCH --partition=gpu
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=1
+#SBATCH --signal=USR1@120
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=/shared/runs/mnist/RUN/submitit/%j_0_log.out
+
+cd /home/me/project
+export LAUNCH_BACKEND=slurm
+export LAUNCH_MODE=srun
+export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export OMP_NUM_THREADS=1
+export PYTHONUNBUFFERED=1
+export SUBMITIT_EXECUTOR=slurm
+# the ranks run in a container (pyxis); the hooks around srun run on the host
+
+/home/me/venv/bin/python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
+srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --cpus-per-task=1 '--container-image=nvcr.io#nvidia/pytorch:24.05-py3' --container-mounts=/home/me/project:/home/me/project,/shared/runs/mnist/RUN:/shared/runs/mnist/RUN,/datasets:/datasets:ro --container-workdir=/home/me/project python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+rc=$?
+/home/me/venv/bin/python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+exit "$rc"
