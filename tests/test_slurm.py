@@ -33,6 +33,17 @@ backend = "slurm"
 partition = "no-such-partition"
 gpus_per_node = 0
 
+[test-apptainer]
+backend = "slurm"
+partition = "debug"
+gpus_per_node = 0
+cpus_per_node = 2
+max_nodes = 2
+max_time = "02:00:00"
+launch_mode = "srun"
+apptainer_image = "STANDIN_IMAGE"
+env = { PATH = "STANDIN_PATH" }
+
 [test-wide]
 backend = "slurm"
 partition = "wide"
@@ -41,7 +52,9 @@ cpus_per_node = 2
 max_nodes = 4
 max_time = "02:00:00"
 launch_mode = "srun"
-"""
+""".replace("STANDIN_IMAGE", str(REPO / "tests" / "slurm" / "standin.sif")).replace(
+    # the Apptainer stand-in (tests/slurm/bin/apptainer) first on the tasks' PATH
+    "STANDIN_PATH", f"{REPO / 'tests' / 'slurm' / 'bin'}:{os.environ['PATH']}")
 
 
 @pytest.fixture(scope="session")
@@ -193,9 +206,11 @@ def slurm_baseline(slurm_cluster, tmp_path_factory) -> Path:
     return uninterrupted(tmp_path_factory.mktemp("slurm-baseline"), "pre", 4, "test-srun", 2)
 
 
-@pytest.mark.parametrize("profile", ["test-srun", "test-torchrun"])
+@pytest.mark.parametrize("profile", ["test-apptainer", "test-torchrun"], ids=["srun-in-apptainer", "torchrun"])
 def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_file, slurm_baseline, tmp_path,
                                                                        profile) -> None:
+    """Preempted mid-epoch, saved, requeued by the batch script and resumed bit for bit. In srun mode
+    the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found"."""
     import torch
 
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
@@ -216,6 +231,10 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     assert events.index("preempted") < events.index("requeued") < events.index("resumed") < events.index("finished")
     assert_same_training(run_dir, slurm_baseline)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH
+    if profile == "test-apptainer":  # every task of both attempts ran in the "container"
+        starts = (run_dir / "apptainer-standin.log").read_text().splitlines()
+        assert len(starts) == 4 and all("hidden=scontrol" in line and "standin.sif" in line for line in starts), starts
+        assert " apptainer exec --bind " in (run_dir / "job.sbatch").read_text()
 
 
 def test_nasty_values_reach_a_slurm_job_exactly_and_secrets_stay_out_of_its_files(cluster_file, digits_job, tmp_path) -> None:
