@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from launcher import backends, config, sweep
+from launcher import backends, config, dependencies, sweep
 from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
@@ -107,11 +108,14 @@ def _exit_code(final: RunStatus | None) -> int:
 def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
     cfg = config.resolve(_request(args, extra))
     runs_dir = _runs_dir(args, cfg)
+    afters = dependencies.parse(getattr(args, "after", None) or [], runs_dir)
+    if afters:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=dependencies.slurm_dependency(cfg, afters)))
     if args.dry_run:
         print(render_preview(cfg, runs_dir, args.job), end="")
         print((runs_dir / cfg.job.name / "RUN-ID").resolve())
         return 0
-    run = start_run(cfg, runs_dir, args.job)
+    run = start_run(cfg, runs_dir, args.job, **({"after": [a.record() for a in afters]} if afters else {}))
     shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
     print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
     code = 0
@@ -158,11 +162,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     info = backends.status(run)
+    waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
     if args.json:
-        print(json.dumps(info.as_dict(), indent=1))
+        print(json.dumps({**info.as_dict(), "waiting_for": waiting}, indent=1))
         return 0
     print(f"run       {info.run_id} ({info.job})")
     print(f"state     {info.state}")
+    for line in waiting:
+        print(f"waiting   for {line}")
     print(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
     for key, value in sorted(info.metrics.items()):
         print(f"  {key:<14} {value:.6g}")

@@ -32,7 +32,7 @@ def top_level(module: str) -> str:
 
 def class_roots(class_paths: dict[str, str]) -> list[str]:
     """The top-level module names of the job's class paths ({section: class_path})."""
-    return sorted({top_level(split_class_path(section, path)[0]) for section, path in class_paths.items()})
+    return sorted({top_level(split_class_path(key.split("[")[0], path)[0]) for key, path in class_paths.items()})
 
 
 def _local(workdir: Path, name: str) -> Path | None:

@@ -178,6 +178,7 @@ def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, st
         ("cpus-per-task", str(cpus) if cpus else None),
         ("mem", res.mem or prof.mem),
         ("time", res.time or prof.max_time),
+        ("dependency", cfg.run.dependency or None),
         ("signal", f"{prof.signal}@{prof.signal_grace_s}"),
         ("requeue", ""),
         ("open-mode", "append"),

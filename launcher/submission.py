@@ -41,7 +41,11 @@ def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = Fal
 
 
 def job_class_paths(cfg: JobConfig) -> dict[str, str]:
-    return {"model": cfg.model.class_path, "data": cfg.data.class_path}
+    """The job's classes by key (model, data, callbacks[i], loggers[i]): what the code snapshot follows."""
+    paths = {"model": cfg.model.class_path, "data": cfg.data.class_path}
+    for section in ("callbacks", "loggers"):
+        paths.update({f"{section}[{i}]": c.class_path for i, c in enumerate(getattr(cfg, section))})
+    return paths
 
 
 def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
@@ -61,6 +65,7 @@ def resume_run(run: RunDir, previous_state: str, code: str = "snapshot") -> tupl
     submit directory's code replaces the run's snapshot first. Returns the config and the files
     of the snapshot that changed."""
     cfg = config.load_resolved(run.config)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=""))  # it waited once: --after is done
     if cfg.cluster.backend == "local":
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
     fields: dict[str, Any] = {}

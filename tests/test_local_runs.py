@@ -196,3 +196,50 @@ def test_a_per_step_synced_log_in_validation_is_refused_in_one_line(digits_job, 
     assert info["state"] == "failed", info
     assert "EvaluationStepSync: self.log('val_step_count', ..., sync_dist=True, on_step=True) in validation " \
            "(sanity check): launch evaluates every sample exactly once" in info["error"], info["error"]
+
+
+@pytest.mark.multiprocess
+def test_a_run_submitted_after_another_waits_for_it_then_runs(digits_job, tmp_path) -> None:
+    """--after: the waiting run stays pending (and says for what) while the other one runs; it
+    starts once that one completed. A run that can never start is refused at submission."""
+    import subprocess
+    import sys
+
+    from launcher.rundir import RunDir
+
+    runs = tmp_path / "runs"
+    first = RunDir.create(runs, "first")  # a run "running": its supervisor is a sleep naming its directory
+    (first.path / "config.toml").write_text('[cluster]\nbackend = "local"\n')
+    first.add_event("submitted", backend="local")
+    first.add_event("started", backend="local")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(first.path)])
+    first.supervisor_pid.write_text(f"{sleeper.pid}\n")
+    try:
+        out = run_launch("submit", str(digits_job()), "--runs-dir", str(runs), "--after", first.run_id)
+        assert out.returncode == 0, out.stderr
+        second = Path(out.stdout.strip().splitlines()[-1])
+        time.sleep(3)
+        status = json.loads(run_launch("status", str(second), "--json").stdout)
+        assert status["state"] == "pending" and status["waiting_for"] == [f"{first.run_id} (running) to complete"]
+        assert "waiting   for " + first.run_id in run_launch("status", str(second)).stdout
+        first.add_event("finished", exit_code=0)
+        ended_at = time.time()
+    finally:
+        sleeper.kill()
+    final = json.loads(run_launch("status", str(second), "--json").stdout)
+    deadline = time.monotonic() + 120
+    while not final["terminal"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        final = json.loads(run_launch("status", str(second), "--json").stdout)
+    assert final["state"] == "completed", final
+    started = [json.loads(line) for line in (second / "events.jsonl").read_text().splitlines()
+               if json.loads(line)["event"] == "started"]
+    assert len(started) == 1 and started[0]["t"] >= ended_at - 1.5  # it polls once a second
+
+    failed = RunDir.create(runs, "broken")
+    (failed.path / "config.toml").write_text('[cluster]\nbackend = "local"\n')
+    failed.add_event("submitted", backend="local")
+    failed.add_event("failed", exit_code=1, error="boom")
+    refused = run_launch("submit", str(digits_job()), "--runs-dir", str(runs), "--after", f"{failed.run_id}:ok")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"--after {failed.run_id}:ok: that run ended failed" in refused.stderr

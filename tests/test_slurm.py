@@ -208,9 +208,10 @@ def slurm_baseline(slurm_cluster, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("profile", ["test-apptainer", "test-torchrun"], ids=["srun-in-apptainer", "torchrun"])
 def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_file, slurm_baseline, tmp_path,
-                                                                       profile) -> None:
+                                                                       digits_job, profile) -> None:
     """Preempted mid-epoch, saved, requeued by the batch script and resumed bit for bit. In srun mode
-    the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found"."""
+    the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found",
+    and a second run submitted --after this one waits through the requeue and starts after its end."""
     import torch
 
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
@@ -218,6 +219,15 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip().splitlines()[-1])
+    after = None
+    if profile == "test-apptainer":
+        result = launch(cluster_file, "submit", str(digits_job(name="next")), "--cluster", "test-srun", "--nodes", "1",
+                        "--procs", "1", "--runs-dir", str(tmp_path / "runs"), "--after", f"{run_dir.name}:ok")
+        assert result.returncode == 0, result.stderr
+        after = Path(result.stdout.strip().splitlines()[-1])
+        assert "#SBATCH --dependency=afterok:" in (after / "job.sbatch").read_text()
+        waiting = json.loads(launch(cluster_file, "status", str(after), "--json").stdout)
+        assert waiting["state"] == "pending" and waiting["waiting_for"][0].startswith(run_dir.name), waiting
     wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
     job_id = json.loads((run_dir / "slurm.json").read_text())["job_id"]
     preempt = launch(cluster_file, "preempt", str(run_dir))
@@ -235,6 +245,12 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
         starts = (run_dir / "apptainer-standin.log").read_text().splitlines()
         assert len(starts) == 4 and all("hidden=scontrol" in line and "standin.sif" in line for line in starts), starts
         assert " apptainer exec --bind " in (run_dir / "job.sbatch").read_text()
+        assert after is not None
+        wait_for(lambda: "finished" in slurm_events(after) or "failed" in slurm_events(after), 180, "the next run", after)
+        ended = max(json.loads(line)["time"] for line in (run_dir / "events.jsonl").read_text().splitlines())
+        started = [json.loads(line) for line in (after / "events.jsonl").read_text().splitlines()
+                   if json.loads(line)["event"] == "started"]
+        assert slurm_events(after)[-1] == "finished" and len(started) == 1 and started[0]["time"] >= ended
 
 
 def test_nasty_values_reach_a_slurm_job_exactly_and_secrets_stay_out_of_its_files(cluster_file, digits_job, tmp_path) -> None:

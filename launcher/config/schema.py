@@ -296,6 +296,7 @@ class RunSection:
     workdir: str = ""
     python: str = ""
     launcher_python: str = ""  # the batch script's hooks, on the host, when the ranks run in a container
+    dependency: str = ""  # SLURM --dependency from `launch submit --after` (afterok:ID,...)
     profile: str = DEFAULT_PROFILE
     job_file: str = ""
     rdzv_port: int = 0

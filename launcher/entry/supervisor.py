@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launcher import dependencies
 from launcher.config import load_resolved
 from launcher.lifecycle import Event, record_end, this_attempt
 from launcher.processes import processes_of, wait_gone
@@ -74,6 +75,15 @@ def main(argv: list[str]) -> int:
     if preempt_signum != signal.SIGTERM:
         signal.signal(preempt_signum, signal.SIG_IGN)
 
+    why_not = dependencies.wait(run, lambda: cancelled, say)  # launch submit --after
+    if cancelled:
+        run.add_event(Event.CANCELLED, elapsed_s=0.0)
+        say(f"run {run.run_id} cancelled before it started")
+        return 0
+    if why_not:
+        run.add_event(Event.FAILED, exit_code=1, rank=None, error=why_not)
+        say(f"run {run.run_id} {why_not}")
+        return 1
     first_start = time.time()
     for attempt in itertools.count():
         start = time.time()
