@@ -19,7 +19,8 @@ from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event, RunStatus, State, last_event
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
-from launcher.submission import render_preview, render_script, resume_run, start_run
+from launcher.slurm_env import current_allocation
+from launcher.submission import fit_allocation, render_preview, render_script, resume_run, start_run
 from launcher.table import format_table
 
 SMOKE_OVERRIDES = (
@@ -106,7 +107,16 @@ def _exit_code(final: RunStatus | None) -> int:
 
 
 def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
+    alloc = current_allocation() if getattr(args, "here", False) else None
+    if getattr(args, "here", False):
+        if alloc is None:
+            raise LaunchError("--here runs inside a SLURM allocation (salloc, or srun --pty bash): SLURM_JOB_ID is not set")
+        if getattr(args, "after", None):
+            raise LaunchError("--here starts the run now, in this allocation: --after cannot hold it (submit without --here)")
+        args.nodes = args.nodes or alloc.nodes  # the whole allocation unless asked otherwise
     cfg = config.resolve(_request(args, extra))
+    if alloc is not None:
+        cfg = fit_allocation(cfg, alloc)
     runs_dir = _runs_dir(args, cfg)
     afters = dependencies.parse(getattr(args, "after", None) or [], runs_dir)
     if afters:
@@ -115,7 +125,8 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
         print(render_preview(cfg, runs_dir, args.job), end="")
         print((runs_dir / cfg.job.name / "RUN-ID").resolve())
         return 0
-    run = start_run(cfg, runs_dir, args.job, **({"after": [a.record() for a in afters]} if afters else {}))
+    run = start_run(cfg, runs_dir, args.job, here=alloc.job_id if alloc else None,
+                    **({"after": [a.record() for a in afters]} if afters else {}))
     shape = f"{cfg.resources.nodes} node(s) x {cfg.procs_per_node} " + ("GPU(s)" if cfg.uses_gpus else "CPU process(es)")
     print(f"submitted {cfg.job.name} run {run.run_id} ({shape}, profile '{cfg.run.profile}')", file=sys.stderr)
     code = 0

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     job_args(p)
     p.add_argument("--follow", action="store_true", help="stream the run's output until it ends; exit 0 only if it completed")
     p.add_argument("--dry-run", action="store_true", help="validate and print what would run; start nothing")
+    p.add_argument("--here", action="store_true",
+                   help="inside salloc or an interactive job: run as srun steps of this allocation (SLURM profile)")
     p.add_argument("--after", action="append", metavar="RUN[:ok|:any]",
                    help="start only after RUN completed (:ok, the default) or ended in any way (:any); repeatable")
 

@@ -219,6 +219,11 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     # --kill-on-bad-exit: a rank (or node agent) that exits non-zero ends the step at once; the
     # others would otherwise wait in a collective until job.collective_timeout_s.
     srun = ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--output", task_log_pattern(cfg, "%t", array)]
+    # The step's shape, said outright: the batch allocation implies it, but `launch submit --here`
+    # runs this script inside an allocation that may be larger or shaped otherwise.
+    srun += [f"--nodes={cfg.resources.nodes}"]
+    if prof.launch_mode == "srun":
+        srun += [f"--ntasks-per-node={cfg.procs_per_node}"]
     # Restated for the step: srun of Slurm 22.05 to 23.02 does not inherit the batch's
     # --cpus-per-task, and with CPU binding every task would get one core.
     if task_cpus(cfg):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 
 
 def current_job_id() -> str | None:
@@ -11,3 +13,32 @@ def current_job_id() -> str | None:
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The SLURM allocation this shell is in (salloc, or an interactive job): what `--here` may use."""
+
+    job_id: str
+    nodes: int
+    gpus_per_node: int | None  # None: SLURM did not say (no GPUs requested)
+    cpus_per_node: int | None
+
+
+def current_allocation() -> Allocation | None:
+    env = os.environ
+    if not env.get("SLURM_JOB_ID"):
+        return None
+
+    def number(*names: str) -> int | None:
+        for name in names:
+            match = re.match(r"\d+", env.get(name, ""))
+            if match:
+                return int(match.group())
+        return None
+
+    # SLURM_JOB_CPUS_PER_NODE ("2(x3),1"): the job's CPUs on each node, not the node's (SLURM_CPUS_ON_NODE)
+    cpus = [int(m) for m in re.findall(r"(?:^|,)(\d+)", env.get("SLURM_JOB_CPUS_PER_NODE", ""))]
+    return Allocation(job_id=env["SLURM_JOB_ID"], nodes=number("SLURM_JOB_NUM_NODES", "SLURM_NNODES") or 1,
+                      gpus_per_node=number("SLURM_GPUS_ON_NODE"),
+                      cpus_per_node=min(cpus) if cpus else number("SLURM_CPUS_ON_NODE"))

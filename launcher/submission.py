@@ -12,6 +12,7 @@ from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_write_text
+from launcher.slurm_env import Allocation
 
 
 def render_script(cfg: JobConfig, array: bool = False) -> str:
@@ -48,11 +49,43 @@ def job_class_paths(cfg: JobConfig) -> dict[str, str]:
     return paths
 
 
-def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, **event_fields: Any) -> RunDir:
-    """Prepare the run directory and hand the run to its backend."""
+def fit_allocation(cfg: JobConfig, alloc: Allocation) -> JobConfig:
+    """`--here`: the job must fit the allocation this shell is in (SLURM's own figures); a rank's
+    CPUs, unless the job says, are the allocation's per node shared by its ranks."""
+    if cfg.cluster.backend != "slurm":
+        raise LaunchError(f"--here needs a SLURM profile (--cluster NAME); '{cfg.run.profile}' is {cfg.cluster.backend}")
+    res = cfg.resources
+    if res.nodes > alloc.nodes:
+        raise LaunchError(f"--here: the job asks {res.nodes} nodes; allocation {alloc.job_id} has {alloc.nodes} "
+                          "(SLURM_JOB_NUM_NODES)")
+    if res.gpus_per_node and res.gpus_per_node > (alloc.gpus_per_node or 0):
+        raise LaunchError(f"--here: the job asks {res.gpus_per_node} GPUs per node; allocation {alloc.job_id} has "
+                          f"{alloc.gpus_per_node or 0} (SLURM_GPUS_ON_NODE)")
+    tasks = cfg.procs_per_node
+    if res.cpus_per_task and alloc.cpus_per_node and res.cpus_per_task * tasks > alloc.cpus_per_node:
+        raise LaunchError(f"--here: {tasks} task(s) x {res.cpus_per_task} CPUs per node exceed the "
+                          f"{alloc.cpus_per_node} CPUs of allocation {alloc.job_id} (SLURM_JOB_CPUS_PER_NODE)")
+    if res.cpus_per_task is None and alloc.cpus_per_node:
+        if alloc.cpus_per_node < tasks:
+            raise LaunchError(f"--here: {tasks} task(s) per node, but allocation {alloc.job_id} has "
+                              f"{alloc.cpus_per_node} CPU(s) per node (SLURM_JOB_CPUS_PER_NODE)")
+        res = dataclasses.replace(res, cpus_per_task=alloc.cpus_per_node // tasks)
+    return dataclasses.replace(cfg, resources=res)
+
+
+def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, here: str | None = None, **event_fields: Any) -> RunDir:
+    """Prepare the run directory and hand the run to its backend (or, `here`, to srun steps of
+    that allocation)."""
+    if here:
+        event_fields["here"] = here
     cfg, run = prepare_run(cfg, runs_dir, job_file, **event_fields)
     try:
-        backends.named(cfg.cluster.backend).submit(cfg, run)
+        if here:
+            from launcher.backends.slurm import SlurmBackend
+
+            SlurmBackend().start_here(cfg, run, here)
+        else:
+            backends.named(cfg.cluster.backend).submit(cfg, run)
     except LaunchError:
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
         raise

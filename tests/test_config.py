@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -208,3 +210,33 @@ def test_unknown_run_is_a_user_error(tmp_path) -> None:
         from launcher.rundir import find_run
 
         find_run("nope", tmp_path)
+
+
+def test_here_needs_an_allocation_that_fits_the_job(write, tmp_path) -> None:
+    """`launch submit --here`: refused outside an allocation, or when the job does not fit it; a
+    rank's CPUs default to the allocation's per node (SLURM_JOB_CPUS_PER_NODE), not the profile's."""
+    import unittest.mock
+
+    from launcher.slurm_env import current_allocation
+    from launcher.submission import fit_allocation
+
+    job = write("job.toml", '[job]\nname = "h"\n[model]\nclass_path = "mlp"\n[data]\nclass_path = "digits"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    out = run_launch("submit", str(job), "--here", env=env)
+    assert out.returncode == 2 and "--here runs inside a SLURM allocation" in out.stderr and out.stderr.count("\n") == 1
+
+    cluster = write("cluster.toml", '[s]\nbackend = "slurm"\npartition = "p"\ngpus_per_node = 8\ncpus_per_node = 64\n')
+    cfg = config.resolve(config.Request(job_file=str(job), cluster_file=str(cluster), cluster="s", nodes=2, gpus=4))
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4", "SLURM_CPUS_ON_NODE": "64",
+             "SLURM_JOB_CPUS_PER_NODE": "16(x2)"}
+    with unittest.mock.patch.dict(os.environ, slurm, clear=True):
+        alloc = current_allocation()
+    assert alloc is not None
+    assert (alloc.nodes, alloc.gpus_per_node, alloc.cpus_per_node) == (2, 4, 16)
+    assert fit_allocation(cfg, alloc).resources.cpus_per_task == 4  # 16 CPUs shared by 4 ranks
+    for change, words in ((dict(nodes=3), "asks 3 nodes; allocation 7 has 2"), (dict(gpus_per_node=8), "8 GPUs per node"),
+                          (dict(cpus_per_task=5), "4 task(s) x 5 CPUs")):
+        wide = dataclasses.replace(cfg, resources=dataclasses.replace(cfg.resources, **change))
+        with pytest.raises(LaunchError, match=re.escape(words)):
+            fit_allocation(wide, alloc)
+

@@ -390,3 +390,33 @@ def test_four_slurm_nodes_preempted_twice_mid_epoch_end_bit_identical(cluster_fi
                  if json.loads(line)["event"] == "preempted"]
     assert len(preempted) == 2 and all(0 < e["batch_in_epoch"] < steps_per_epoch for e in preempted), preempted
     assert_same_training(run_dir, slurm_wide_baseline)
+
+
+def test_a_run_inside_salloc_uses_the_allocation_and_resumes_in_it(cluster_file, slurm_baseline, tmp_path) -> None:
+    """`launch submit --here` under salloc: srun steps of that allocation (no job of its own),
+    preempted mid-epoch, the next step resumes in the same allocation, bit for bit."""
+    import sys
+
+    job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
+    runs = tmp_path / "runs"
+    salloc = subprocess.Popen(
+        ["salloc", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2", "--partition=debug", "--time=10",
+         sys.executable, "-m", "launcher.cli", "--cluster-file", str(cluster_file), "submit", str(job), "--cluster",
+         "test-srun", "--procs", "1", "--runs-dir", str(runs), "--here", "--follow"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(runs.glob("pre/*/events.jsonl")), 60, "the run directory", tmp_path)
+        (run_dir,) = runs.glob("pre/*")
+        preempt = preempt_at(run_dir, (30,), timeout=180, preempt=lambda: launch(cluster_file, "preempt", str(run_dir)))
+        assert "the --here runner" in preempt[0].stdout
+        out, err = salloc.communicate(timeout=300)
+    finally:
+        salloc.kill()
+    assert salloc.returncode == 0, err[-3000:]
+    allocation = json.loads((run_dir / "slurm.json").read_text())["job_id"]
+    assert f"salloc: Granted job allocation {allocation}" in err
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    names = [e["event"] for e in events]
+    assert names.index("preempted") < names.index("requeued") < names.index("resumed") < names.index("finished")
+    assert "queued" not in names and {e["slurm_job_id"] for e in events if e["event"] == "started"} == {allocation}
+    assert [e.get("in_allocation") for e in events if e["event"] == "requeued"] == [True]
+    assert_same_training(run_dir, slurm_baseline)

@@ -13,8 +13,10 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -24,11 +26,13 @@ from launcher import render
 from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
+from launcher.processes import pid_runs
 from launcher.rundir import RunDir, atomic_write_text
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 TASK_MODULE = "launcher.entry.slurm_task"  # what every task runs: a rank, or a node's torchrun agent
+HERE_MODULE = "launcher.entry.here"  # launch submit --here: runs the batch script inside an allocation
 CANCEL_WAIT_S = 60.0
 
 
@@ -82,11 +86,20 @@ def require_tools(cfg: JobConfig) -> None:
             raise LaunchError(f"profile '{cfg.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
 
 
-def job_id(run: RunDir) -> str | None:
+def slurm_record(run: RunDir) -> dict[str, Any]:
     try:
-        return json.loads(run.slurm_record.read_text())["job_id"]
-    except (FileNotFoundError, KeyError, json.JSONDecodeError):
-        return None
+        return json.loads(run.slurm_record.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def job_id(run: RunDir) -> str | None:
+    return slurm_record(run).get("job_id")
+
+
+def here_runner(run: RunDir) -> int | None:
+    """The runner's pid of a run started with `launch submit --here` (None for a batch job)."""
+    return slurm_record(run).get("here_runner_pid")
 
 
 def slurm_state(jid: str) -> str | None:
@@ -174,10 +187,29 @@ class SlurmBackend:
             raise
         return array_id
 
+    def start_here(self, cfg: JobConfig, run: RunDir, allocation: str) -> None:
+        """`launch submit --here`: the run's batch script as srun steps of `allocation` (the one this
+        shell is in), under a detached runner (launcher/entry/here.py)."""
+        import submitit
+
+        require_tools(cfg)
+        run.submitit.mkdir(exist_ok=True)
+        submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(run.submitit / f"{allocation}_submitted.pkl")
+        python = cfg.run.launcher_python or cfg.run.python
+        with open(run.console, "ab") as out:
+            proc = subprocess.Popen([python, "-m", HERE_MODULE, str(run.path)], stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=cfg.run.workdir or None)
+        atomic_write_text(run.slurm_record, json.dumps({"job_id": allocation, "here_runner_pid": proc.pid}))
+
     def probe(self, run: RunDir) -> Probe:
-        """One squeue (or scontrol) look at the run's job."""
-        jid = job_id(run)
-        return _probe(jid, slurm_state(jid) if jid else None)
+        """One squeue (or scontrol) look at the run's job; for a --here run, also its runner."""
+        jid, runner = job_id(run), here_runner(run)
+        probe = _probe(jid, slurm_state(jid) if jid else None)
+        if runner is None:
+            return probe
+        return Probe(alive=probe.alive and pid_runs(runner, run),
+                     ended_as=(State.FAILED, "the --here runner is gone without recording an end (killed, or the "
+                                             "allocation ended)"), details={**probe.details, "here_runner_pid": runner})
 
     def probe_many(self, runs: list[RunDir]) -> list[Probe]:
         """One squeue call for all the runs; scontrol only for a job gone from the queue whose
@@ -193,6 +225,9 @@ class SlurmBackend:
         queued = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
         probes = []
         for run, jid in zip(runs, ids, strict=True):
+            if here_runner(run) is not None:
+                probes.append(self.probe(run))
+                continue
             state = queued.get(jid) if jid else None
             if jid and state is None and not _recorded_end(run):
                 state = _scontrol_state(jid)
@@ -203,10 +238,16 @@ class SlurmBackend:
         return self.probe(run).alive
 
     def cancel(self, run: RunDir) -> None:
-        jid = job_id(run)
+        jid, runner = job_id(run), here_runner(run)
         if jid is None or not self.still_running(run):
             raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
         run.add_event(Event.CANCEL_REQUESTED, slurm_job_id=jid)  # so the ranks save but do not requeue
+        if runner is not None:  # --here: stop our steps, never the user's allocation
+            os.kill(runner, signal.SIGTERM)
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while pid_runs(runner, run) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            return  # the runner records the end
         subprocess.run(["scancel", jid], check=True)
         deadline = time.monotonic() + CANCEL_WAIT_S
         while self.still_running(run) and time.monotonic() < deadline:
@@ -215,9 +256,12 @@ class SlurmBackend:
 
     def signal(self, run: RunDir, signal_name: str) -> str:
         """What the cluster does before preempting: signal every task of the job's steps."""
-        jid = job_id(run)
+        jid, runner = job_id(run), here_runner(run)
         if jid is None or not self.still_running(run):
             raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
+        if runner is not None:  # --here: the runner hands it to its srun, which forwards it to the tasks
+            os.kill(runner, getattr(signal, f"SIG{signal_name}"))
+            return f"kill -{signal_name} {runner} (the --here runner, which forwards it to srun)"
         subprocess.run(["scancel", f"--signal={signal_name}", jid], check=True)
         return f"scancel --signal={signal_name} {jid}"
 

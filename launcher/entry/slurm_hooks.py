@@ -29,8 +29,14 @@ def main(argv: list[str]) -> int:
     if what == "ended":
         events = run.read_events()
         attempt = names(this_attempt(events))
+        if Event.CANCEL_REQUESTED in attempt:  # launch cancel records the end once the job is gone
+            print(f"[launch] run {run.run_id} cancelled", flush=True)
+            return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
-            requeue_on_slurm(run)
+            if os.environ.get("LAUNCH_HERE"):  # inside an allocation: the runner starts the next step
+                run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
+            else:
+                requeue_on_slurm(run)
             events = run.read_events()
             attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:

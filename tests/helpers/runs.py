@@ -82,8 +82,7 @@ def preempt_at(run_dir: Path, steps: tuple[int, ...], timeout: float = 240,
     results = []
     for n, target in enumerate(steps, start=1):
         def reached(t: int = target, k: int = n) -> bool:
-            tail = run_dir.joinpath("console.log").read_text()[-3000:] if count(run_dir, "failed") else ""
-            assert not tail, f"the run failed before step {t}: {tail}"
+            assert not count(run_dir, "failed"), f"the run failed before step {t}: " + (run_dir / "events.jsonl").read_text()
             return progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1
 
         wait_for(reached, timeout, f"step {target}", run_dir)
