@@ -402,7 +402,8 @@ def test_a_run_inside_salloc_uses_the_allocation_and_resumes_in_it(cluster_file,
     salloc = subprocess.Popen(
         ["salloc", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=2", "--partition=debug", "--time=10",
          sys.executable, "-m", "launcher.cli", "--cluster-file", str(cluster_file), "submit", str(job), "--cluster",
-         "test-srun", "--procs", "1", "--runs-dir", str(runs), "--here", "--follow"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "test-srun", "--procs", "1", "--runs-dir", str(runs), "--here", "--follow"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: any(runs.glob("pre/*/events.jsonl")), 60, "the run directory", tmp_path)
         (run_dir,) = runs.glob("pre/*")
