@@ -182,6 +182,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in waiting:
         print(f"waiting   for {line}")
     print(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
+    for ev in run.read_events():  # job.restart_on: each automatic restart and its cause
+        if ev.get("event") == Event.RESTARTED:
+            print(f"restart   #{ev.get('restart')} after {ev.get('elapsed_s')} s: {ev.get('cause')}")
     for key, value in sorted(info.metrics.items()):
         print(f"  {key:<14} {value:.6g}")
     if info.error:

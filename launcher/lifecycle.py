@@ -29,6 +29,7 @@ class Event(StrEnum):
     PREEMPTED = "preempted"  # every rank agreed to stop; the checkpoint is saved
     REQUEUED = "requeued"  # the run is queued again after a preemption
     REQUEUE_FAILED = "requeue_failed"  # `scontrol requeue` refused
+    RESTARTED = "restarted"  # an attempt failed and the run restarts by itself (job.restart_on)
     RESUMED = "resumed"  # an attempt restored a checkpoint
     TRAINED = "trained"  # fit (and test) ended on rank zero
     FINISHED = "finished"  # the attempt ended and training completed
@@ -58,6 +59,7 @@ STATE_OF_EVENT: Mapping[Event, State] = {
     Event.STARTED: State.RUNNING,
     Event.RESUME_REQUESTED: State.PENDING,
     Event.REQUEUED: State.PENDING,
+    Event.RESTARTED: State.PENDING,
     Event.FINISHED: State.COMPLETED,
     Event.FAILED: State.FAILED,
     Event.CANCELLED: State.CANCELLED,
@@ -231,17 +233,44 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
     return errors[0][1] if errors else None
 
 
-def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float) -> tuple[bool, str]:
-    """Append `finished` or `failed` for an attempt whose ranks exited with `exit_code`.
+# Failures of the machinery rather than of the job's code: what job.restart_on = "infrastructure" retries.
+INFRASTRUCTURE = {"Died", "Hung"}
+INFRASTRUCTURE_ERROR = re.compile(r"NCCL|[Gg]loo|DistBackendError|DistNetworkError|ProcessGroup|[Cc]onnection (reset|"
+                                  r"closed|refused)|Broken pipe|[Tt]imed out|out of memory|CUDA error|ECC")
 
-    Finished means the ranks exited 0 AND rank zero recorded that training completed; returns
-    (finished, one-line summary).
+
+def failure_kind(err: Mapping[str, Any] | None) -> str:
+    """"infrastructure" or "code": what a failed attempt's first error says about retrying it."""
+    if err is None:  # the ranks exited non-zero without a word: killed from outside
+        return "infrastructure"
+    text = f"{err.get('type')}: {err.get('message')}"
+    return "infrastructure" if err.get("type") in INFRASTRUCTURE or INFRASTRUCTURE_ERROR.search(text) else "code"
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How an attempt ended: finished, restarting (job.restart_on), or failed; and a line saying so."""
+
+    finished: bool
+    restarting: bool
+    summary: str
+
+
+def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
+               restart_on: str = "never", max_restarts: int = 0) -> Ending:
+    """Append `finished`, `restarted` or `failed` for an attempt whose ranks exited with `exit_code`.
+
+    Finished means the ranks exited 0 AND rank zero recorded that training completed. A failure
+    the restart policy covers, with restarts left, is `restarted` (the caller starts the run
+    again; it resumes from its newest complete checkpoint); otherwise `failed`, listing the causes
+    of the earlier restarts too.
     """
-    last = last_event(run.read_events(), Event.TRAINED)
+    events = run.read_events()
+    last = last_event(events, Event.TRAINED)
     if exit_code == 0 and last is not None and not last.get("interrupted"):
         run.add_event(Event.FINISHED, elapsed_s=elapsed_s, global_step=last.get("global_step"))
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
-        return True, f"completed in {elapsed_s} s: step {last.get('global_step')}, {shown}"
+        return Ending(True, False, f"completed in {elapsed_s} s: step {last.get('global_step')}, {shown}")
     err = first_error(run, started_at)
     if err:
         message = f"rank {err['rank']} ({err.get('host', '?')}): {err['type']}: {err['message']}"
@@ -249,9 +278,19 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float)
         message = "the ranks exited without completing training"
     else:
         message = f"the ranks exited with {exit_code}; see {run.logs}"
+    earlier = [e for e in events if e.get("event") == Event.RESTARTED]
+    kind = failure_kind(err) if (err or exit_code) else "code"
+    if restart_on != "never" and (restart_on == "any" or kind == "infrastructure") and len(earlier) < max_restarts:
+        step = (last_event(events, Event.FIRST_STEP) or {}).get("global_step")
+        run.add_event(Event.RESTARTED, restart=len(earlier) + 1, cause=message, kind=kind, exit_code=exit_code,
+                      rank=err["rank"] if err else None, elapsed_s=elapsed_s, step_before=step)
+        return Ending(False, True, f"failed after {elapsed_s} s ({message}): restart {len(earlier) + 1} of "
+                                   f"{max_restarts} (job.restart_on = {restart_on!r})")
+    if earlier:
+        message += f"; after {len(earlier)} restart(s): " + "; ".join(e.get("cause", "?")[:200] for e in earlier)
     run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,
                   rank=err["rank"] if err else None, error=message)
-    return False, f"failed after {elapsed_s} s: {message}"
+    return Ending(False, False, f"failed after {elapsed_s} s: {message}")
 
 
 def record_not_requeued(run: RunDir, exit_code: int) -> str:

@@ -59,7 +59,7 @@ def test_the_state_is_the_one_implied_by_the_last_lifecycle_event(events, state)
 
 
 def test_every_event_and_state_has_one_spelling() -> None:
-    assert len({e.value for e in Event}) == len(Event) == 17
+    assert len({e.value for e in Event}) == len(Event) == 18
     assert set(lifecycle.STATE_OF_EVENT.values()) | {State.UNKNOWN} == set(State)
     # the string in events.jsonl is the plain name
     assert json.dumps({"event": Event.FIRST_STEP}) == '{"event": "first_step"}'
@@ -189,7 +189,8 @@ def test_records_of_an_earlier_attempt_are_ignored(run: RunDir) -> None:
 
 def test_record_end_finished_only_when_training_completed(run: RunDir) -> None:
     run.add_event(Event.TRAINED, global_step=10, metrics={"val_acc": 0.75}, interrupted=False)
-    finished, summary = record_end(run, 0, time.time(), 12.5)
+    ending = record_end(run, 0, time.time(), 12.5)
+    finished, summary = ending.finished, ending.summary
     assert finished and summary == "completed in 12.5 s: step 10, val_acc 0.75"
     assert run.read_events()[-1]["event"] == "finished"
 
@@ -202,7 +203,7 @@ def test_record_end_finished_only_when_training_completed(run: RunDir) -> None:
 def test_record_end_failed_says_why(run: RunDir, exit_code, trained, expected) -> None:
     if trained is not None:
         run.add_event(Event.TRAINED, global_step=3, **trained)
-    finished, summary = record_end(run, exit_code, time.time(), 1.0)
+    finished = record_end(run, exit_code, time.time(), 1.0).finished
     last = run.read_events()[-1]
     assert not finished and last["event"] == "failed" and last["error"].startswith(expected)
     assert last["exit_code"] == (exit_code or 1) and last["rank"] is None
@@ -249,3 +250,39 @@ def test_the_slurm_task_is_pickled_as_a_reference_to_the_entry_function() -> Non
         assert isinstance(entry, EntryPoint)
         loaded = pickle.loads(cloudpickle.dumps(entry))  # what the task does
         assert (loaded.__module__, loaded.__name__) == ("launcher.entry.slurm_task", name)
+
+
+# --------------------------------------------------------------------------- restarts (job.restart_on)
+
+
+@pytest.mark.parametrize("failure,kind", [
+    (lambda run: died(run, 1), "infrastructure"),  # SIGKILL, the OOM killer, a segfault
+    (lambda run: rank_error(run, 0, "DistBackendError", "NCCL error: unhandled system error"), "infrastructure"),
+    (lambda run: rank_error(run, 0, "RuntimeError", "[Gloo] Connection closed by peer [n2]:1234"), "infrastructure"),
+    (lambda run: None, "infrastructure"),  # non-zero exit and not a word from any rank
+    (lambda run: rank_error(run, 1, "ValueError", "bad shape in my_model.forward"), "code"),
+], ids=["killed", "nccl", "gloo-peer-lost", "silent-exit", "python-exception"])
+def test_a_failure_restarts_only_when_the_policy_covers_it(run: RunDir, failure, kind) -> None:
+    failure(run)
+    since = time.time() - 5
+    for policy, restarts in (("infrastructure", kind == "infrastructure"), ("any", True), ("never", False)):
+        events_before = len(run.read_events())
+        ending = record_end(run, 1, since, 3.0, policy, max_restarts=3)
+        added = run.read_events()[events_before:]
+        assert ending.restarting == restarts and not ending.finished, (policy, ending)
+        assert [e["event"] for e in added] == (["restarted"] if restarts else ["failed"])
+        if restarts:
+            assert added[0]["kind"] == kind and added[0]["restart"] == 1 + sum(
+                e["event"] == "restarted" for e in run.read_events()[:events_before])
+            assert status(run.read_events()).state == State.PENDING
+
+
+def test_restarts_exhausted_fail_with_every_cause(run: RunDir) -> None:
+    died(run, 1)
+    since = time.time() - 5
+    endings = [record_end(run, 1, since, float(i), "infrastructure", max_restarts=2) for i in range(3)]
+    assert [e.restarting for e in endings] == [True, True, False]
+    assert "restart 2 of 2" in endings[1].summary
+    last = run.read_events()[-1]
+    assert last["event"] == "failed" and last["error"].count("Died") == 3, last  # its own, and the two before
+    assert "after 2 restart(s): rank 1 (n1): Died" in last["error"]

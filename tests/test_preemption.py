@@ -86,7 +86,8 @@ def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step(baseline, tmp_pat
 
 
 def test_rank_killed_while_writing_the_checkpoint_keeps_the_previous_and_resume_completes(tmp_path) -> None:
-    job = write_job(tmp_path, "big", sleep=0.05, epochs=3, model="BigPreemptableMLP", extra_args=", ballast_mb = 300")
+    job = write_job(tmp_path, "big", sleep=0.05, epochs=3, model="BigPreemptableMLP", extra_args=", ballast_mb = 300",
+                    restart_on="never")  # the failed attempt, then launch resume
     run_dir = submit(job, tmp_path / "runs")
     ckpts = run_dir / "checkpoints"
     wait_for(lambda: progress_step(run_dir) >= STEPS_PER_EPOCH + 5, 240, "epoch 1", run_dir)  # epoch-0 checkpoints exist
@@ -129,3 +130,23 @@ def test_a_signal_after_the_last_stop_point_is_reported_not_dropped(tmp_path) ->
     assert info["state"] == "completed" and info["restarts"] == 0, info
     assert "a preemption signal (SIGUSR1) came after the last point training could stop" in info["note"], info
     assert "note      a preemption signal" in run_launch("status", str(run_dir)).stdout
+
+
+def test_a_rank_killed_mid_epoch_restarts_by_itself_and_ends_bit_identical(baseline, tmp_path) -> None:
+    """job.restart_on = "infrastructure" (the default): SIGKILL of one rank (as the OOM killer does)
+    fails the attempt; the supervisor starts the run again, it resumes from its newest periodic
+    checkpoint and ends as if nothing happened, with the restart and its cause recorded."""
+    job = write_job(tmp_path, "pre", sleep=0.05)
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
+    run_dir = submit(job, tmp_path / "runs")
+    wait_for(lambda: progress_step(run_dir) >= 33, 180, "step 33", run_dir)
+    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
+    info = wait_end(run_dir)
+    assert info["state"] == "completed", info
+    (restart,) = [e for e in events(run_dir) if e["event"] == "restarted"]
+    assert restart["kind"] == "infrastructure" and restart["rank"] == 1 and "rank 1 (" in restart["cause"], restart
+    (resumed,) = [e for e in events(run_dir) if e["event"] == "resumed"]
+    assert resumed["global_step"] >= 30 and resumed["global_step"] % 5 == 0, resumed  # the periodic checkpoint
+    assert "restart   #1 after " in run_launch("status", str(run_dir)).stdout
+    assert info["global_step"] == 5 * STEPS_PER_EPOCH
+    assert_same_training(run_dir, baseline)

@@ -31,6 +31,7 @@ JOB = """
 name = "{name}"
 seed = 5
 collective_timeout_s = {timeout}
+restart_on = "never"  # these tests are about how a failure is seen and named; restarts: test_preemption.py
 
 [model]
 class_path = "tests.helpers.modules.{model}"

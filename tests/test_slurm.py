@@ -279,7 +279,7 @@ def test_nasty_values_reach_a_slurm_job_exactly_and_secrets_stay_out_of_its_file
 
 
 def test_a_killed_rank_fails_the_slurm_job_within_seconds(cluster_file, tmp_path) -> None:
-    job = write_job(tmp_path, "killed", sleep=0.1, epochs=100)
+    job = write_job(tmp_path, "killed", sleep=0.1, epochs=100, restart_on="never")
     result = launch(cluster_file, "submit", str(job), "--cluster", "test-srun", "--nodes", "2", "--procs", "1",
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr

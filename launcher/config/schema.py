@@ -94,6 +94,12 @@ class JobSection:
     # each of these optimizer steps; SIGKILL every process of the run (local) at this step, once.
     drill_preempt_at_steps: list[int] = field(default_factory=list)
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)
+    # Automatic restart from the newest complete checkpoint after a failed attempt, at most
+    # max_restarts times a run. "infrastructure": a rank killed by a signal or out of memory, a
+    # crash in native code, a hang, a lost peer (collective or connection errors); "any": also a
+    # Python exception in the job's code (which would usually fail again); "never".
+    max_restarts: int = bounded(3, NOT_NEGATIVE)
+    restart_on: Literal["infrastructure", "any", "never"] = "infrastructure"
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
         if Event.CANCEL_REQUESTED in attempt:  # launch cancel: the ranks saved; the run ends here
             run.add_event(Event.CANCELLED, slurm_job_id=current_job_id())
             return 0
-        if not (Event.PREEMPTED in attempt and Event.REQUEUED in attempt):
+        if Event.REQUEUED not in attempt:  # preempted, or restarting after a failure: the next step resumes
             return code
     return code
 

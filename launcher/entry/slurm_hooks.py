@@ -14,10 +14,20 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.config import load_resolved
 from launcher.entry.requeue import requeue_on_slurm
 from launcher.lifecycle import Event, last_event, names, record_end, record_not_requeued, this_attempt
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id
+
+
+def requeue(run: RunDir) -> None:
+    """Run this job again: `scontrol requeue`, or inside an allocation (--here) the runner starts
+    the next srun step once this records it."""
+    if os.environ.get("LAUNCH_HERE"):
+        run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
+    else:
+        requeue_on_slurm(run)
 
 
 def main(argv: list[str]) -> int:
@@ -33,10 +43,7 @@ def main(argv: list[str]) -> int:
             print(f"[launch] run {run.run_id} cancelled", flush=True)
             return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
-            if os.environ.get("LAUNCH_HERE"):  # inside an allocation: the runner starts the next step
-                run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
-            else:
-                requeue_on_slurm(run)
+            requeue(run)
             events = run.read_events()
             attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:
@@ -47,8 +54,14 @@ def main(argv: list[str]) -> int:
             return 0
         started = last_event(events, Event.STARTED) or {}
         t0 = float(started.get("t", time.time()))
-        finished, summary = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1))
-        print(f"[launch] run {run.run_id} {summary}", flush=True)
+        cfg = load_resolved(run.config)
+        ending = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1), cfg.job.restart_on, cfg.job.max_restarts)
+        print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
+        if ending.restarting:  # back in the queue (or, --here, the next step): it resumes
+            requeue(run)
+            if Event.REQUEUE_FAILED in names(this_attempt(run.read_events())):
+                run.add_event(Event.FAILED, exit_code=int(argv[2]) or 1, rank=None,
+                              error=f"{ending.summary}, but the requeue was refused; continue with: launch resume {run.path}")
         return 0
     print(f"usage: {sys.argv[0]} started|ended RUN_DIR [EXIT_CODE]", file=sys.stderr)
     return 2

@@ -121,9 +121,11 @@ def main(argv: list[str]) -> int:
             say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
             continue
         exit_code = next((c for c in codes if c != 0), 0)
-        finished, summary = record_end(run, exit_code, start, elapsed)
-        say(f"run {run.run_id} {summary}")
-        return 0 if finished else 1
+        ending = record_end(run, exit_code, start, elapsed, cfg.job.restart_on, cfg.job.max_restarts)
+        say(f"run {run.run_id} {ending.summary}")
+        if ending.restarting:  # it resumes from its newest complete checkpoint
+            continue
+        return 0 if ending.finished else 1
     return 1
 
 

@@ -19,6 +19,7 @@ PREEMPTABLE_JOB = """
 [job]
 name = "{name}"
 seed = 3
+restart_on = "{restart_on}"
 
 [model]
 class_path = "{model}"
@@ -43,10 +44,11 @@ STEPS_PER_EPOCH = 23  # 1,437 training digits, 2 ranks, batches of 32
 
 
 def write_job(tmp: Path, name: str, sleep: float, epochs: int = 5, model: str = "PreemptableMLP",
-              extra_args: str = "") -> Path:
+              extra_args: str = "", restart_on: str = "infrastructure") -> Path:
     path = tmp / f"{name}.toml"
     path.write_text(PREEMPTABLE_JOB.format(name=name, model=f"tests.helpers.modules.{model}", sleep=sleep,
-                                           data=tmp / "data", epochs=epochs, extra_args=extra_args))
+                                           data=tmp / "data", epochs=epochs, extra_args=extra_args,
+                                           restart_on=restart_on))
     return path
 
 
