@@ -17,7 +17,7 @@ from launcher import backends, config, dependencies, sweep
 from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event, RunStatus, State, last_event
+from launcher.lifecycle import Event, RunStatus, State, grace_warning, last_event
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
 from launcher.submission import fit_allocation, render_preview, render_script, resume_run, start_run
@@ -98,6 +98,17 @@ def _follow_or_detach(run: RunDir, path: Path | None) -> RunStatus | None:
         return None
 
 
+def _grace_warning(run: RunDir) -> str | None:
+    """launch status's warning when the last preemption used more than half the grace."""
+    events = run.read_events()
+    if last_event(events, Event.REQUEUED) is None:
+        return None
+    try:
+        return grace_warning(events, config.load_resolved(run.config).cluster.signal_grace_s)
+    except (LaunchError, OSError):  # a run directory without its config: nothing to compare with
+        return None
+
+
 def _exit_code(final: RunStatus | None) -> int:
     """--follow: 0 if the run completed, 130 if the user detached, else 1."""
     return 130 if final is None else (0 if final.state == State.COMPLETED else 1)
@@ -174,8 +185,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     info = backends.status(run)
     waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
+    warning = _grace_warning(run)
     if args.json:
-        print(json.dumps({**info.as_dict(), "waiting_for": waiting}, indent=1))
+        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning}, indent=1))
         return 0
     print(f"run       {info.run_id} ({info.job})")
     print(f"state     {info.state}")
@@ -191,6 +203,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"error     {info.error}")
     if info.note:
         print(f"note      {info.note}")
+    if warning:
+        print(f"warning   {warning}")
     print(f"dir       {info.run_dir}")
     return 0
 

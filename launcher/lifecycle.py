@@ -293,6 +293,17 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     return Ending(False, False, f"failed after {elapsed_s} s: {message}")
 
 
+def grace_warning(events: Sequence[Mapping[str, Any]], grace_s: int) -> str | None:
+    """A warning when the last preemption took more than half the grace (signal to exit, saving
+    included): the next one may not fit, and a save cut short by SIGKILL is lost work."""
+    last = last_event(events, Event.REQUEUED)
+    used = (last or {}).get("signal_to_exit_s")
+    if used is None or used <= grace_s / 2:
+        return None
+    return (f"the last preemption took {used:.0f} s from the signal to the exit, more than half of the "
+            f"{grace_s} s grace (cluster.signal_grace_s): raise the grace, or make the checkpoint smaller or faster")
+
+
 def record_not_requeued(run: RunDir, exit_code: int) -> str:
     """A preempted attempt that could not go back in the queue: failed, with the command that
     continues it."""

@@ -286,3 +286,15 @@ def test_restarts_exhausted_fail_with_every_cause(run: RunDir) -> None:
     last = run.read_events()[-1]
     assert last["event"] == "failed" and last["error"].count("Died") == 3, last  # its own, and the two before
     assert "after 2 restart(s): rank 1 (n1): Died" in last["error"]
+
+
+def test_a_preemption_that_used_more_than_half_the_grace_is_warned_about() -> None:
+    def requeued(used: float | None) -> list[dict]:
+        return [{"event": "preempted", "step": 3}, {"event": "requeued", "signal_to_exit_s": used}]
+
+    assert lifecycle.grace_warning(requeued(59.0), 120) is None
+    assert lifecycle.grace_warning(requeued(None), 120) is None  # not measured (no signal time)
+    warning = lifecycle.grace_warning(requeued(61.0), 120)
+    assert warning is not None and "took 61 s" in warning and "120 s grace (cluster.signal_grace_s)" in warning
+    # only the last preemption counts
+    assert lifecycle.grace_warning(requeued(90.0) + requeued(10.0), 120) is None

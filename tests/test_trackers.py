@@ -66,10 +66,13 @@ def test_trackers_and_user_callbacks_continue_across_a_preemption(tmp_path: Path
     job = write_job(tmp_path, "trk", sleep=0.05, epochs=2)
     report = tmp_path / "counter.json"
     job.write_text(job.read_text() + EXTRA.format(report=report))
-    run_dir = submit(job, tmp_path / "runs")
+    # a 1 s grace: the preemption (save, W&B and MLflow closing) takes longer than half of it
+    run_dir = submit(job, tmp_path / "runs", "--set", "cluster.signal_grace_s=1")
     preempt_at(run_dir, (10,), timeout=180)
     info = wait_end(run_dir)
     assert info["state"] == "completed" and count(run_dir, "resumed") == 1, info
+    assert "more than half of the 1 s grace (cluster.signal_grace_s)" in info["warning"], info
+    assert "warning: the last preemption took" in (run_dir / "console.log").read_text()
     expected = csv_points(run_dir)
     assert {k for _, k, _ in expected} >= {"train_loss_step", "val_loss", "epoch"}
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from typing import Any
 
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id
 
 
-def requeue_on_slurm(run: RunDir) -> None:
+def requeue_on_slurm(run: RunDir, **fields: Any) -> None:
     """`scontrol requeue` this job, unless the user asked to cancel it; the outcome is an event."""
     job_id = current_job_id()
     # Only a cancel of this job counts: a run resumed after `launch cancel` is a new job.
@@ -25,6 +26,6 @@ def requeue_on_slurm(run: RunDir) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if out.returncode == 0:
-        run.add_event(Event.REQUEUED, slurm_job_id=job_id)
+        run.add_event(Event.REQUEUED, slurm_job_id=job_id, **fields)
     else:
         run.add_event(Event.REQUEUE_FAILED, slurm_job_id=job_id, error=(out.stderr or out.stdout).strip()[:300])

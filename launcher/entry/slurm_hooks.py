@@ -13,21 +13,30 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from launcher.config import load_resolved
 from launcher.entry.requeue import requeue_on_slurm
-from launcher.lifecycle import Event, last_event, names, record_end, record_not_requeued, this_attempt
+from launcher.lifecycle import (
+    Event,
+    grace_warning,
+    last_event,
+    names,
+    record_end,
+    record_not_requeued,
+    this_attempt,
+)
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id
 
 
-def requeue(run: RunDir) -> None:
+def requeue(run: RunDir, **fields: Any) -> None:
     """Run this job again: `scontrol requeue`, or inside an allocation (--here) the runner starts
     the next srun step once this records it."""
     if os.environ.get("LAUNCH_HERE"):
-        run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
+        run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True, **fields)
     else:
-        requeue_on_slurm(run)
+        requeue_on_slurm(run, **fields)
 
 
 def main(argv: list[str]) -> int:
@@ -43,11 +52,17 @@ def main(argv: list[str]) -> int:
             print(f"[launch] run {run.run_id} cancelled", flush=True)
             return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
-            requeue(run)
+            preempted = last_event(this_attempt(events), Event.PREEMPTED) or {}
+            signal_at = preempted.get("signal_at")
+            requeue(run, after_step=preempted.get("step"),
+                    signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
             events = run.read_events()
             attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:
             print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
+            warning = grace_warning(events, load_resolved(run.config).cluster.signal_grace_s)
+            if warning:
+                print(f"[launch] warning: {warning}", flush=True)
             return 0
         if Event.PREEMPTED in attempt:
             record_not_requeued(run, int(argv[2]))

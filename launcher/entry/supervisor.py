@@ -20,7 +20,7 @@ from typing import Any
 
 from launcher import dependencies
 from launcher.config import load_resolved
-from launcher.lifecycle import Event, record_end, this_attempt
+from launcher.lifecycle import Event, grace_warning, record_end, this_attempt
 from launcher.processes import processes_of, wait_gone
 from launcher.rundir import RunDir
 
@@ -119,6 +119,9 @@ def main(argv: list[str]) -> int:
             run.add_event(Event.REQUEUED, after_step=preempted[-1].get("step"),
                           signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
             say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
+            warning = grace_warning(run.read_events(), cfg.cluster.signal_grace_s)
+            if warning:
+                say(f"warning: {warning}")
             continue
         exit_code = next((c for c in codes if c != 0), 0)
         ending = record_end(run, exit_code, start, elapsed, cfg.job.restart_on, cfg.job.max_restarts)
