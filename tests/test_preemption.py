@@ -38,18 +38,30 @@ def baseline(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_preempted_three_times_mid_epoch_ends_bit_identical_to_uninterrupted(baseline, tmp_path) -> None:
-    run_dir = submit(write_job(tmp_path, "pre", sleep=0.05), tmp_path / "runs")
+def test_preempted_three_times_and_a_rank_killed_mid_epoch_ends_bit_identical_to_uninterrupted(baseline, tmp_path) -> None:
+    """Three preemptions, then one rank SIGKILLed (as the OOM killer does): job.restart_on =
+    "infrastructure" (the default) restarts the run by itself from its newest periodic checkpoint
+    (every 5 steps), with the restart and its cause recorded; it ends as if nothing happened."""
+    job = write_job(tmp_path, "pre", sleep=0.05)
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
+    run_dir = submit(job, tmp_path / "runs")
     for result in preempt_at(run_dir, (10, 45, 80), timeout=180):
         assert "SIGUSR1" in result.stdout, result.stdout
+    wait_for(lambda: progress_step(run_dir) >= 93, 180, "step 93", run_dir)
+    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
     info = wait_end(run_dir)
-    assert info["state"] == "completed" and info["restarts"] == 3, info
+    assert info["state"] == "completed" and info["restarts"] == 4, info
     preempted = [e for e in events(run_dir) if e["event"] == "preempted"]
     assert len(preempted) == 3 and count(run_dir, "requeued") == 3
     for e in preempted:  # each one mid-epoch, and the save is quick
         assert 0 < e["batch_in_epoch"] < STEPS_PER_EPOCH, e
         assert e["signal"] == "SIGUSR1" and e["checkpoint_bytes"] > 0
-    assert all(e["mid_epoch"] for e in events(run_dir) if e["event"] == "resumed")
+    (restart,) = [e for e in events(run_dir) if e["event"] == "restarted"]
+    assert restart["kind"] == "infrastructure" and restart["rank"] == 1 and "rank 1 (" in restart["cause"], restart
+    resumed = [e for e in events(run_dir) if e["event"] == "resumed"]
+    assert len(resumed) == 4 and all(e["mid_epoch"] for e in resumed)
+    assert resumed[-1]["global_step"] >= 90 and resumed[-1]["global_step"] % 5 == 0, resumed[-1]  # periodic one
+    assert "restart   #1 after " in run_launch("status", str(run_dir)).stdout
     assert info["global_step"] == 5 * STEPS_PER_EPOCH
     assert_same_training(run_dir, baseline)
     assert not (run_dir / "checkpoints" / "preempt.ckpt").exists()  # superseded by last.ckpt
@@ -131,22 +143,3 @@ def test_a_signal_after_the_last_stop_point_is_reported_not_dropped(tmp_path) ->
     assert "a preemption signal (SIGUSR1) came after the last point training could stop" in info["note"], info
     assert "note      a preemption signal" in run_launch("status", str(run_dir)).stdout
 
-
-def test_a_rank_killed_mid_epoch_restarts_by_itself_and_ends_bit_identical(baseline, tmp_path) -> None:
-    """job.restart_on = "infrastructure" (the default): SIGKILL of one rank (as the OOM killer does)
-    fails the attempt; the supervisor starts the run again, it resumes from its newest periodic
-    checkpoint and ends as if nothing happened, with the restart and its cause recorded."""
-    job = write_job(tmp_path, "pre", sleep=0.05)
-    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
-    run_dir = submit(job, tmp_path / "runs")
-    wait_for(lambda: progress_step(run_dir) >= 33, 180, "step 33", run_dir)
-    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    info = wait_end(run_dir)
-    assert info["state"] == "completed", info
-    (restart,) = [e for e in events(run_dir) if e["event"] == "restarted"]
-    assert restart["kind"] == "infrastructure" and restart["rank"] == 1 and "rank 1 (" in restart["cause"], restart
-    (resumed,) = [e for e in events(run_dir) if e["event"] == "resumed"]
-    assert resumed["global_step"] >= 30 and resumed["global_step"] % 5 == 0, resumed  # the periodic checkpoint
-    assert "restart   #1 after " in run_launch("status", str(run_dir)).stdout
-    assert info["global_step"] == 5 * STEPS_PER_EPOCH
-    assert_same_training(run_dir, baseline)
