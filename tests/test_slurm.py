@@ -27,22 +27,14 @@ max_time = "02:00:00"
 launch_mode = "{mode}"
 """
 PROFILES = PROFILE.format(mode="srun") + PROFILE.format(mode="torchrun") + PROFILE.format(mode="srun").replace(
-    "[test-srun]", "[test-weird]") + f"env = {{ WEIRD = {json.dumps(NASTY)} }}\n" + """
+    "[test-srun]", "[test-weird]") + f"env = {{ WEIRD = {json.dumps(NASTY)} }}\n" + PROFILE.format(mode="srun").replace(
+    # the ranks in the Apptainer stand-in (tests/slurm/bin/apptainer, first on the tasks' PATH)
+    "[test-srun]", "[test-apptainer]") + f'apptainer_image = "{REPO / "tests" / "slurm" / "standin.sif"}"\n' + \
+    f'env = {{ PATH = "{REPO / "tests" / "slurm" / "bin"}:{os.environ["PATH"]}" }}\n' + """
 [test-bad-partition]
 backend = "slurm"
 partition = "no-such-partition"
 gpus_per_node = 0
-
-[test-apptainer]
-backend = "slurm"
-partition = "debug"
-gpus_per_node = 0
-cpus_per_node = 2
-max_nodes = 2
-max_time = "02:00:00"
-launch_mode = "srun"
-apptainer_image = "STANDIN_IMAGE"
-env = { PATH = "STANDIN_PATH" }
 
 [test-wide]
 backend = "slurm"
@@ -52,9 +44,7 @@ cpus_per_node = 2
 max_nodes = 4
 max_time = "02:00:00"
 launch_mode = "srun"
-""".replace("STANDIN_IMAGE", str(REPO / "tests" / "slurm" / "standin.sif")).replace(
-    # the Apptainer stand-in (tests/slurm/bin/apptainer) first on the tasks' PATH
-    "STANDIN_PATH", f"{REPO / 'tests' / 'slurm' / 'bin'}:{os.environ['PATH']}")
+"""
 
 
 @pytest.fixture(scope="session")
@@ -211,10 +201,13 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
                                                                        digits_job, profile) -> None:
     """Preempted mid-epoch, saved, requeued by the batch script and resumed bit for bit. In srun mode
     the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found",
-    and a second run submitted --after this one waits through the requeue and starts after its end."""
+    and a second run submitted --after this one waits through the requeue and starts after its end.
+    In torchrun mode a rank is then SIGKILLed: the end hook requeues the job by itself (restart_on
+    "infrastructure") and it resumes from its periodic checkpoint, still bit for bit."""
     import torch
 
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
     result = launch(cluster_file, "submit", str(job), "--cluster", profile, "--nodes", "2", "--procs", "1",
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
@@ -233,12 +226,19 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     preempt = launch(cluster_file, "preempt", str(run_dir))
     assert preempt.returncode == 0 and f"scancel --signal=USR1 {job_id}" in preempt.stdout, preempt.stderr
     wait_for(lambda: "requeued" in slurm_events(run_dir), 120, "the requeue", run_dir)
+    if profile == "test-torchrun":
+        wait_for(lambda: "resumed" in slurm_events(run_dir) and progress_step(run_dir) >= 60, 180, "step 60", run_dir)
+        pid = json.loads((run_dir / "errors" / "rank-1.alive").read_text())["pid"]  # the nodes share this machine
+        subprocess.run(["kill", "-9", str(pid)], check=True)
     wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
              run_dir)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
-    assert info["state"] == "completed" and info["restarts"] == 1 and info["slurm_job_id"] == job_id, info
+    killed = profile == "test-torchrun"
+    assert info["state"] == "completed" and info["restarts"] == 1 + killed and info["slurm_job_id"] == job_id, info
     events = slurm_events(run_dir)
     assert events.index("preempted") < events.index("requeued") < events.index("resumed") < events.index("finished")
+    if killed:  # failed, restarted: requeued again by the end hook, resumed from the periodic checkpoint
+        assert events[events.index("restarted") + 1:].count("requeued") == 1 and events.count("resumed") == 2, events
     assert_same_training(run_dir, slurm_baseline)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH
     if profile == "test-apptainer":  # every task of both attempts ran in the "container"
