@@ -17,6 +17,7 @@ from launcher import backends, config, dependencies, sweep
 from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
+from launcher.ledger import ledger
 from launcher.lifecycle import Event, RunStatus, State, grace_warning, last_event
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
@@ -173,10 +174,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs under {_runs_dir(args)}")
         return 0
-    rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "SUBMITTED")]
+    rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "GOODPUT", "SUBMITTED")]
+    now = time.time()
     for run, info in zip(runs, backends.statuses(runs), strict=True):
+        book = ledger(run.read_events(), now)
+        good = f"{book.goodput:.2f}" if book and book.goodput is not None else "-"
         rows.append((run.run_id, run.job_name, info.state, str(info.global_step), str(info.epoch),
-                     str(info.restarts), str(info.submitted_at or "")))
+                     str(info.restarts), good, str(info.submitted_at or "")))
     print(format_table(rows))
     return 0
 
@@ -186,8 +190,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     info = backends.status(run)
     waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
     warning = _grace_warning(run)
+    book = ledger(run.read_events(), time.time())
     if args.json:
-        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning}, indent=1))
+        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning,
+                          "ledger": book.as_dict() if book else None}, indent=1))
         return 0
     print(f"run       {info.run_id} ({info.job})")
     print(f"state     {info.state}")
@@ -205,6 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"note      {info.note}")
     if warning:
         print(f"warning   {warning}")
+    if book:
+        print(f"time      {book.line()}")
     print(f"dir       {info.run_dir}")
     return 0
 

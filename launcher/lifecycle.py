@@ -280,16 +280,16 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
         message = f"the ranks exited with {exit_code}; see {run.logs}"
     earlier = [e for e in events if e.get("event") == Event.RESTARTED]
     kind = failure_kind(err) if (err or exit_code) else "code"
+    reached = run.read_progress().get("global_step")  # how far this attempt got (the ledger's recomputed steps)
     if restart_on != "never" and (restart_on == "any" or kind == "infrastructure") and len(earlier) < max_restarts:
-        step = (last_event(events, Event.FIRST_STEP) or {}).get("global_step")
         run.add_event(Event.RESTARTED, restart=len(earlier) + 1, cause=message, kind=kind, exit_code=exit_code,
-                      rank=err["rank"] if err else None, elapsed_s=elapsed_s, step_before=step)
+                      rank=err["rank"] if err else None, elapsed_s=elapsed_s, step_reached=reached)
         return Ending(False, True, f"failed after {elapsed_s} s ({message}): restart {len(earlier) + 1} of "
                                    f"{max_restarts} (job.restart_on = {restart_on!r})")
     if earlier:
         message += f"; after {len(earlier)} restart(s): " + "; ".join(e.get("cause", "?")[:200] for e in earlier)
     run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,
-                  rank=err["rank"] if err else None, error=message)
+                  rank=err["rank"] if err else None, error=message, step_reached=reached)
     return Ending(False, False, f"failed after {elapsed_s} s: {message}")
 
 

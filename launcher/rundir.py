@@ -261,7 +261,7 @@ class RunDir:
 
     # -- events
     def add_event(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": now_iso(), **fields}
+        record = {"event": event, "time": now_iso(), "t": round(time.time(), 3), **fields}
         line = (json.dumps(record, sort_keys=False) + "\n").encode()
         fd = os.open(self.events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:

@@ -61,7 +61,15 @@ def test_preempted_three_times_and_a_rank_killed_mid_epoch_ends_bit_identical_to
     resumed = [e for e in events(run_dir) if e["event"] == "resumed"]
     assert len(resumed) == 4 and all(e["mid_epoch"] for e in resumed)
     assert resumed[-1]["global_step"] >= 90 and resumed[-1]["global_step"] % 5 == 0, resumed[-1]  # periodic one
-    assert "restart   #1 after " in run_launch("status", str(run_dir)).stdout
+    shown = run_launch("status", str(run_dir)).stdout
+    assert "restart   #1 after " in shown and "time      wall " in shown and "goodput" in shown, shown
+    # the time ledger: every second of the run in one phase; the steps since the periodic checkpoint counted
+    book = info["ledger"]
+    phases = [book[k] for k in ("queue_s", "requeue_s", "stopped_s", "start-up_s", "training_s", "checkpoints_s",
+                                "stopping_s", "finishing_s")]
+    assert abs(sum(phases) - book["wall_s"]) < 0.01 and book["checkpoints_s"] > 0 and book["stopped_s"] == 0, book
+    assert book["recomputed_steps"] == restart["step_reached"] - resumed[-1]["global_step"] > 0, (book, restart)
+    assert 0 < book["goodput"] < 1, book
     assert info["global_step"] == 5 * STEPS_PER_EPOCH
     assert_same_training(run_dir, baseline)
     assert not (run_dir / "checkpoints" / "preempt.ckpt").exists()  # superseded by last.ckpt

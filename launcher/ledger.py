@@ -1,0 +1,116 @@
+"""Where a run's wall time went, from its `events.jsonl` alone (pure: no processes, no torch).
+
+The time from `submitted` to the run's end (or now) is cut at every event; each piece goes to the
+phase the run was in at its start, so the phases add up to the wall time exactly:
+
+    queue        submitted or queued, not started yet
+    requeue      back in the queue after a preemption or a restart (SLURM's BeginTime hold included)
+    stopped      failed or cancelled, until `launch resume` asked for it again (no job held)
+    start-up     an attempt's start to its first step: imports, rendezvous, data set-up, restore
+    training     the training steps (and validation between them)
+    checkpoints  the preemption saves (each `preempted` event's save_s, taken out of training)
+    stopping     from a saved preemption (or a cancel) to the attempt's exit
+    finishing    from the end of training to the attempt's end: test, the last checkpoint, exit
+
+`recomputed` is the part of training spent on steps trained twice: an attempt that died after
+step M and resumed from a checkpoint at step S trains M - S steps again (at the run's mean step
+time). Goodput = (training - recomputed) / allocated, where allocated excludes the queue,
+requeue and stopped phases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.lifecycle import Event
+
+PHASES = ("queue", "requeue", "stopped", "start-up", "training", "checkpoints", "stopping", "finishing")
+UNALLOCATED = ("queue", "requeue", "stopped")
+PHASE_AFTER: Mapping[str, str] = {
+    Event.SUBMITTED: "queue", Event.QUEUED: "queue",
+    Event.REQUEUED: "requeue", Event.RESTARTED: "requeue", Event.RESUME_REQUESTED: "requeue",
+    Event.STARTED: "start-up",
+    Event.FIRST_STEP: "training",
+    Event.PREEMPTED: "stopping", Event.CANCEL_REQUESTED: "stopping",
+    Event.TRAINED: "finishing",
+    Event.FINISHED: "stopped", Event.FAILED: "stopped", Event.CANCELLED: "stopped",
+}
+ENDS = (Event.FINISHED, Event.FAILED, Event.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    wall_s: float
+    phases: Mapping[str, float] = field(default_factory=dict)
+    recomputed_s: float = 0.0
+    recomputed_steps: int = 0
+
+    @property
+    def allocated_s(self) -> float:
+        return self.wall_s - sum(self.phases.get(p, 0.0) for p in UNALLOCATED)
+
+    @property
+    def goodput(self) -> float | None:
+        useful = self.phases.get("training", 0.0) - self.recomputed_s
+        return round(useful / self.allocated_s, 3) if self.allocated_s > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_s": round(self.wall_s, 3), **{f"{p}_s": round(self.phases.get(p, 0.0), 3) for p in PHASES},
+                "recomputed_s": round(self.recomputed_s, 3), "recomputed_steps": self.recomputed_steps,
+                "allocated_s": round(self.allocated_s, 3), "goodput": self.goodput}
+
+    def line(self) -> str:
+        """`wall 812 s: training 640 s, start-up 52 s, ... (recomputed 28 s, 14 steps); goodput 0.75`."""
+        shown = ", ".join(f"{p} {self.phases[p]:.0f} s" for p in PHASES if self.phases.get(p, 0.0) >= 0.5)
+        again = f" (of which recomputed {self.recomputed_s:.0f} s, {self.recomputed_steps} steps)" \
+            if self.recomputed_steps else ""
+        good = f"; goodput {self.goodput:.2f}" if self.goodput is not None else ""
+        return f"wall {self.wall_s:.0f} s: {shown}{again}{good}"
+
+
+def when(event: Mapping[str, Any]) -> float | None:
+    """An event's time: its `t` (seconds), else its ISO `time` (to the second)."""
+    if isinstance(event.get("t"), int | float):
+        return float(event["t"])
+    try:
+        return dt.datetime.fromisoformat(str(event["time"])).timestamp()
+    except (KeyError, ValueError):
+        return None
+
+
+def ledger(events: Sequence[Mapping[str, Any]], now: float) -> Ledger | None:
+    """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`."""
+    timed = [(t, e) for e in events if (t := when(e)) is not None]
+    start = next((i for i, (_, e) in enumerate(timed) if e.get("event") == Event.SUBMITTED), None)
+    if start is None:
+        return None
+    timed = timed[start:]
+    phases = dict.fromkeys(PHASES, 0.0)
+    phase = "queue"
+    ended = timed[-1][1].get("event") in ENDS
+    ends = [t for t, _ in timed[1:]] + [timed[-1][0] if ended else max(now, timed[-1][0])]
+    for (t, e), t_next in zip(timed, ends, strict=True):
+        phase = PHASE_AFTER.get(str(e.get("event")), phase)
+        if e.get("event") == Event.PREEMPTED and e.get("save_s"):
+            saved = min(float(e["save_s"]), phases["training"])
+            phases["training"] -= saved
+            phases["checkpoints"] += saved
+        phases[phase] += max(0.0, t_next - t)
+    reached, again = None, 0
+    for e in events:  # steps trained twice: died after step M, resumed at S < M
+        name = e.get("event")
+        if name in (Event.RESTARTED, Event.FAILED) and e.get("step_reached") is not None:
+            reached = int(e["step_reached"])
+        elif name == Event.RESUMED and reached is not None:
+            again += max(0, reached - int(e.get("global_step", reached)))
+            reached = None
+    trained = max([int(e.get("global_step") or 0) for e in events if e.get("event") in (Event.TRAINED, Event.FINISHED)]
+                  + [int(e.get("step") or 0) for e in events if e.get("event") == Event.PREEMPTED]
+                  + [int(e.get("step_reached") or 0) for e in events if "step_reached" in e] + [0])
+    step_s = phases["training"] / (trained + again) if trained + again else 0.0
+    wall = ends[-1] - timed[0][0]
+    return Ledger(wall_s=wall, phases=phases, recomputed_s=min(again * step_s, phases["training"]),
+                  recomputed_steps=again)
