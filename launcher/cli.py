@@ -18,7 +18,7 @@ from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.ledger import ledger
-from launcher.lifecycle import Event, RunStatus, State, grace_warning, last_event
+from launcher.lifecycle import Event, RunStatus, State, describe_stall, grace_warning, last_event, stall
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
 from launcher.submission import fit_allocation, render_preview, render_script, resume_run, start_run
@@ -191,8 +191,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
     warning = _grace_warning(run)
     book = ledger(run.read_events(), time.time())
+    started = last_event(run.read_events(), Event.STARTED) or {}
+    stalled = stall(run.read_heartbeats(), time.time(), float(started.get("t", 0))) \
+        if info.state == State.RUNNING else None
     if args.json:
-        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning,
+        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning, "stalled": stalled,
                           "ledger": book.as_dict() if book else None}, indent=1))
         return 0
     print(f"run       {info.run_id} ({info.job})")
@@ -211,6 +214,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"note      {info.note}")
     if warning:
         print(f"warning   {warning}")
+    if stalled:
+        print(f"stalled   {describe_stall(stalled)}")
+    slowest = max((float(b.get("slowest_step_s", 0)) for b in run.read_heartbeats()), default=0.0)
+    if slowest:  # job.stall_timeout_s must be well above it
+        print(f"steps     the slowest took {slowest:.2f} s (a rank without progress for job.stall_timeout_s is stalled)")
     if book:
         print(f"time      {book.line()}")
     print(f"dir       {info.run_dir}")

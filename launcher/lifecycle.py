@@ -30,6 +30,7 @@ class Event(StrEnum):
     REQUEUED = "requeued"  # the run is queued again after a preemption
     REQUEUE_FAILED = "requeue_failed"  # `scontrol requeue` refused
     RESTARTED = "restarted"  # an attempt failed and the run restarts by itself (job.restart_on)
+    STALLED = "stalled"  # a rank made no progress for job.stall_timeout_s: the supervisor stops the attempt
     RESUMED = "resumed"  # an attempt restored a checkpoint
     TRAINED = "trained"  # fit (and test) ended on rank zero
     FINISHED = "finished"  # the attempt ended and training completed
@@ -234,7 +235,7 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
 
 
 # Failures of the machinery rather than of the job's code: what job.restart_on = "infrastructure" retries.
-INFRASTRUCTURE = {"Died", "Hung"}
+INFRASTRUCTURE = {"Died", "Hung", "Stalled"}
 INFRASTRUCTURE_ERROR = re.compile(r"NCCL|[Gg]loo|DistBackendError|DistNetworkError|ProcessGroup|[Cc]onnection (reset|"
                                   r"closed|refused)|Broken pipe|[Tt]imed out|out of memory|CUDA error|ECC")
 
@@ -272,6 +273,11 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
         return Ending(True, False, f"completed in {elapsed_s} s: step {last.get('global_step')}, {shown}")
     err = first_error(run, started_at)
+    stalled = last_event(this_attempt(events), Event.STALLED)
+    if stalled is not None:  # the supervisor stopped it: that is the cause, whatever the ranks said then
+        err = {"rank": stalled.get("rank"), "host": stalled.get("host", "?"), "type": "Stalled",
+               "message": f"no progress for {stalled.get('idle_s')} s since step {stalled.get('step')} "
+                          f"(job.stall_timeout_s = {stalled.get('timeout_s')}); stopped"}
     if err:
         message = f"rank {err['rank']} ({err.get('host', '?')}): {err['type']}: {err['message']}"
     elif exit_code == 0:
@@ -302,6 +308,36 @@ def grace_warning(events: Sequence[Mapping[str, Any]], grace_s: int) -> str | No
         return None
     return (f"the last preemption took {used:.0f} s from the signal to the exit, more than half of the "
             f"{grace_s} s grace (cluster.signal_grace_s): raise the grace, or make the checkpoint smaller or faster")
+
+
+HEARTBEAT_S = 5.0  # how often every rank rewrites heartbeats/rank-N.json
+STALL_REPORT_S = 30.0  # launch status calls a rank stalled after this long without progress (or 3 slow steps)
+
+
+def stall(beats: Sequence[Mapping[str, Any]], now: float, since: float, after_s: float = STALL_REPORT_S
+          ) -> dict[str, Any] | None:
+    """The stalled rank of a running attempt, from its heartbeats (only those written since
+    `since`, the attempt's start, by ranks past their first step): no progress for `after_s` (or
+    three of the slowest steps). A rank that stopped beating is named before a rank that beats
+    but waits (for it, usually)."""
+    stuck = []
+    for beat in beats:
+        if float(beat.get("beat_at", 0)) < since or not beat.get("stepped"):
+            continue
+        idle = now - float(beat.get("progress_at", now))
+        if idle >= max(after_s, 3 * float(beat.get("slowest_step_s", 0))):
+            silent = now - float(beat["beat_at"])
+            stuck.append({**beat, "idle_s": round(idle, 1), "silent_s": round(silent, 1),
+                          "beating": silent < 3 * HEARTBEAT_S})
+    if not stuck:
+        return None
+    return sorted(stuck, key=lambda b: (b["beating"], -b["idle_s"], b.get("rank", 0)))[0]
+
+
+def describe_stall(found: Mapping[str, Any]) -> str:
+    heard = "still beating (waiting)" if found["beating"] else f"no heartbeat for {found['silent_s']:.0f} s"
+    return (f"rank {found.get('rank')} ({found.get('host', '?')}) no progress for {found['idle_s']:.0f} s, "
+            f"since step {found.get('step')}; {heard}")
 
 
 def record_not_requeued(run: RunDir, exit_code: int) -> str:

@@ -209,6 +209,19 @@ class RunDir:
         """A tracker's (W&B, MLflow) run id and the last step it was sent, kept across attempts."""
         return self.path / "loggers" / f"{tracker}.json"
 
+    def heartbeat(self, rank: int) -> Path:
+        """A rank's heartbeat (launcher/runtime/heartbeat.py): its last progress and last beat."""
+        return self.path / "heartbeats" / f"rank-{rank}.json"
+
+    def read_heartbeats(self) -> list[dict[str, Any]]:
+        beats = []
+        for path in sorted((self.path / "heartbeats").glob("rank-*.json")):
+            try:
+                beats.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return beats
+
     def user_logger_dir(self, class_name: str) -> Path:
         """Where a [[loggers]] entry writes when its job file gives no save_dir."""
         return self.path / "loggers" / class_name.lower()

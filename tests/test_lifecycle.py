@@ -59,7 +59,7 @@ def test_the_state_is_the_one_implied_by_the_last_lifecycle_event(events, state)
 
 
 def test_every_event_and_state_has_one_spelling() -> None:
-    assert len({e.value for e in Event}) == len(Event) == 18
+    assert len({e.value for e in Event}) == len(Event) == 19
     assert set(lifecycle.STATE_OF_EVENT.values()) | {State.UNKNOWN} == set(State)
     # the string in events.jsonl is the plain name
     assert json.dumps({"event": Event.FIRST_STEP}) == '{"event": "first_step"}'
@@ -298,3 +298,43 @@ def test_a_preemption_that_used_more_than_half_the_grace_is_warned_about() -> No
     assert warning is not None and "took 61 s" in warning and "120 s grace (cluster.signal_grace_s)" in warning
     # only the last preemption counts
     assert lifecycle.grace_warning(requeued(90.0) + requeued(10.0), 120) is None
+
+
+# --------------------------------------------------------------------------- stalls (heartbeats)
+
+
+def beat(rank: int, progress_at: float, beat_at: float, slowest: float = 0.2, stepped: bool = True) -> dict:
+    return {"rank": rank, "host": f"n{rank}", "step": 37, "progress_at": progress_at, "beat_at": beat_at,
+            "slowest_step_s": slowest, "stepped": stepped}
+
+
+def test_a_stopped_rank_is_named_before_the_ranks_waiting_for_it() -> None:
+    now = 1000.0
+    waiting, stopped = beat(0, now - 45, now - 2), beat(1, now - 44, now - 43)  # rank 1 stopped beating
+    found = lifecycle.stall([waiting, stopped], now, since=900.0)
+    assert found is not None and found["rank"] == 1 and not found["beating"]
+    assert lifecycle.describe_stall(found) == "rank 1 (n1) no progress for 44 s, since step 37; no heartbeat for 43 s"
+    # only the waiting one, e.g. a hang in rank 0's own code
+    found = lifecycle.stall([waiting, beat(1, now - 1, now - 1)], now, since=900.0)
+    assert found is not None and found["rank"] == 0 and "still beating (waiting)" in lifecycle.describe_stall(found)
+
+
+def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_attempt() -> None:
+    now = 1000.0
+    assert lifecycle.stall([beat(0, now - 29, now - 1)], now, since=900.0) is None  # under 30 s
+    assert lifecycle.stall([beat(0, now - 60, now - 1, stepped=False)], now, since=900.0) is None  # compiling?
+    assert lifecycle.stall([beat(0, now - 60, now - 1, slowest=25.0)], now, since=900.0) is None  # 3 slow steps
+    assert lifecycle.stall([beat(0, now - 200, now - 150)], now, since=990.0) is None  # an earlier attempt's file
+    assert lifecycle.stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120)["idle_s"] == 121
+
+
+def test_a_stalled_attempt_ends_as_a_restartable_stall(run: RunDir) -> None:
+    run.add_event(Event.STARTED)
+    run.add_event(Event.STALLED, rank=1, host="n1", idle_s=121.0, step=37, timeout_s=120)
+    died(run, 0)  # the supervisor's kill leaves every rank's marker: the stall is the cause
+    ending = record_end(run, -9, time.time() - 5, 130.0, "infrastructure", max_restarts=3)
+    assert ending.restarting
+    restarted = run.read_events()[-1]
+    assert restarted["kind"] == "infrastructure" and restarted["rank"] == 1
+    assert restarted["cause"] == ("rank 1 (n1): Stalled: no progress for 121.0 s since step 37 "
+                                  "(job.stall_timeout_s = 120); stopped")

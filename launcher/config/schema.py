@@ -100,6 +100,9 @@ class JobSection:
     # Python exception in the job's code (which would usually fail again); "never".
     max_restarts: int = bounded(3, NOT_NEGATIVE)
     restart_on: Literal["infrastructure", "any", "never"] = "infrastructure"
+    # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
+    # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
+    stall_timeout_s: int = bounded(120, at_least(10, "{value}: must be at least 10 seconds"))
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ from typing import Any
 
 from launcher import dependencies
 from launcher.config import load_resolved
-from launcher.lifecycle import Event, grace_warning, record_end, this_attempt
+from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, grace_warning, record_end, stall, this_attempt
 from launcher.processes import processes_of, wait_gone
 from launcher.rundir import RunDir
 
 TERM_GRACE_S = 30.0  # torchrun's own grace before it SIGKILLs its workers
+STALL_GRACE_S = 10.0  # a stalled run cannot save (its stop agreement needs the stalled rank): kill soon
 
 
 def say(text: str) -> None:
@@ -92,8 +93,18 @@ def main(argv: list[str]) -> int:
         say(f"run {run.run_id}: {len(plan['nodes'])} torchrun agent(s), logs in {run.logs}"
             + (f" (attempt {attempt + 1})" if attempt else ""))
         agents = spawn(plan)
+        next_look = time.time() + HEARTBEAT_S
         while True:
             codes = [a.poll() for a in agents]
+            if time.time() >= next_look:  # heartbeats: a rank without progress for job.stall_timeout_s
+                next_look = time.time() + HEARTBEAT_S
+                found = stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s)
+                if found is not None:
+                    run.add_event(Event.STALLED, rank=found.get("rank"), host=found.get("host"), idle_s=found["idle_s"],
+                                  step=found.get("step"), timeout_s=cfg.job.stall_timeout_s)
+                    say(f"stalled: {describe_stall(found)}: stopping the ranks")
+                    stop(agents, run, STALL_GRACE_S)
+                    break
             if cancelled:
                 say("cancel requested: stopping the ranks (they save a checkpoint first)")
                 stop(agents, run, TERM_GRACE_S)

@@ -20,6 +20,7 @@ from launcher.rundir import RunDir
 from launcher.runtime import callbacks as job_callbacks
 from launcher.runtime import trackers
 from launcher.runtime.checkpoint_io import AtomicCheckpointIO
+from launcher.runtime.heartbeat import Heartbeat
 from launcher.runtime.lightning_compat import TimedProgressBar, disable_lightning_signal_handling
 from launcher.runtime.loggers import ContinuingCSVLogger, LaunchTensorBoardLogger
 from launcher.runtime.optimizers import install_optimizer
@@ -109,7 +110,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
     loggers += trackers.from_job_file(cfg, run) + [user_logger(comp, run) for comp in cfg.loggers]
     gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
-    callbacks: list[Any] = [*gates, checkpoint, RunProgress(run),
+    callbacks: list[Any] = [*gates, checkpoint, RunProgress(run), Heartbeat(run),
                             *job_callbacks.from_job_file(cfg, run, bool(loggers)),
                             *(load_class("callbacks", c.class_path)(**c.init_args) for c in cfg.callbacks),
                             *extra_callbacks]

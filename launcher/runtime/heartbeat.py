@@ -1,0 +1,76 @@
+"""Every rank's heartbeat: `heartbeats/rank-N.json`, rewritten every few seconds by a thread.
+
+It carries the rank's last progress (a training, validation or test batch done: `progress_at`,
+`step`) and the time of the beat itself (`beat_at`), and the slowest training step seen. A rank
+whose loop is stuck (waiting in a collective for a peer, or in its own code) keeps beating with an
+old `progress_at`; a rank that is stopped, killed or on a lost node stops beating. `launch status`
+names a stalled rank from these files (launcher/lifecycle.py: `stall`), and the local supervisor
+stops and restarts a run stalled longer than `job.stall_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+from pytorch_lightning import Callback, Trainer
+
+from launcher.lifecycle import HEARTBEAT_S
+from launcher.rundir import RunDir, atomic_write_text
+
+
+class Heartbeat(Callback):
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.path = run.heartbeat(0)  # the rank's own, once the Trainer knows it (on_fit_start)
+        self.record: dict[str, Any] = {"rank": 0, "host": socket.gethostname(), "step": 0,
+                                       "progress_at": time.time(), "slowest_step_s": 0.0}
+        self._step_started = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.path.parent.mkdir(exist_ok=True)
+                atomic_write_text(self.path, json.dumps({**self.record, "beat_at": time.time()}))
+            except OSError:
+                pass  # a full disk must not end training; the next beat tries again
+            self._stop.wait(HEARTBEAT_S)
+
+    def progressed(self, trainer: Trainer) -> None:
+        self.record = {**self.record, "step": int(trainer.global_step), "progress_at": time.time()}
+
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.path = self.run.heartbeat(trainer.global_rank)
+        self.record = {**self.record, "rank": trainer.global_rank}
+        self.progressed(trainer)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._beat, name="launch-heartbeat", daemon=True)
+            self._thread.start()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        self._step_started = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        took = time.monotonic() - self._step_started
+        if took > self.record["slowest_step_s"]:
+            self.record = {**self.record, "slowest_step_s": round(took, 3)}
+        self.record = {**self.record, "stepped": True}  # watched from its first step (a first step may compile)
+        self.progressed(trainer)
+
+    def on_validation_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.progressed(trainer)
+
+    def on_test_batch_end(self, trainer: Trainer, *args: Any) -> None:
+        self.progressed(trainer)
+
+    def on_save_checkpoint(self, trainer: Trainer, *args: Any) -> None:
+        self.progressed(trainer)
+
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._stop.set()
