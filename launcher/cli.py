@@ -18,7 +18,13 @@ from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.ledger import ledger
-from launcher.lifecycle import Event, RunStatus, State, describe_stall, grace_warning, last_event, stall
+from launcher.lifecycle import (
+    Event,
+    RunStatus,
+    State,
+    last_event,
+)
+from launcher.report import status_report
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
 from launcher.submission import fit_allocation, render_preview, render_script, resume_run, start_run
@@ -99,17 +105,6 @@ def _follow_or_detach(run: RunDir, path: Path | None) -> RunStatus | None:
         return None
 
 
-def _grace_warning(run: RunDir) -> str | None:
-    """launch status's warning when the last preemption used more than half the grace."""
-    events = run.read_events()
-    if last_event(events, Event.REQUEUED) is None:
-        return None
-    try:
-        return grace_warning(events, config.load_resolved(run.config).cluster.signal_grace_s)
-    except (LaunchError, OSError):  # a run directory without its config: nothing to compare with
-        return None
-
-
 def _exit_code(final: RunStatus | None) -> int:
     """--follow: 0 if the run completed, 130 if the user detached, else 1."""
     return 130 if final is None else (0 if final.state == State.COMPLETED else 1)
@@ -186,42 +181,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    run = find_run(args.run, _runs_dir(args))
-    info = backends.status(run)
-    waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
-    warning = _grace_warning(run)
-    book = ledger(run.read_events(), time.time())
-    started = last_event(run.read_events(), Event.STARTED) or {}
-    stalled = stall(run.read_heartbeats(), time.time(), float(started.get("t", 0))) \
-        if info.state == State.RUNNING else None
-    if args.json:
-        print(json.dumps({**info.as_dict(), "waiting_for": waiting, "warning": warning, "stalled": stalled,
-                          "ledger": book.as_dict() if book else None}, indent=1))
-        return 0
-    print(f"run       {info.run_id} ({info.job})")
-    print(f"state     {info.state}")
-    for line in waiting:
-        print(f"waiting   for {line}")
-    print(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
-    for ev in run.read_events():  # job.restart_on: each automatic restart and its cause
-        if ev.get("event") == Event.RESTARTED:
-            print(f"restart   #{ev.get('restart')} after {ev.get('elapsed_s')} s: {ev.get('cause')}")
-    for key, value in sorted(info.metrics.items()):
-        print(f"  {key:<14} {value:.6g}")
-    if info.error:
-        print(f"error     {info.error}")
-    if info.note:
-        print(f"note      {info.note}")
-    if warning:
-        print(f"warning   {warning}")
-    if stalled:
-        print(f"stalled   {describe_stall(stalled)}")
-    slowest = max((float(b.get("slowest_step_s", 0)) for b in run.read_heartbeats()), default=0.0)
-    if slowest:  # job.stall_timeout_s must be well above it
-        print(f"steps     the slowest took {slowest:.2f} s (a rank without progress for job.stall_timeout_s is stalled)")
-    if book:
-        print(f"time      {book.line()}")
-    print(f"dir       {info.run_dir}")
+    data, lines = status_report(find_run(args.run, _runs_dir(args)))
+    print(json.dumps(data, indent=1) if args.json else "\n".join(lines))
     return 0
 
 

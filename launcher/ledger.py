@@ -11,6 +11,8 @@ phase the run was in at its start, so the phases add up to the wall time exactly
     checkpoints  the preemption saves (each `preempted` event's save_s, taken out of training)
     stopping     from a saved preemption (or a cancel) to the attempt's exit
     finishing    from the end of training to the attempt's end: test, the last checkpoint, exit
+    unrecorded   an attempt that ended without a record (every process killed), from its last
+                 record to `launch resume`: how much of it ran is unknown (counted as allocated)
 
 `recomputed` is the part of training spent on steps trained twice: an attempt that died after
 step M and resumed from a checkpoint at step S trains M - S steps again (at the run's mean step
@@ -27,7 +29,8 @@ from typing import Any
 
 from launcher.lifecycle import Event
 
-PHASES = ("queue", "requeue", "stopped", "start-up", "training", "checkpoints", "stopping", "finishing")
+PHASES = ("queue", "requeue", "stopped", "start-up", "training", "checkpoints", "stopping", "finishing",
+          "unrecorded")
 UNALLOCATED = ("queue", "requeue", "stopped")
 PHASE_AFTER: Mapping[str, str] = {
     Event.SUBMITTED: "queue", Event.QUEUED: "queue",
@@ -92,13 +95,16 @@ def ledger(events: Sequence[Mapping[str, Any]], now: float) -> Ledger | None:
     phase = "queue"
     ended = timed[-1][1].get("event") in ENDS
     ends = [t for t, _ in timed[1:]] + [timed[-1][0] if ended else max(now, timed[-1][0])]
-    for (t, e), t_next in zip(timed, ends, strict=True):
+    for i, ((t, e), t_next) in enumerate(zip(timed, ends, strict=True)):
         phase = PHASE_AFTER.get(str(e.get("event")), phase)
         if e.get("event") == Event.PREEMPTED and e.get("save_s"):
             saved = min(float(e["save_s"]), phases["training"])
             phases["training"] -= saved
             phases["checkpoints"] += saved
-        phases[phase] += max(0.0, t_next - t)
+        resumed_next = i + 1 < len(timed) and timed[i + 1][1].get("event") == Event.RESUME_REQUESTED
+        # an attempt that died without a record (its machine lost): from its last record to the resume
+        counted = "unrecorded" if resumed_next and phase not in UNALLOCATED else phase
+        phases[counted] += max(0.0, t_next - t)
     reached, again = None, 0
     for e in events:  # steps trained twice: died after step M, resumed at S < M
         name = e.get("event")

@@ -52,3 +52,14 @@ def test_a_run_still_going_counts_to_now_and_a_wait_for_resume_is_not_allocated(
     assert book is not None and book.phases["stopped"] == 600.0 and book.phases["requeue"] == 1.0
     assert book.allocated_s == 628.0 - 1.0 - 1.0 - 600.0 and book.recomputed_steps == 10
     assert ledger([{"event": "started", "t": 1.0}], now=2.0) is None  # not a submitted run
+
+
+def test_an_attempt_that_died_unrecorded_is_not_counted_as_training() -> None:
+    """Every process SIGKILLed (no `failed` record), `launch resume` 100 s later."""
+    book = ledger(history((0.0, "submitted", {}), (1.0, "started", {}), (3.0, "first_step", {"global_step": 1}),
+                          (8.0, "preempted", {"step": 20, "save_s": 1.0}), (9.0, "requeued", {}),
+                          (10.0, "started", {}), (12.0, "first_step", {"global_step": 21}),
+                          (112.0, "resume_requested", {}), (113.0, "started", {}), (115.0, "first_step", {}),
+                          (125.0, "trained", {"global_step": 80}), (126.0, "finished", {})), now=0.0)
+    assert book is not None and book.phases["unrecorded"] == 100.0 and book.phases["training"] == 4.0 + 10.0
+    assert book.wall_s == 126.0 and sum(book.phases.values()) == pytest.approx(126.0)

@@ -1,0 +1,55 @@
+"""What `launch status` says of a run, beyond its lifecycle state: what a pending run waits for,
+its automatic restarts, a preemption that used most of its grace, a stalled rank, the slowest
+step and where the time went. As lines for people and as a dict for --json."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from launcher import backends, config, dependencies
+from launcher.config import JobConfig
+from launcher.errors import LaunchError
+from launcher.ledger import ledger
+from launcher.lifecycle import STALL_REPORT_S, Event, State, describe_stall, grace_warning, last_event, stall
+from launcher.rundir import RunDir
+
+
+def frozen_config(run: RunDir) -> JobConfig | None:
+    """The run's config, for what status compares against it (None: a run directory without one)."""
+    try:
+        return config.load_resolved(run.config)
+    except (LaunchError, OSError):
+        return None
+
+
+def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
+    """(the --json dict, the lines `launch status` prints)."""
+    info = backends.status(run)
+    events, cfg, now, beats = run.read_events(), frozen_config(run), time.time(), run.read_heartbeats()
+    waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
+    warning = grace_warning(events, cfg.cluster.signal_grace_s) if cfg else None
+    book = ledger(events, now)
+    since = float((last_event(events, Event.STARTED) or {}).get("t", 0))
+    after = min(STALL_REPORT_S, cfg.job.stall_timeout_s) if cfg else STALL_REPORT_S
+    stalled = stall(beats, now, since, after) if info.state == State.RUNNING else None
+    slowest = max((float(b.get("slowest_step_s", 0)) for b in beats), default=0.0)
+    data = {**info.as_dict(), "waiting_for": waiting, "warning": warning, "stalled": stalled,
+            "slowest_step_s": slowest or None, "ledger": book.as_dict() if book else None}
+    lines = [f"run       {info.run_id} ({info.job})", f"state     {info.state}"]
+    lines += [f"waiting   for {line}" for line in waiting]
+    lines.append(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
+    lines += [f"restart   #{e.get('restart')} after {e.get('elapsed_s')} s: {e.get('cause')}"
+              for e in events if e.get("event") == Event.RESTARTED]  # job.restart_on: each one and its cause
+    lines += [f"  {key:<14} {value:.6g}" for key, value in sorted(info.metrics.items())]
+    for label, text in (("error", info.error), ("note", info.note), ("warning", warning),
+                        ("stalled", describe_stall(stalled) if stalled else None)):
+        if text:
+            lines.append(f"{label:<9} {text}")
+    if slowest:  # job.stall_timeout_s must be well above it
+        lines.append(f"steps     the slowest took {slowest:.2f} s (a rank without progress for job.stall_timeout_s "
+                     "is stalled)")
+    if book:
+        lines.append(f"time      {book.line()}")
+    lines.append(f"dir       {info.run_dir}")
+    return data, lines
