@@ -328,7 +328,7 @@ def stall(beats: Sequence[Mapping[str, Any]], now: float, since: float, after_s:
         if idle >= max(after_s, 3 * float(beat.get("slowest_step_s", 0))):
             silent = now - float(beat["beat_at"])
             stuck.append({**beat, "idle_s": round(idle, 1), "silent_s": round(silent, 1),
-                          "beating": silent < 3 * HEARTBEAT_S})
+                          "beating": silent < 1.5 * HEARTBEAT_S})
     if not stuck:
         return None
     return sorted(stuck, key=lambda b: (b["beating"], -b["idle_s"], b.get("rank", 0)))[0]

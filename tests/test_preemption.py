@@ -38,42 +38,55 @@ def baseline(tmp_path_factory) -> Path:
     return run_dir
 
 
-def test_preempted_three_times_and_a_rank_killed_mid_epoch_ends_bit_identical_to_uninterrupted(baseline, tmp_path) -> None:
-    """Three preemptions, then one rank SIGKILLed (as the OOM killer does): job.restart_on =
-    "infrastructure" (the default) restarts the run by itself from its newest periodic checkpoint
-    (every 5 steps), with the restart and its cause recorded; it ends as if nothing happened."""
+def test_preempted_three_times_a_rank_killed_and_a_rank_stopped_ends_bit_identical_to_uninterrupted(
+        baseline, tmp_path) -> None:
+    """A run that stops for every reason: three preemptions mid-epoch; one rank SIGKILLed (as the OOM
+    killer does); one rank SIGSTOPped (a stall: no progress, no heartbeat). job.restart_on =
+    "infrastructure" (the default) restarts it by itself each time from its newest periodic
+    checkpoint (every 5 steps), recording why; it ends as if nothing happened, bit for bit."""
     job = write_job(tmp_path, "pre", sleep=0.05)
-    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5")
+                   .replace('restart_on = "infrastructure"', 'restart_on = "infrastructure"\nstall_timeout_s = 10'))
     run_dir = submit(job, tmp_path / "runs")
-    for result in preempt_at(run_dir, (10, 45, 80), timeout=180):
+    for result in preempt_at(run_dir, (10, 35, 60), timeout=180):
         assert "SIGUSR1" in result.stdout, result.stdout
-    wait_for(lambda: progress_step(run_dir) >= 93, 180, "step 93", run_dir)
+    wait_for(lambda: progress_step(run_dir) >= 70, 180, "step 70", run_dir)
     os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
+    wait_for(lambda: count(run_dir, "resumed") == 4 and progress_step(run_dir) >= 90, 180, "step 90", run_dir)
+    os.kill(rank_pid(run_dir, 1), signal.SIGSTOP)
+    stalled = None
+    while stalled is None and count(run_dir, "restarted") == 1:  # status names it; the supervisor stops it
+        # (while the supervisor stops it, the attempt is still running and the stall still shows)
+        stalled = json.loads(run_launch("status", str(run_dir), "--json").stdout)["stalled"]
     info = wait_end(run_dir)
-    assert info["state"] == "completed" and info["restarts"] == 4, info
+    assert info["state"] == "completed" and info["restarts"] == 5, info
+    assert stalled is not None and stalled["rank"] == 1 and not stalled["beating"], stalled
     preempted = [e for e in events(run_dir) if e["event"] == "preempted"]
     assert len(preempted) == 3 and count(run_dir, "requeued") == 3
     for e in preempted:  # each one mid-epoch, and the save is quick
         assert 0 < e["batch_in_epoch"] < STEPS_PER_EPOCH, e
         assert e["signal"] == "SIGUSR1" and e["checkpoint_bytes"] > 0
-    (restart,) = [e for e in events(run_dir) if e["event"] == "restarted"]
-    assert restart["kind"] == "infrastructure" and restart["rank"] == 1 and "rank 1 (" in restart["cause"], restart
+    killed, stopped = [e for e in events(run_dir) if e["event"] == "restarted"]
+    assert killed["kind"] == "infrastructure" and killed["rank"] == 1 and ": Died: " in killed["cause"], killed
+    assert stopped["kind"] == "infrastructure" and stopped["rank"] == 1 and ": Stalled: no progress for " in stopped["cause"]
+    (stall_event,) = [e for e in events(run_dir) if e["event"] == "stalled"]
+    assert stall_event["rank"] == 1 and 10 <= stall_event["idle_s"] < 20, stall_event
     resumed = [e for e in events(run_dir) if e["event"] == "resumed"]
-    assert len(resumed) == 4 and all(e["mid_epoch"] for e in resumed)
-    assert resumed[-1]["global_step"] >= 90 and resumed[-1]["global_step"] % 5 == 0, resumed[-1]  # periodic one
+    assert len(resumed) == 5 and all(e["mid_epoch"] for e in resumed)
+    assert all(e["global_step"] % 5 == 0 for e in resumed[3:]), resumed  # from the periodic checkpoints
     shown = run_launch("status", str(run_dir)).stdout
-    assert "restart   #1 after " in shown and "time      wall " in shown and "goodput" in shown, shown
-    # the time ledger: every second of the run in one phase; the steps since the periodic checkpoint counted
+    assert "restart   #2 after " in shown and "time      wall " in shown and "goodput" in shown, shown
+    # the time ledger: every second of the run in one phase; the steps since the periodic checkpoints counted
     book = info["ledger"]
     phases = [book[k] for k in ("queue_s", "requeue_s", "stopped_s", "start-up_s", "training_s", "checkpoints_s",
-                                "stopping_s", "finishing_s")]
+                                "stopping_s", "finishing_s", "unrecorded_s")]
     assert abs(sum(phases) - book["wall_s"]) < 0.01 and book["checkpoints_s"] > 0 and book["stopped_s"] == 0, book
-    assert book["recomputed_steps"] == restart["step_reached"] - resumed[-1]["global_step"] > 0, (book, restart)
+    again = sum(r["step_reached"] - s["global_step"] for r, s in zip((killed, stopped), resumed[3:], strict=True))
+    assert book["recomputed_steps"] == again > 0, (book, killed, stopped)
     assert 0 < book["goodput"] < 1, book
     assert info["global_step"] == 5 * STEPS_PER_EPOCH
     assert_same_training(run_dir, baseline)
     assert not (run_dir / "checkpoints" / "preempt.ckpt").exists()  # superseded by last.ckpt
-
 
 def rank_pid(run_dir: Path, rank: int) -> int:
     needle = f"LAUNCH_RUN_DIR={run_dir}".encode()
