@@ -40,6 +40,11 @@ def sruns_of(pid: int) -> list[int]:
     return found
 
 
+def allocation_running(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return out.returncode == 0 and out.stdout.strip().startswith("RUNNING")
+
+
 def main(argv: list[str]) -> int:
     run = RunDir(Path(argv[0]).resolve())
     cfg = load_resolved(run.config)
@@ -67,6 +72,11 @@ def main(argv: list[str]) -> int:
             return 0
         if Event.REQUEUED not in attempt:  # preempted, or restarting after a failure: the next step resumes
             return code
+        if not allocation_running(current_job_id() or ""):
+            run.add_event(Event.FAILED, exit_code=code or 1, rank=None,
+                          error=f"allocation {current_job_id()} ended before the run did; continue it with: "
+                                f"launch resume {run.path}")
+            return 1
     return code
 
 
