@@ -320,12 +320,14 @@ def stall(beats: Sequence[Mapping[str, Any]], now: float, since: float, after_s:
     `since`, the attempt's start, by ranks past their first step): no progress for `after_s` (or
     three of the slowest steps). A rank that stopped beating is named before a rank that beats
     but waits (for it, usually)."""
+    current = [b for b in beats if float(b.get("beat_at", 0)) >= since and b.get("stepped")]
+    # One limit for every rank (its slowest step is the run's): a stopped rank and the ranks waiting
+    # for it go quiet together, and the one that stopped beating is the one to name.
+    limit = max([after_s] + [3 * float(b.get("slowest_step_s", 0)) for b in current])
     stuck = []
-    for beat in beats:
-        if float(beat.get("beat_at", 0)) < since or not beat.get("stepped"):
-            continue
+    for beat in current:
         idle = now - float(beat.get("progress_at", now))
-        if idle >= max(after_s, 3 * float(beat.get("slowest_step_s", 0))):
+        if idle >= limit:
             silent = now - float(beat["beat_at"])
             stuck.append({**beat, "idle_s": round(idle, 1), "silent_s": round(silent, 1),
                           "beating": silent < 1.5 * HEARTBEAT_S})

@@ -324,6 +324,10 @@ def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_att
     assert lifecycle.stall([beat(0, now - 29, now - 1)], now, since=900.0) is None  # under 30 s
     assert lifecycle.stall([beat(0, now - 60, now - 1, stepped=False)], now, since=900.0) is None  # compiling?
     assert lifecycle.stall([beat(0, now - 60, now - 1, slowest=25.0)], now, since=900.0) is None  # 3 slow steps
+    # the run's slowest step sets the limit for every rank: rank 1 stopped during a slow step of rank 0
+    slow_run = [beat(0, now - 35, now - 1, slowest=0.2), beat(1, now - 36, now - 34, slowest=15.0)]
+    assert lifecycle.stall(slow_run, now, since=900.0) is None
+    assert lifecycle.stall(slow_run, now + 10, since=900.0)["rank"] == 1
     assert lifecycle.stall([beat(0, now - 200, now - 150)], now, since=990.0) is None  # an earlier attempt's file
     assert lifecycle.stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120)["idle_s"] == 121
 
