@@ -317,20 +317,21 @@ STALL_REPORT_S = 30.0  # launch status calls a rank stalled after this long with
 def stall(beats: Sequence[Mapping[str, Any]], now: float, since: float, after_s: float = STALL_REPORT_S
           ) -> dict[str, Any] | None:
     """The stalled rank of a running attempt, from its heartbeats (only those written since
-    `since`, the attempt's start, by ranks past their first step): no progress for `after_s` (or
-    three of the slowest steps). A rank that stopped beating is named before a rank that beats
-    but waits (for it, usually)."""
-    current = [b for b in beats if float(b.get("beat_at", 0)) >= since and b.get("stepped")]
+    `since`, the attempt's start): a rank without progress for `after_s` (or three of the run's
+    slowest steps), if it is past its first step or has stopped beating. A rank that stopped
+    beating is named before a rank that beats but waits (for it, usually)."""
+    current = [b for b in beats if float(b.get("beat_at", 0)) >= since]
     # One limit for every rank (its slowest step is the run's): a stopped rank and the ranks waiting
     # for it go quiet together, and the one that stopped beating is the one to name.
     limit = max([after_s] + [3 * float(b.get("slowest_step_s", 0)) for b in current])
     stuck = []
     for beat in current:
-        idle = now - float(beat.get("progress_at", now))
-        if idle >= limit:
-            silent = now - float(beat["beat_at"])
-            stuck.append({**beat, "idle_s": round(idle, 1), "silent_s": round(silent, 1),
-                          "beating": silent < 1.5 * HEARTBEAT_S})
+        idle, silent = now - float(beat.get("progress_at", now)), now - float(beat["beat_at"])
+        beating = silent < 1.5 * HEARTBEAT_S
+        # A beating rank is watched from its first step (a first step may compile for minutes); a
+        # silent one (stopped, killed, its node lost) whenever it stopped.
+        if idle >= limit and (beat.get("stepped") or not beating):
+            stuck.append({**beat, "idle_s": round(idle, 1), "silent_s": round(silent, 1), "beating": beating})
     if not stuck:
         return None
     return sorted(stuck, key=lambda b: (b["beating"], -b["idle_s"], b.get("rank", 0)))[0]

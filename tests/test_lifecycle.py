@@ -323,6 +323,10 @@ def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_att
     now = 1000.0
     assert lifecycle.stall([beat(0, now - 29, now - 1)], now, since=900.0) is None  # under 30 s
     assert lifecycle.stall([beat(0, now - 60, now - 1, stepped=False)], now, since=900.0) is None  # compiling?
+    # but a rank stopped before its first step's heartbeat is named once it is silent that long
+    early = [beat(0, now - 11, now - 1), beat(1, now - 12, now - 12, stepped=False)]
+    found = lifecycle.stall(early, now, since=900.0, after_s=10)
+    assert found is not None and found["rank"] == 1 and not found["beating"]
     assert lifecycle.stall([beat(0, now - 60, now - 1, slowest=25.0)], now, since=900.0) is None  # 3 slow steps
     # the run's slowest step sets the limit for every rank: rank 1 stopped during a slow step of rank 0
     slow_run = [beat(0, now - 35, now - 1, slowest=0.2), beat(1, now - 36, now - 34, slowest=15.0)]
