@@ -50,9 +50,9 @@ def test_preempted_three_times_a_rank_killed_and_a_rank_stopped_ends_bit_identic
     run_dir = submit(job, tmp_path / "runs")
     for result in preempt_at(run_dir, (10, 35, 60), timeout=180):
         assert "SIGUSR1" in result.stdout, result.stdout
-    wait_for(lambda: progress_step(run_dir) >= 70, 180, "step 70", run_dir)
+    wait_for(lambda: progress_step(run_dir) >= 72, 180, "step 72", run_dir)  # between checkpoints (every 5)
     os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    wait_for(lambda: count(run_dir, "resumed") == 4 and progress_step(run_dir) >= 90, 180, "step 90", run_dir)
+    wait_for(lambda: count(run_dir, "resumed") == 4 and progress_step(run_dir) >= 93, 180, "step 93", run_dir)
     os.kill(rank_pid(run_dir, 1), signal.SIGSTOP)
     stalled = None
     while stalled is None and count(run_dir, "restarted") == 1:  # status names it; the supervisor stops it
@@ -82,7 +82,7 @@ def test_preempted_three_times_a_rank_killed_and_a_rank_stopped_ends_bit_identic
                                 "stopping_s", "finishing_s", "unrecorded_s")]
     assert abs(sum(phases) - book["wall_s"]) < 0.01 and book["checkpoints_s"] > 0 and book["stopped_s"] == 0, book
     again = sum(r["step_reached"] - s["global_step"] for r, s in zip((killed, stopped), resumed[3:], strict=True))
-    assert book["recomputed_steps"] == again > 0, (book, killed, stopped)
+    assert book["recomputed_steps"] == again, (book, killed, stopped)  # > 0 unless a stop fell on a checkpoint
     assert 0 < book["goodput"] < 1, book
     assert info["global_step"] == 5 * STEPS_PER_EPOCH
     assert_same_training(run_dir, baseline)

@@ -52,6 +52,9 @@ class Heartbeat(Callback):
             self._thread = threading.Thread(target=self._beat, name="launch-heartbeat", daemon=True)
             self._thread.start()
 
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
+        self.progressed(trainer)  # the step restored from a checkpoint
+
     def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._step_started = time.monotonic()
 
