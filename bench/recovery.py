@@ -23,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.preemption import events, launch, of, same_weights, wait
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.preemption import events, launch, of, same_weights, wait  # noqa: E402
+
 JOB = "bench/throughput.toml"
 
 
@@ -82,8 +84,9 @@ def main() -> None:
         ours, base = status(run)["ledger"], status(fresh)["ledger"]
         same = same_weights(run, fresh)
         restarts = [e["cause"][:90] for e in of(run, "restarted")]
+        n_events = len(events(run))
     print(f"2 processes, {n} steps, checkpoint every {args.every} steps, stall timeout {args.stall_timeout} s; "
-          f"preempted 3 times, a rank SIGKILLed once, a rank SIGSTOPped once ({len(events(run))} events)")
+          f"preempted 3 times, a rank SIGKILLed once, a rank SIGSTOPped once ({n_events} events)")
     print(f"restarts: {restarts}")
     print(f"SIGKILL of a rank to training again: {back_after_kill:.1f} s")
     print(f"SIGSTOP of a rank to the stall recorded: {stalled:.1f} s; to training again: {back_after_stall:.1f} s")
