@@ -18,12 +18,7 @@ from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.ledger import ledger
-from launcher.lifecycle import (
-    Event,
-    RunStatus,
-    State,
-    last_event,
-)
+from launcher.lifecycle import Event, RunStatus, State, last_event
 from launcher.report import status_report
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -297,6 +298,14 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,
                   rank=err["rank"] if err else None, error=message, step_reached=reached)
     return Ending(False, False, f"failed after {elapsed_s} s: {message}")
+
+
+def requeue_fields(preempted: Mapping[str, Any]) -> dict[str, Any]:
+    """What a `requeued` event records of the preemption it follows: the step saved, and the time
+    from the signal to the attempt's exit (what `grace_warning` compares with the grace)."""
+    signal_at = preempted.get("signal_at")
+    return {"after_step": preempted.get("step"),
+            "signal_to_exit_s": round(time.time() - signal_at, 3) if signal_at else None}
 
 
 def grace_warning(events: Sequence[Mapping[str, Any]], grace_s: int) -> str | None:

@@ -97,9 +97,11 @@ def job_id(run: RunDir) -> str | None:
     return slurm_record(run).get("job_id")
 
 
-def here_runner(run: RunDir) -> int | None:
-    """The runner's pid of a run started with `launch submit --here` (None for a batch job)."""
-    return slurm_record(run).get("here_runner_pid")
+def job_and_runner(run: RunDir) -> tuple[str | None, int | None]:
+    """The job id, and the runner's pid of a run started with `launch submit --here` (None for a
+    batch job): one read of slurm.json."""
+    record = slurm_record(run)
+    return record.get("job_id"), record.get("here_runner_pid")
 
 
 def slurm_state(jid: str) -> str | None:
@@ -203,7 +205,7 @@ class SlurmBackend:
 
     def probe(self, run: RunDir) -> Probe:
         """One squeue (or scontrol) look at the run's job; for a --here run, also its runner."""
-        jid, runner = job_id(run), here_runner(run)
+        jid, runner = job_and_runner(run)
         probe = _probe(jid, slurm_state(jid) if jid else None)
         if runner is None:
             return probe
@@ -214,7 +216,8 @@ class SlurmBackend:
     def probe_many(self, runs: list[RunDir]) -> list[Probe]:
         """One squeue call for all the runs; scontrol only for a job gone from the queue whose
         run did not record its end (to say why it ended)."""
-        ids = [job_id(run) for run in runs]
+        records = [job_and_runner(run) for run in runs]
+        ids = [jid for jid, _ in records]
         wanted = sorted({jid for jid in ids if jid})
         if not wanted:
             return [_probe(None, None) for _ in runs]
@@ -224,8 +227,8 @@ class SlurmBackend:
             return [self.probe(run) for run in runs]
         queued = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
         probes = []
-        for run, jid in zip(runs, ids, strict=True):
-            if here_runner(run) is not None:
+        for run, (jid, runner) in zip(runs, records, strict=True):
+            if runner is not None:
                 probes.append(self.probe(run))
                 continue
             state = queued.get(jid) if jid else None
@@ -238,7 +241,7 @@ class SlurmBackend:
         return self.probe(run).alive
 
     def cancel(self, run: RunDir) -> None:
-        jid, runner = job_id(run), here_runner(run)
+        jid, runner = job_and_runner(run)
         if jid is None or not self.still_running(run):
             raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
         run.add_event(Event.CANCEL_REQUESTED, slurm_job_id=jid)  # so the ranks save but do not requeue
@@ -256,7 +259,7 @@ class SlurmBackend:
 
     def signal(self, run: RunDir, signal_name: str) -> str:
         """What the cluster does before preempting: signal every task of the job's steps."""
-        jid, runner = job_id(run), here_runner(run)
+        jid, runner = job_and_runner(run)
         if jid is None or not self.still_running(run):
             raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
         if runner is not None:  # --here: the runner hands it to its srun, which forwards it to the tasks

@@ -24,6 +24,7 @@ from launcher.lifecycle import (
     names,
     record_end,
     record_not_requeued,
+    requeue_fields,
     this_attempt,
 )
 from launcher.rundir import RunDir
@@ -52,10 +53,7 @@ def main(argv: list[str]) -> int:
             print(f"[launch] run {run.run_id} cancelled", flush=True)
             return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
-            preempted = last_event(this_attempt(events), Event.PREEMPTED) or {}
-            signal_at = preempted.get("signal_at")
-            requeue(run, after_step=preempted.get("step"),
-                    signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
+            requeue(run, **requeue_fields(last_event(this_attempt(events), Event.PREEMPTED) or {}))
             events = run.read_events()
             attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:

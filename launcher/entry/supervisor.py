@@ -20,7 +20,7 @@ from typing import Any
 
 from launcher import dependencies
 from launcher.config import load_resolved
-from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, grace_warning, record_end, stall, this_attempt
+from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, grace_warning, record_end, requeue_fields, stall, this_attempt
 from launcher.processes import processes_of, wait_gone
 from launcher.rundir import RunDir
 
@@ -126,9 +126,7 @@ def main(argv: list[str]) -> int:
         preempted = [e for e in this_attempt(run.read_events()) if e.get("event") == Event.PREEMPTED]
         if preempted and all(c == 0 for c in codes):
             # As SLURM would requeue the job: start the same ranks again; they resume.
-            signal_at = preempted[-1].get("signal_at")
-            run.add_event(Event.REQUEUED, after_step=preempted[-1].get("step"),
-                          signal_to_exit_s=round(time.time() - signal_at, 3) if signal_at else None)
+            run.add_event(Event.REQUEUED, **requeue_fields(preempted[-1]))
             say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
             warning = grace_warning(run.read_events(), cfg.cluster.signal_grace_s)
             if warning:
