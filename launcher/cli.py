@@ -33,7 +33,8 @@ SMOKE_OVERRIDES = (
     "trainer.limit_test_batches=2",
     "trainer.num_sanity_val_steps=1",
 )
-TOOL_MODULES = {"tune": "launcher.runtime.tune", "predict": "launcher.runtime.predict"}
+TOOL_MODULES = {"tune": "launcher.runtime.tune", "predict": "launcher.runtime.predict",
+                "export": "launcher.runtime.export"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -217,7 +218,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
         raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
     if info.state == State.COMPLETED:
         raise LaunchError(f"{run.path}: already completed")
-    cfg, edited = resume_run(run, info.state, args.code)
+    shape = {k: v for k, v in (("nodes", args.nodes), ("procs_per_node", args.procs), ("gpus_per_node", args.gpus))
+             if v is not None}
+    before = config.load_resolved(run.config).world_size
+    cfg, edited = resume_run(run, info.state, args.code, shape)
+    if cfg.world_size != before:
+        print(f"world size: {before} -> {cfg.world_size} ranks ({cfg.resources.nodes} node(s) x {cfg.procs_per_node}); the "
+              "global batch and the sample order are kept, the weights will not be bit-identical to a run on "
+              f"{before} (sums in another order)", file=sys.stderr)
     if args.code == "current":
         print(f"code: the submit directory's current code replaces the run's snapshot ({len(edited)} file(s) differ"
               + (f": {', '.join(edited[:5])}{', ...' if len(edited) > 5 else ''})" if edited else ")"), file=sys.stderr)
@@ -299,6 +307,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    run = find_run(args.run, _runs_dir(args))
+    cfg = config.load_resolved(run.config)
+    out = Path(args.out).resolve()
+    code = _tool("export", [str(run.path), args.ckpt, str(out)], cfg)
+    last = last_event(run.read_events(), Event.EXPORTED)
+    if code != 0 or last is None or last["output"] != str(out):
+        raise LaunchError(f"{run.path}: export failed (exit {code}); see the output above")
+    print(f"{last['tensors']} tensors ({last['parameters']:,} values) from {Path(last['checkpoint']).name}",
+          file=sys.stderr)
+    print(out)
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     found = sweep.points(args.grid or [], args.random or [], args.count, args.seed)
     base = tuple(args.set or ())
@@ -324,6 +346,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "tune": cmd_tune,
     "predict": cmd_predict,
+    "export": cmd_export,
     "sweep": cmd_sweep,
 }
 

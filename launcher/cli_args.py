@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("cancel", "stop a run (it saves a checkpoint first)"),
                        ("preempt", "send the preemption signal now, as the cluster would"),
                        ("resume", "continue a failed or cancelled run from its newest checkpoint"),
-                       ("predict", "predictions of a run's checkpoint, written to the run directory")):
+                       ("predict", "predictions of a run's checkpoint, written to the run directory"),
+                       ("export", "one single-file checkpoint ({'state_dict': ...}, plain keys) of a run, any strategy")):
         p = sub.add_parser(name, help=text)
         p.add_argument("run", help="run directory, or run id under the runs dir")
         p.add_argument("--runs-dir", default=argparse.SUPPRESS)
@@ -83,9 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("logs", "resume"):
             p.add_argument("--follow", action="store_true", help="keep printing until the run ends")
         if name == "resume":
+            p.add_argument("--nodes", type=int, help="resume on this many nodes (default: the run's)")
+            p.add_argument("--procs", type=int, help="CPU processes per node (default: the run's)")
+            p.add_argument("--gpus", type=int, help="GPUs per node, for a GPU run (default: the run's)")
             p.add_argument("--code", choices=("snapshot", "current"), default="snapshot",
                            help="snapshot (default): the code as submitted; current: snapshot the submit directory's "
                                 "code now and train with it from here on (recorded in events.jsonl)")
-        if name == "predict":
+        if name in ("predict", "export"):
             p.add_argument("--ckpt", default="best", help="best (default: checkpoint.monitor's best), last, or a path")
+        if name == "export":
+            p.add_argument("--out", required=True, help="the file to write")
     return parser

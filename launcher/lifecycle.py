@@ -40,6 +40,7 @@ class Event(StrEnum):
     CANCELLED = "cancelled"  # a person stopped the run
     RESUME_REQUESTED = "resume_requested"  # launch resume handed the run to its backend again
     PREDICTED = "predicted"  # launch predict wrote predictions
+    EXPORTED = "exported"  # launch export wrote a consolidated checkpoint
     TUNED = "tuned"  # launch tune wrote a tuned job file
 
 

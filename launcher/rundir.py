@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +62,37 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# A checkpoint is a file (DDP: written whole, atomically) or a directory of shards (FSDP), which
+# counts only once this file, written last, is in it (runtime/fsdp.py).
+CHECKPOINT_MARKER = "complete.json"
+SHARDED_META = "meta.pt"  # its non-tensor part (Lightning's name): loops, callbacks, launch's per-rank state
+
+
+def sharded_meta(path: Path) -> Path:
+    return path / SHARDED_META
+
+
+def checkpoint_complete(path: Path) -> bool:
+    return path.is_file() or (path / CHECKPOINT_MARKER).is_file()
+
+
+def checkpoint_mtime_ns(path: Path) -> int:
+    return (path / CHECKPOINT_MARKER if path.is_dir() else path).stat().st_mtime_ns
+
+
+def checkpoint_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def now_iso() -> str:
@@ -180,8 +212,13 @@ class RunDir:
         return self.checkpoints / self.PERIODIC_CKPT
 
     def full_state_checkpoints(self) -> list[Path]:
-        """launch's own mid-epoch checkpoints, which resume bit for bit: preemption, periodic."""
-        return [p for p in (self.preempt_checkpoint, self.periodic_checkpoint) if p.is_file()]
+        """launch's own mid-epoch checkpoints, which resume bit for bit: preemption, periodic. A
+        sharded one is also looked for where it is kept for the instant of its replacement."""
+        found = []
+        for path in (self.preempt_checkpoint, self.periodic_checkpoint):
+            previous = path.parent / f".{path.name}.prev"
+            found += [p for p in (path if path.exists() else previous,) if checkpoint_complete(p)]
+        return found
 
     @property
     def metrics_csv(self) -> Path:

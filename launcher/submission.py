@@ -92,23 +92,54 @@ def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, here: str | None = 
     return run
 
 
-def resume_run(run: RunDir, previous_state: str, code: str = "snapshot") -> tuple[JobConfig, list[str]]:
+def reshape(cfg: JobConfig, shape: dict[str, int]) -> JobConfig:
+    """The run's config on another number of nodes / ranks per node (`launch resume --nodes --procs
+    --gpus`). The world sizes must divide one another: the global batch is kept by scaling each
+    rank's batch (checked against the batch size when the ranks start)."""
+    res = cfg.resources
+    if "gpus_per_node" in shape and not res.gpus_per_node:
+        raise LaunchError("--gpus: this run trains on CPU processes; use --procs")
+    if "procs_per_node" in shape and res.gpus_per_node:
+        raise LaunchError("--procs: this run trains on GPUs (one rank per GPU); use --gpus")
+    for key, value in shape.items():
+        if value < 1:
+            raise LaunchError(f"--{key.split('_')[0]}: {value}: must be at least 1")
+    new = dataclasses.replace(cfg, resources=dataclasses.replace(res, **shape))
+    old_w, new_w = cfg.world_size, new.world_size
+    if max(old_w, new_w) % min(old_w, new_w):
+        raise LaunchError(f"resume on {new_w} ranks: the run trained on {old_w}, and one world size must divide the "
+                          "other (each rank's batch is scaled to keep the global batch)")
+    if new.cluster.max_nodes is not None and new.resources.nodes > new.cluster.max_nodes:
+        raise LaunchError(f"--nodes {new.resources.nodes}: profile '{cfg.run.profile}' allows at most "
+                          f"{new.cluster.max_nodes}")
+    return new
+
+
+def resume_run(run: RunDir, previous_state: str, code: str = "snapshot",
+               shape: dict[str, int] | None = None) -> tuple[JobConfig, list[str]]:
     """Hand a stopped run to its backend again, from its frozen config (a fresh rendezvous port
     locally: the old one may be taken by now), recording the request; with code "current", the
-    submit directory's code replaces the run's snapshot first. Returns the config and the files
-    of the snapshot that changed."""
+    submit directory's code replaces the run's snapshot first; with a shape, on another number of
+    nodes or ranks (the config and script are frozen again). Returns the config and the files of
+    the snapshot that changed."""
     cfg = config.load_resolved(run.config)
+    fields: dict[str, Any] = {}
+    if shape and reshape(cfg, shape) != cfg:
+        new = reshape(cfg, shape)
+        fields.update(world_size=new.world_size, world_size_before=cfg.world_size)
+        cfg = new
+        atomic_write_text(run.config, config.dumps(cfg))
+        atomic_write_text(run.script(cfg.cluster.backend), render_script(cfg))
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=""))  # it waited once: --after is done
     if cfg.cluster.backend == "local":
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, rdzv_port=config.free_port()))
-    fields: dict[str, Any] = {}
     edited: list[str] = []
     if code == "current":
         before = code_snapshot.manifest(run.code)
         edited = code_snapshot.changed(before, code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code))
-        fields = {"code": "current", "code_changed": edited[:100]}
+        fields.update(code="current", code_changed=edited[:100])
     elif run.code.is_dir():
-        fields = {"code": "snapshot"}
+        fields["code"] = "snapshot"
     run.add_event(Event.RESUME_REQUESTED, previous_state=previous_state, **fields)
     backends.for_run(run).submit(cfg, run)
     return cfg, edited

@@ -47,7 +47,7 @@ def ev(name: Event, **fields) -> dict:
     ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.CANCEL_REQUESTED), ev(Event.CANCELLED)], State.CANCELLED),
     ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.CANCELLED), ev(Event.RESUME_REQUESTED)], State.PENDING),
     ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FAILED), ev(Event.RESUME_REQUESTED), ev(Event.STARTED),
-      ev(Event.FINISHED), ev(Event.PREDICTED), ev(Event.TUNED)], State.COMPLETED),
+      ev(Event.FINISHED), ev(Event.PREDICTED), ev(Event.TUNED), ev(Event.EXPORTED)], State.COMPLETED),
     ([ev(Event.SUBMITTED), ev(Event.QUEUED), ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUE_FAILED)],
      State.RUNNING),
 ], ids=lambda v: "-".join(str(e["event"]) for e in v) or "none" if isinstance(v, list) else str(v))
@@ -59,7 +59,7 @@ def test_the_state_is_the_one_implied_by_the_last_lifecycle_event(events, state)
 
 
 def test_every_event_and_state_has_one_spelling() -> None:
-    assert len({e.value for e in Event}) == len(Event) == 19
+    assert len({e.value for e in Event}) == len(Event) == 20
     assert set(lifecycle.STATE_OF_EVENT.values()) | {State.UNKNOWN} == set(State)
     # the string in events.jsonl is the plain name
     assert json.dumps({"event": Event.FIRST_STEP}) == '{"event": "first_step"}'

@@ -19,6 +19,7 @@ from tests.helpers.runs import (
     events,
     preempt_at,
     progress_step,
+    rank_pid,
     submit,
     wait_end,
     wait_for,
@@ -87,21 +88,6 @@ def test_preempted_three_times_a_rank_killed_and_a_rank_stopped_ends_bit_identic
     assert info["global_step"] == 5 * STEPS_PER_EPOCH
     assert_same_training(run_dir, baseline)
     assert not (run_dir / "checkpoints" / "preempt.ckpt").exists()  # superseded by last.ckpt
-
-def rank_pid(run_dir: Path, rank: int) -> int:
-    needle = f"LAUNCH_RUN_DIR={run_dir}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in env and f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
-            if any(e.startswith(b"LOCAL_RANK=") for e in env):
-                return int(entry.name)
-    raise AssertionError(f"no process for rank {rank}")
-
 
 def test_a_signal_to_one_rank_stops_all_ranks_at_the_same_step(baseline, tmp_path) -> None:
     run_dir = submit(write_job(tmp_path, "pre", sleep=0.05), tmp_path / "runs")

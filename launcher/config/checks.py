@@ -81,7 +81,31 @@ def validate(cfg: JobConfig, src: Sources) -> None:
         # Checked where launch runs (unless the nodes use another interpreter); never imported here.
         if getattr(cfg.logging, tracker) is not None and prof.python is None and importlib.util.find_spec(package) is None:
             raise err(f"logging.{tracker}", f"needs the {package} package: pip install -e '.[{tracker}]'")
+    _check_strategy(cfg, err)
     _check_script_values(cfg, src)
+
+
+def _check_strategy(cfg: JobConfig, err: Callable[[str, str], ConfigError]) -> None:
+    st = cfg.strategy
+    if st.name == "ddp":
+        for key, set_ in (("shard_modules", bool(st.shard_modules)), ("mixed_precision", st.mixed_precision != "none"),
+                          ("activation_checkpointing", st.activation_checkpointing)):
+            if set_:
+                raise err(f"strategy.{key}", 'is for FSDP: set strategy.name = "fsdp" (or remove the key)')
+        return
+    for name in st.shard_modules:
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise err("strategy.shard_modules", f"{name!r}: a module class name, such as 'TransformerBlock'")
+    if st.mixed_precision != "none" and not cfg.uses_gpus:
+        raise err("strategy.mixed_precision", f"{st.mixed_precision!r} is for GPU runs; on CPUs use 'none'")
+    if st.mixed_precision != "none" and cfg.trainer.precision != "32-true":
+        raise err("trainer.precision", f"{cfg.trainer.precision!r} with FSDP: set strategy.mixed_precision instead "
+                  "(and leave trainer.precision at '32-true')")
+    if cfg.resources.nodes > 1 and not cfg.cluster.shared_filesystem:
+        raise err("strategy.name", "fsdp on several nodes needs cluster.shared_filesystem = true: every rank writes "
+                  "its shard of each checkpoint into one directory")
+    if cfg.swa.swa_lrs is not None:
+        raise err("swa.swa_lrs", "stochastic weight averaging keeps a full copy of the model: use it with ddp")
 
 
 def _check_allocation_units(cfg: JobConfig, src: Sources) -> None:

@@ -254,6 +254,24 @@ class PerformanceSection:
     compile: bool = False  # torch.compile the model's forward, static shapes (a one-time compile cost)
 
 
+@dataclass(frozen=True)
+class StrategySection:
+    """How the ranks share the model: DDP (a full copy on each) or FSDP (each holds a shard)."""
+
+    name: Literal["ddp", "fsdp"] = "ddp"
+    # FSDP: the module classes that become their own shard units (by class name; the root is always
+    # one). Empty: each direct child of the model that holds parameters. Ignored when the model
+    # shards itself in configure_model.
+    shard_modules: list[str] = field(default_factory=list)
+    # FSDP on GPUs: parameters (and the forward/backward) in this dtype, gradients reduced in float32
+    mixed_precision: Literal["none", "bf16", "fp16"] = "none"
+    # FSDP: recompute each shard unit's activations in the backward instead of keeping them
+    activation_checkpointing: bool = False
+    # The periodic checkpoint (checkpoint.every_n_*) is copied off the training path and written in
+    # the background while training goes on; preemption and epoch-end saves stay synchronous.
+    async_checkpoints: bool = True
+
+
 # --------------------------------------------------------------------------- the cluster profile
 
 
@@ -325,6 +343,7 @@ class JobConfig:
     swa: SWASection = field(default_factory=SWASection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     performance: PerformanceSection = field(default_factory=PerformanceSection)
+    strategy: StrategySection = field(default_factory=StrategySection)
     # [[callbacks]] and [[loggers]]: the user's own, as class_path + init_args (a bare name is
     # Lightning's: "LearningRateMonitor", "WandbLogger"); callbacks' state is in every checkpoint.
     callbacks: list[ComponentSection] = field(default_factory=list)
@@ -353,7 +372,7 @@ OWNED_TRAINER_KEYS = {
     "devices": "set resources.gpus_per_node (--gpus) or resources.procs_per_node (--procs)",
     "num_nodes": "set resources.nodes (--nodes)",
     "accelerator": "launch uses GPUs when resources.gpus_per_node > 0, else the CPU",
-    "strategy": "launch runs DDP (gloo on CPU, NCCL on GPU) with exact evaluation",
+    "strategy": "use the [strategy] section (name = \"ddp\" or \"fsdp\")",
     "plugins": "launch chooses the cluster environment from how the ranks were started",
     "logger": "use the [logging] section",
     "default_root_dir": "everything goes to the run directory",

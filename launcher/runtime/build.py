@@ -80,15 +80,17 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         environment = SLURMEnvironment(auto_requeue=False)
     else:
         environment = TorchElasticEnvironment()
-    strategy = LaunchDDPStrategy(
-        seed_samples=cfg.job.seed_per_sample,
-        preemptible=cfg.job.preemptible,
-        fixed_buckets=cfg.job.fixed_ddp_buckets,
-        cluster_environment=environment,
-        checkpoint_io=AtomicCheckpointIO(),
-        process_group_backend="nccl" if cfg.uses_gpus else "gloo",
-        timeout=timedelta(seconds=cfg.job.collective_timeout_s),
-    )
+    common = {"seed_samples": cfg.job.seed_per_sample, "preemptible": cfg.job.preemptible,
+              "cluster_environment": environment, "process_group_backend": "nccl" if cfg.uses_gpus else "gloo",
+              "timeout": timedelta(seconds=cfg.job.collective_timeout_s)}
+    strategy: Any
+    if cfg.strategy.name == "fsdp":
+        from launcher.runtime.fsdp import LaunchFSDPStrategy
+
+        strategy = LaunchFSDPStrategy(world_size=cfg.world_size, **common)
+    else:
+        strategy = LaunchDDPStrategy(fixed_buckets=cfg.job.fixed_ddp_buckets, checkpoint_io=AtomicCheckpointIO(),
+                                     **common)
     ck = cfg.checkpoint
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,

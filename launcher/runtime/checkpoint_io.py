@@ -1,9 +1,12 @@
-"""Checkpoint files written atomically, with a full disk reported as such."""
+"""Checkpoint files written atomically, with a full disk reported as such; background writes."""
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +60,53 @@ class _ErrorKeepingWriter:
         except OSError as exc:
             self.error = self.error or exc
             raise
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A copy of a checkpoint whose tensors are new CPU tensors (the rest is shared): what a
+    background write may take its time over while training changes the live ones."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [cpu_copy(v) for v in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(cpu_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """At most one checkpoint write in flight, in a thread: `start` waits for the previous one,
+    `wait` joins it and raises its error (a failed background write is never silent)."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.last_write_s: float | None = None  # how long the last background write took
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, write: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            began = time.monotonic()
+            try:
+                write()
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = exc
+            self.last_write_s = time.monotonic() - began
+
+        self._thread = threading.Thread(target=run, name="launch-checkpoint-writer", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error

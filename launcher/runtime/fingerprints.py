@@ -31,7 +31,8 @@ def digest_tensors(value: Any) -> str:
 
     def feed(v: Any) -> None:
         if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
+            t = v.to_local() if hasattr(v, "to_local") else v  # FSDP: this rank's shard of a DTensor
+            t = t.detach().cpu().contiguous()
             h.update(str((t.dtype, tuple(t.shape))).encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(v, dict):

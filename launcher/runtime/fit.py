@@ -11,7 +11,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from launcher.config import JobConfig
 from launcher.lifecycle import Event
-from launcher.rundir import RunDir
+from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, remove_checkpoint
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.loggers import rewind_history
@@ -37,9 +37,10 @@ def once_per_job(obj: Any, method: str) -> None:
 def find_resume_checkpoint(run: RunDir) -> Path | None:
     """The newest of launch's full-state checkpoints (preemption, periodic), which resume bit for
     bit; without either, the newest of the others (ModelCheckpoint's, at epoch and validation
-    ends; last.ckpt). Writes are atomic: a visible file is whole."""
-    candidates = run.full_state_checkpoints() or [p for p in run.checkpoints.glob("*.ckpt") if not p.name.startswith(".")]
-    return max(candidates, key=lambda p: p.stat().st_mtime_ns, default=None)
+    ends; last.ckpt). Writes are atomic: a visible file is whole, a sharded one counts when complete."""
+    candidates = run.full_state_checkpoints() or [p for p in run.checkpoints.glob("*.ckpt")
+                                                  if not p.name.startswith(".") and checkpoint_complete(p)]
+    return max(candidates, key=checkpoint_mtime_ns, default=None)
 
 
 def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
@@ -51,6 +52,10 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     warnings.filterwarnings("ignore", message=r".*find_unused_parameters=True was specified")
     model, datamodule = build_model_and_data(cfg)
     guard_evaluation_logging(model)
+    if cfg.strategy.name == "fsdp":
+        from launcher.runtime.fsdp import install_sharding
+
+        install_sharding(model, cfg.strategy)
     # Lightning's flag: prepare_data on local rank 0 of every node, or on global rank 0 only.
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
@@ -77,7 +82,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     handler = PreemptionHandler(signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint),
                                 on_preempt, on_resume, periodic_path=str(run.periodic_checkpoint),
                                 every_n_steps=ck.every_n_train_steps, every_n_minutes=ck.every_n_minutes, rewind=rewind,
-                                drill_steps=cfg.job.drill_preempt_at_steps)
+                                drill_steps=cfg.job.drill_preempt_at_steps, background=cfg.strategy.async_checkpoints)
     trainer = build_trainer(cfg, run, [handler] if cfg.job.preemptible else [])
     resume = find_resume_checkpoint(run)
     if rank == 0:
@@ -112,8 +117,10 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
                 "epoch's end, or the final test): the run finished instead of stopping")
         print(f"[launch] {late}", flush=True)
     if rank == 0:
-        run.preempt_checkpoint.unlink(missing_ok=True)  # superseded by last.ckpt
-        run.periodic_checkpoint.unlink(missing_ok=True)
+        remove_checkpoint(run.preempt_checkpoint)  # superseded by last.ckpt
+        remove_checkpoint(run.periodic_checkpoint)
+        for partial in run.checkpoints.glob(".*.partial"):  # a sharded write a crash interrupted
+            remove_checkpoint(partial)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
         run.add_event(
             Event.TRAINED,

@@ -101,6 +101,11 @@ def restored_epoch(checkpoint: dict[str, Any]) -> int | None:
         return None
 
 
+def unwrapped_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside a LightningOptimizer (or the optimizer itself)."""
+    return getattr(optimizer, "_optimizer", optimizer)
+
+
 def dump_checkpoint(trainer: Trainer) -> dict[str, Any]:
     """The checkpoint `trainer.save_checkpoint` would write now (every rank runs the callbacks'
     on_save_checkpoint, which may gather), without writing it: `strategy.save_checkpoint` does."""
@@ -202,6 +207,15 @@ def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
             value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
         setattr(metric, attr, value)
     metric._update_count = saved["update_count"]
+    metric._computed = None
+
+
+def merge_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
+    """Fold another rank's saved state into this Metric's, reduced as the Metric reduces its states
+    across ranks (torchmetrics' merge_state)."""
+    metric.merge_state({attr: value.to(metric.device) if isinstance(value, torch.Tensor) else value
+                        for attr, value in saved["state"].items()})
+    metric._update_count += saved["update_count"]
     metric._computed = None
 
 

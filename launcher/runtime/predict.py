@@ -10,31 +10,49 @@ from pathlib import Path
 
 from launcher.config import load_resolved
 from launcher.lifecycle import Event
-from launcher.rundir import RunDir, atomic_open, atomic_write_text
+from launcher.rundir import RunDir, atomic_open, atomic_write_text, checkpoint_complete, sharded_meta
 from launcher.runtime.build import build_model_and_data, one_device_trainer
 from launcher.runtime.rank import import_user_code
 
 
-def resolve_checkpoint(run: RunDir, which: str) -> Path:
+def resolve_checkpoint(run: RunDir, which: str, tool: str = "predict") -> Path:
+    """best, last or a path: a checkpoint file, or a complete sharded checkpoint directory."""
     import torch
 
     if which not in ("best", "last"):
         path = Path(which)
-        if not path.is_file():
-            raise SystemExit(f"launch predict: {which}: no such checkpoint file")
+        if not checkpoint_complete(path):
+            what = "an incomplete sharded checkpoint" if path.is_dir() else "no such checkpoint"
+            raise SystemExit(f"launch {tool}: {which}: {what}")
         return path
     last = run.last_checkpoint
-    if which == "last" or not last.is_file():
-        if not last.is_file():
-            raise SystemExit(f"launch predict: {run.path} has no last.ckpt (did the run finish?)")
+    if which == "last" or not checkpoint_complete(last):
+        if not checkpoint_complete(last):
+            raise SystemExit(f"launch {tool}: {run.path} has no last.ckpt (did the run finish?)")
         return last
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(sharded_meta(last) if last.is_dir() else last, map_location="cpu", weights_only=False)
     for key, value in state.get("callbacks", {}).items():
         if key.startswith("ModelCheckpoint") and value.get("best_model_path"):
             best = Path(value["best_model_path"])
-            if best.is_file():
+            if checkpoint_complete(best):
                 return best
     return last  # no monitored metric: the last checkpoint is the best there is
+
+
+def one_file(path: Path, scratch: Path) -> Path:
+    """The checkpoint as one file a one-device Trainer loads: a sharded one is consolidated (model
+    weights and training state, no optimizer) into `scratch`."""
+    import torch
+
+    if path.is_file():
+        return path
+    from launcher.runtime.fsdp import consolidate
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    out = scratch / path.name
+    with atomic_open(out) as fh:
+        torch.save(consolidate(path), fh)
+    return out
 
 
 def predict(run: RunDir, which: str) -> Path:
@@ -47,7 +65,8 @@ def predict(run: RunDir, which: str) -> Path:
     if not is_overridden("predict_dataloader", datamodule):
         datamodule.predict_dataloader = datamodule.test_dataloader  # the held-out data by default
     trainer = one_device_trainer(cfg, run.tool_root("predict"))
-    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=str(ckpt), weights_only=False)
+    batches = trainer.predict(model, datamodule=datamodule, ckpt_path=str(one_file(ckpt, run.tool_root("predict"))),
+                              weights_only=False)
     outputs = torch.cat([b.detach().cpu() for b in batches]) if batches and torch.is_tensor(batches[0]) else batches
     out_dir = run.predictions
     out_dir.mkdir(exist_ok=True)

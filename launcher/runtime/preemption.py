@@ -19,10 +19,10 @@ python / CUDA RNG of every rank, torchmetrics states, and the epoch accumulators
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,10 +34,11 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
+from launcher.rundir import checkpoint_bytes
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
-from launcher.runtime.strategy import LaunchDDPStrategy, stateful
+from launcher.runtime.strategy import ExactData, stateful
 
 AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
 AGREE_MAX_STEPS = 1000
@@ -70,12 +71,18 @@ def _metric_states(module: LightningModule) -> dict[str, Any]:
     return {name: compat.metric_state(m) for name, m in module.named_modules() if isinstance(m, Metric)}
 
 
-def _load_metric_states(module: LightningModule, states: dict[str, Any]) -> None:
+def _load_metric_states(module: LightningModule, states: dict[str, Any], merge: list[dict[str, Any]]) -> None:
+    """Each Metric's saved state; then, resuming on fewer ranks, the other saved ranks' merged in."""
     modules = dict(module.named_modules())
     for name, saved in states.items():
         metric = modules.get(name)
         if isinstance(metric, Metric):
             compat.load_metric_state(metric, saved)
+    for other in merge:
+        for name, saved in other.items():
+            metric = modules.get(name)
+            if isinstance(metric, Metric):
+                compat.merge_metric_state(metric, saved)
 
 
 def _positionable(loader: Any) -> bool:
@@ -95,6 +102,16 @@ def _data_state(trainer: Trainer, batches: int) -> dict[str, Any]:
     if datasets and stateful(datasets[0]):
         state["dataset"] = batch_state(datasets[0], batches)
     return state
+
+
+def _global_batch(trainer: Trainer) -> int | None:
+    """Samples a step over all ranks, from the training loader's batch size (as launch may have scaled it)."""
+    for loader in compat.train_dataloaders(trainer):
+        sampler = getattr(loader, "batch_sampler", None)
+        size = getattr(sampler, "batch_size", None) or getattr(loader, "batch_size", None)
+        if size:
+            return int(size) * trainer.world_size
+    return None
 
 
 def flush_loggers(trainer: Trainer) -> None:
@@ -124,7 +141,7 @@ class PreemptionHandler(Callback):
 
     def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any,
                  periodic_path: str | None = None, every_n_steps: int | None = None, every_n_minutes: float = 0.0,
-                 rewind: Any = None, drill_steps: list[int] | None = None) -> None:
+                 rewind: Any = None, drill_steps: list[int] | None = None, background: bool = False) -> None:
         self.signals = signal_numbers
         self.checkpoint_path = checkpoint_path
         self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
@@ -137,13 +154,14 @@ class PreemptionHandler(Callback):
         self.periodic_path = periodic_path
         self.every_n_steps = every_n_steps
         self.every_n_s = every_n_minutes * 60.0
+        self.background = background  # the periodic checkpoint is written in the background (strategy.async_checkpoints)
         self.rewind = rewind  # called on rank zero with (trainer, logged_steps) before a resumed fit logs
         self._schedule_periodic(0)
         self._to_write: dict[str, Any] | None = None
         self.drill_steps = set(drill_steps or ())  # job.drill_preempt_at_steps (launch verify)
         self.stop_at: tuple[int, int] | None = None
         self._pending_restore: dict[str, Any] | None = None
-        self._accumulators_to_add: dict[str, Any] | None = None
+        self._accumulators_to_add: list[dict[str, Any]] = []
         self._resume_position: tuple[int, int] | None = None
         self._saving_batch: tuple[int, int | None] = (0, None)
         self._resumed = False
@@ -169,9 +187,9 @@ class PreemptionHandler(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if self._accumulators_to_add is not None:
-            compat.add_epoch_accumulators(trainer, self._accumulators_to_add)
-            self._accumulators_to_add = None
+        for saved in self._accumulators_to_add:
+            compat.add_epoch_accumulators(trainer, saved)
+        self._accumulators_to_add = []
         step = trainer.global_step
         if step in self.drill_steps:  # a preemption drill: as if rank zero were signalled now
             if trainer.global_rank == 0:
@@ -203,7 +221,11 @@ class PreemptionHandler(Callback):
         checkpoint, self._to_write = self._to_write, None
         if trainer.global_rank == 0:
             flush_loggers(trainer)  # the steps up to this checkpoint's are on disk before it is
-        trainer.strategy.save_checkpoint(checkpoint, self.periodic_path)
+        in_background = getattr(trainer.strategy, "save_checkpoint_in_background", None)
+        if self.background and in_background is not None:
+            in_background(checkpoint, self.periodic_path)
+        else:
+            trainer.strategy.save_checkpoint(checkpoint, self.periodic_path)
 
     def _stop(self, trainer: Trainer, batch_idx: int) -> None:
         started = time.time()
@@ -219,7 +241,7 @@ class PreemptionHandler(Callback):
             "signal_at": signals.received["at"],
             "signal_to_saved_s": round(saved - signals.received["at"], 3) if signals.is_set() else None,
             "save_s": round(saved - started, 3),
-            "checkpoint_bytes": os.path.getsize(self.checkpoint_path) if trainer.global_rank == 0 else None,
+            "checkpoint_bytes": checkpoint_bytes(Path(self.checkpoint_path)) if trainer.global_rank == 0 else None,
         })
 
     def _agree_to_stop(self, trainer: Trainer) -> bool:
@@ -261,36 +283,44 @@ class PreemptionHandler(Callback):
         else:
             ranks = [mine]
         checkpoint["launch"] = {"world_size": trainer.world_size, "ranks": ranks, "epoch": epoch,
-                                "batches_in_epoch": batches}
+                                "batches_in_epoch": batches, "global_batch": _global_batch(trainer)}
 
     # -- resuming
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         """Runs before Lightning restores its loops and builds the training loader: the position
         this rank resumes at is handed to the strategy, which builds the loader."""
         self._resumed = True
-        if isinstance(trainer.strategy, LaunchDDPStrategy):
+        if isinstance(trainer.strategy, ExactData):
             trainer.strategy.restored_epoch = compat.restored_epoch(checkpoint)
         if self.rewind is not None and trainer.global_rank == 0 and trainer.state.fn == TrainerFn.FITTING:
             self.rewind(trainer, compat.logged_steps(checkpoint))  # not for test's load of the best checkpoint
         state = checkpoint.get("launch")
         if not state:
             return
+        old_w, new_w, rank = state["world_size"], trainer.world_size, trainer.global_rank
+        if old_w != new_w and isinstance(trainer.strategy, ExactData):
+            trainer.strategy.global_batch = state.get("global_batch")
         if state.get("batches_in_epoch") is None:
             # An epoch-end checkpoint: Lightning restores the rest; metric states were reset then.
-            if state["world_size"] == trainer.world_size:
-                self._pending_restore = {"rng": state["ranks"][trainer.global_rank]["rng"], "metrics": {}}
+            self._pending_restore = {"rng": state["ranks"][rank % old_w]["rng"], "metrics": {}}
             return
-        if state["world_size"] != trainer.world_size:
-            raise RuntimeError(
-                f"the checkpoint was saved by {state['world_size']} ranks and this job has {trainer.world_size}; "
-                "exact resume needs the same world size"
-            )
-        mine = state["ranks"][trainer.global_rank]
+        # On another world size (launch resume --procs/--nodes), every saved rank's metric and epoch
+        # accumulator state lands on exactly one rank (rank i on i mod the new world size, states
+        # merged), so what the ranks sync at the epoch's end is the same total; a rank takes the RNG
+        # of the saved rank it is, modulo the old world size.
+        own = [state["ranks"][r] for r in range(old_w) if r % new_w == rank] if new_w <= old_w else \
+            [state["ranks"][rank]] if rank < old_w else []
+        if old_w != new_w and any(r.get("data", {}).get("loaders") or "dataset" in r.get("data", {})
+                                  for r in state["ranks"]):
+            raise RuntimeError(f"the checkpoint was saved by {old_w} ranks and this job has {new_w}: an iterable or "
+                               "stateful loader's position belongs to its rank; resume on the run's own world size")
+        metrics = [r["metrics"] for r in own]
+        mine = {**state["ranks"][rank % old_w], "metrics": metrics[0] if metrics else {}, "merge": metrics[1:]}
         self._pending_restore = mine
-        self._accumulators_to_add = mine["accumulators"]
+        self._accumulators_to_add = [r["accumulators"] for r in own]
         self._resume_position = (state["epoch"], state["batches_in_epoch"])
         data = mine.get("data", {})
-        if isinstance(trainer.strategy, LaunchDDPStrategy):
+        if isinstance(trainer.strategy, ExactData):
             trainer.strategy.resume_position = self._resume_position
             trainer.strategy.resume_dataset_state = data.get("dataset")
         if data.get("loaders"):  # Lightning keeps rank zero's loader states only: each rank gets its own
@@ -325,5 +355,5 @@ class PreemptionHandler(Callback):
             self._write_periodic(trainer)
         if self._pending_restore is not None:
             _set_rng_state(self._pending_restore["rng"])
-            _load_metric_states(pl_module, self._pending_restore["metrics"])
+            _load_metric_states(pl_module, self._pending_restore["metrics"], self._pending_restore.get("merge", []))
             self._pending_restore = None

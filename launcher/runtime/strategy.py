@@ -9,9 +9,10 @@ import torch
 from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from pytorch_lightning.strategies import DDPStrategy
 from pytorch_lightning.trainer.states import RunningStage
-from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from launcher.runtime import lightning_compat as compat
+from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
 from launcher.runtime.samplers import ResumableDistributedSampler, record_batch_states, seed_each_sample
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
@@ -42,24 +43,22 @@ def _unrecordable(what: str) -> UnresumableData:
                            "at each batch; set job.preemptible = false")
 
 
-class LaunchDDPStrategy(DDPStrategy):
-    """DDP whose results do not depend on where an attempt started.
+class ExactData:
+    """A strategy's side of exact training data (mixed into launch's DDP and FSDP strategies).
 
     Exact evaluation (stock Lightning is inexact in two ways): the evaluation DistributedSampler
     pads the last round by repeating samples, so those are counted twice when the dataset size is
     not divisible by the world size; and a `sync_dist` epoch mean divides an int64 batch-size sum
     by the world size in place, which floors it (3 and 2 samples per rank: 5 / 2 -> 2).
 
-    Exact resume: the gradient buckets never change layout (EXACT_DDP_KWARGS), the training
-    sampler knows its epoch and resume position before Lightning creates the iterator, and each
-    sample's augmentation is drawn from its own seed (samplers.py).
+    Exact resume: the training sampler knows its epoch and resume position before Lightning
+    creates the iterator, and each sample's augmentation is drawn from its own seed (samplers.py).
     """
 
-    strategy_name = "launch_ddp"
+    global_rank: int
+    lightning_module: Any
 
-    def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, fixed_buckets: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(**(EXACT_DDP_KWARGS if fixed_buckets else {}), **kwargs)
+    def init_exact_data(self, seed_samples: bool, preemptible: bool) -> None:
         self.seed_samples, self.preemptible = seed_samples, preemptible
         # Set by the preemption handler when a checkpoint is restored, before the loaders exist.
         self.resume_position: tuple[int, int] | None = None  # (epoch, batches of it already trained)
@@ -68,6 +67,9 @@ class LaunchDDPStrategy(DDPStrategy):
         # before Lightning restores its loops (configure_optimizers asking for
         # estimated_stepping_batches), when trainer.current_epoch still says 0.
         self.restored_epoch: int | None = None
+        # The global batch (samples per optimizer step over all ranks) of a checkpoint written on
+        # another world size: each rank's batch is scaled to keep it (launch resume --procs/--nodes).
+        self.global_batch: int | None = None
 
     def process_dataloader(self, dataloader: object) -> object:
         trainer = self.lightning_module.trainer
@@ -92,7 +94,7 @@ class LaunchDDPStrategy(DDPStrategy):
             # iterator once, so a resumed attempt would draw once more than an uninterrupted run
             # and shift the RNG the model's dropout uses: every loader draws from its own.
             dataloader.generator = torch.Generator().manual_seed(_LOADER_SEEDS[stage] + self.global_rank)
-        return super().process_dataloader(dataloader)
+        return super().process_dataloader(dataloader)  # type: ignore[misc]
 
     def _training_loader(self, dataloader: DataLoader, old: DistributedSampler, epoch: int) -> DataLoader:
         seeded = self.seed_samples and seed_each_sample(old.dataset)
@@ -101,6 +103,7 @@ class LaunchDDPStrategy(DDPStrategy):
                                               seed_samples=seeded)
         dataloader = compat.with_sampler(dataloader, sampler, RunningStage.TRAINING)
         dataloader.generator = sampler.loader_generator = torch.Generator()
+        batch_size = self._keep_global_batch(dataloader, old.num_replicas)
         # Lightning creates this loader's iterator before the epoch loop sets the epoch, and a
         # loader with workers draws the indices right then: the sampler must be ready now.
         sampler.set_epoch(epoch)
@@ -108,8 +111,28 @@ class LaunchDDPStrategy(DDPStrategy):
             if dataloader.batch_size is None:
                 raise UnresumableData("resuming mid-epoch needs the training DataLoader's batch_size (a custom "
                                       "batch_sampler cannot be positioned); set job.preemptible = false to run it")
-            sampler.resume_at(epoch, self.resume_position[1] * dataloader.batch_size)
+            sampler.resume_at(epoch, self.resume_position[1] * batch_size)
         return dataloader
+
+    def _keep_global_batch(self, dataloader: DataLoader, ranks: int) -> int:
+        """Each rank's batch size: the loader's, or on another world size than the checkpoint's, the
+        one that keeps the global batch. A rank's share of the global order (DistributedSampler:
+        sample i goes to rank i mod ranks) then makes every optimizer step train the same samples
+        as on the original world size."""
+        batch = dataloader.batch_size or 0
+        if self.global_batch is None or not batch or self.global_batch == batch * ranks:
+            return batch
+        if self.global_batch % ranks or type(dataloader.batch_sampler) is not BatchSampler:
+            raise UnresumableData(
+                f"the checkpoint's global batch ({self.global_batch} samples a step) cannot be kept on {ranks} ranks "
+                + ("(not a multiple)" if self.global_batch % ranks else "with a custom batch sampler")
+                + ": resume on a world size that divides it, or on the run's own")
+        scaled = self.global_batch // ranks
+        dataloader.batch_sampler.batch_size = scaled  # the loader draws its batches from it
+        if self.global_rank == 0:
+            print(f"[launch] world size {ranks}: each rank's batch {batch} -> {scaled} keeps the global batch of "
+                  f"{self.global_batch} samples a step", flush=True)
+        return scaled
 
     def _prepare_iterable(self, dataloader: DataLoader) -> None:
         """An iterable dataset resumes only through its own state: the loader's (torchdata's
@@ -147,7 +170,36 @@ class LaunchDDPStrategy(DDPStrategy):
             and reduce_op.lower() in ("mean", "avg")
         ):
             tensor = tensor.double()
-        return super().reduce(tensor, group=group, reduce_op=reduce_op)
+        return super().reduce(tensor, group=group, reduce_op=reduce_op)  # type: ignore[misc]
+
+
+class LaunchDDPStrategy(ExactData, DDPStrategy):
+    """DDP whose results do not depend on where an attempt started: exact data (ExactData), and
+    gradient buckets that never change layout (EXACT_DDP_KWARGS)."""
+
+    strategy_name = "launch_ddp"
+
+    def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, fixed_buckets: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**(EXACT_DDP_KWARGS if fixed_buckets else {}), **kwargs)
+        self.init_exact_data(seed_samples, preemptible)
+        self.background = BackgroundWriter()
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        self.background.wait()  # one write at a time, in order
+        super().save_checkpoint(checkpoint, filepath, storage_options)
+
+    def save_checkpoint_in_background(self, checkpoint: dict[str, Any], filepath: Any) -> None:
+        """Rank zero copies the state (off the training path: the copy, not the live tensors, is
+        written) and writes it in a thread while training goes on; the next save waits for it."""
+        self.background.wait()
+        if self.is_global_zero:
+            copy = cpu_copy(checkpoint)
+            self.background.start(lambda: self.checkpoint_io.save_checkpoint(copy, filepath))
+
+    def teardown(self) -> None:
+        self.background.wait()
+        super().teardown()
 
 
 class EvaluationStepSync(ValueError):

@@ -226,3 +226,24 @@ class BatchCounter(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.batches, self.loss_sum = state["batches"], state["loss_sum"]
+
+
+class SampleRecordingMLP(PreemptableMLP):
+    """Writes which samples each rank trained at each optimizer step (a digest of each input row)
+    to `record_dir`, and logs the loss over every rank's batch (sync_dist: the global batch's mean)."""
+
+    def __init__(self, record_dir: str, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.record_dir = record_dir
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        import hashlib
+
+        x, y = batch
+        digests = [hashlib.sha1(row.numpy().tobytes()).hexdigest()[:12] for row in x.detach().cpu()]
+        with open(Path(self.record_dir, f"rank-{self.global_rank}.jsonl"), "a") as fh:
+            fh.write(json.dumps({"step": int(self.trainer.global_step), "epoch": int(self.current_epoch),
+                                 "samples": digests}) + "\n")
+        loss = super().training_step(batch, batch_idx)
+        self.log("global_loss", loss, on_step=True, on_epoch=False, sync_dist=True, batch_size=len(y))
+        return loss

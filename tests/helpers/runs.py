@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,21 @@ def kill_every_process(run_dir: Path) -> None:
     wait_for(lambda: not processes_of(run), 30, "every process gone", run_dir)
 
 
+def rank_pid(run_dir: Path, rank: int) -> int:
+    needle = f"LAUNCH_RUN_DIR={run_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in env and f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
+            if any(e.startswith(b"LOCAL_RANK=") for e in env):
+                return int(entry.name)
+    raise AssertionError(f"no process for rank {rank}")
+
+
 def submit(job: Path, runs: Path, *extra: str) -> Path:
     result = run_launch("submit", str(job), "--runs-dir", str(runs), *extra)
     assert result.returncode == 0, result.stderr
@@ -120,8 +136,26 @@ def wait_end(run_dir: Path, timeout: float = 300) -> dict:
     return json.loads(run_launch("status", str(run_dir), "--json").stdout)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as one dict: a file as saved; a sharded (FSDP) directory read back whole, with
+    torch's own converter (every shard, the optimizers' too) and meta.pt."""
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    assert (path / "complete.json").is_file(), f"{path} is not a complete sharded checkpoint"
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(path, Path(tmp) / "whole.pt")
+        full = torch.load(Path(tmp) / "whole.pt", map_location="cpu", weights_only=False)
+    full.update(torch.load(path / "meta.pt", map_location="cpu", weights_only=False))
+    optimizers = sorted((k for k in full if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit()),
+                        key=lambda k: int(k[len("optimizer_"):]))
+    full["optimizer_states"] = [full.pop(k) for k in optimizers]
+    return full
+
+
 def final_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
 
 
 def metric_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -157,8 +191,7 @@ def assert_same_training(run: Path, baseline: Path) -> None:
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, (f"weights differ from the uninterrupted run: {different} "
                            f"(max |dw| {max_weight_difference(run, baseline):.3g})")
-    full, base_full = (torch.load(r / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-                       for r in (run, baseline))
+    full, base_full = (read_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run, baseline))
     assert_same_tensors(full["optimizer_states"], base_full["optimizer_states"], "optimizer_states")
     assert_same_tensors(full["lr_schedulers"], base_full["lr_schedulers"], "lr_schedulers")
     rows, base_rows = metric_rows(run), metric_rows(baseline)
