@@ -16,6 +16,7 @@ from launcher.rundir import RunDir
 # The modules launch starts by name (never imported here): a rank, and the batch script's hooks.
 RANK_MODULE = "launcher.runtime"
 BATCH_HOOKS_MODULE = "launcher.entry.slurm_hooks"
+WATCH_MODULE = "launcher.entry.watch"
 
 
 @dataclass(frozen=True)
@@ -249,7 +250,11 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     lines += [
         "",
         f"{py} -m {BATCH_HOOKS_MODULE} started {run_dir}",
-        " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg),
+        " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg) + " &",
+        "srun_pid=$!",
+        f"# stops the step if a rank makes no progress for job.stall_timeout_s ({cfg.job.stall_timeout_s} s)",
+        f'{py} -m {WATCH_MODULE} {run_dir} "$srun_pid"',
+        'wait "$srun_pid"',
         "rc=$?",
         f'{py} -m {BATCH_HOOKS_MODULE} ended {run_dir} "$rc"',
         'exit "$rc"',

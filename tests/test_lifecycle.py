@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import time
 from pathlib import Path
 
@@ -346,3 +347,35 @@ def test_a_stalled_attempt_ends_as_a_restartable_stall(run: RunDir) -> None:
     assert restarted["kind"] == "infrastructure" and restarted["rank"] == 1
     assert restarted["cause"] == ("rank 1 (n1): Stalled: no progress for 121.0 s since step 37 "
                                   "(job.stall_timeout_s = 120); stopped")
+
+
+@pytest.mark.parametrize("squeue_says, event", [("PENDING", "requeued"), ("COMPLETING", "requeue_failed"),
+                                                ("", "requeue_failed")])
+def test_a_requeue_slurm_already_did_is_recorded_as_a_requeue(tmp_path, monkeypatch, squeue_says, event) -> None:
+    """`scontrol requeue` fails (silently, as it does when SLURM requeued the job itself after a node
+    failure) yet squeue shows the job back in the queue: that is a requeue, not requeue_failed with
+    an empty error. SLURM's two answers are stand-ins here: making real SLURM requeue a job at the
+    instant its batch script does is a race no test can order."""
+    from launcher.entry.requeue import requeue_on_slurm
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '%s' '{squeue_says}'\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    run = RunDir.create(tmp_path / "runs", "job")
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        requeue_on_slurm(run, after_step=12)  # it ignores SIGTERM (the requeue's) while it records
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    (last,) = [e for e in run.read_events() if e["event"] in ("requeued", "requeue_failed")]
+    assert last["event"] == event and last["slurm_job_id"] == "77", last
+    if event == "requeued":
+        assert last["by_slurm"] == "PENDING" and last["after_step"] == 12
+    else:
+        assert last["error"].startswith("scontrol requeue exited 1, saying nothing"), last
+        assert ("(job COMPLETING)" in last["error"]) == (squeue_says == "COMPLETING")

@@ -202,12 +202,14 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     """Preempted mid-epoch, saved, requeued by the batch script and resumed bit for bit. In srun mode
     the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found",
     and a second run submitted --after this one waits through the requeue and starts after its end.
-    In torchrun mode a rank is then SIGKILLed: the end hook requeues the job by itself (restart_on
-    "infrastructure") and it resumes from its periodic checkpoint, still bit for bit."""
+    In torchrun mode a rank is then SIGSTOPped (a stall): the batch script's watcher sees it make no
+    progress for job.stall_timeout_s, records it and kills the step, the end hook requeues the job by
+    itself (restart_on "infrastructure") and it resumes from its periodic checkpoint, still bit for bit."""
     import torch
 
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
-    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5")
+                   .replace('restart_on = "infrastructure"', 'restart_on = "infrastructure"\nstall_timeout_s = 10'))
     result = launch(cluster_file, "submit", str(job), "--cluster", profile, "--nodes", "2", "--procs", "1",
                     "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 0, result.stderr
@@ -229,7 +231,10 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     if profile == "test-torchrun":
         wait_for(lambda: "resumed" in slurm_events(run_dir) and progress_step(run_dir) >= 60, 180, "step 60", run_dir)
         pid = json.loads((run_dir / "errors" / "rank-1.alive").read_text())["pid"]  # the nodes share this machine
-        subprocess.run(["kill", "-9", str(pid)], check=True)
+        subprocess.run(["kill", "-STOP", str(pid)], check=True)
+        stopped_at = time.monotonic()
+        wait_for(lambda: "stalled" in slurm_events(run_dir), 60, "the stall", run_dir)
+        print(f"SLURM: SIGSTOP of rank 1 -> stall recorded in {time.monotonic() - stopped_at:.1f} s")
     wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
              run_dir)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
@@ -237,8 +242,24 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     assert info["state"] == "completed" and info["restarts"] == 1 + killed and info["slurm_job_id"] == job_id, info
     events = slurm_events(run_dir)
     assert events.index("preempted") < events.index("requeued") < events.index("resumed") < events.index("finished")
-    if killed:  # failed, restarted: requeued again by the end hook, resumed from the periodic checkpoint
+    # the cluster runs SLURM's default cred_expire (120 s): without the end hook's StartTime=now+2
+    # the requeued job would wait 121 s for its BeginTime
+    records = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    for i, rec in enumerate(records):
+        if rec["event"] == "requeued":
+            assert rec["start_after_s"] == 2, rec
+            again = next(r for r in records[i:] if r["event"] == "started")
+            assert again["t"] - rec["t"] < 60, (rec, again)
+            print(f"SLURM: requeue -> batch script started again in {again['t'] - rec['t']:.1f} s")
+    if killed:  # stalled, restarted: requeued again by the end hook, resumed from the periodic checkpoint
+        assert events.index("stalled") < events.index("restarted"), events
         assert events[events.index("restarted") + 1:].count("requeued") == 1 and events.count("resumed") == 2, events
+        (stalled,) = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                      if json.loads(line)["event"] == "stalled"]
+        assert stalled["rank"] == 1 and 10 <= stalled["idle_s"] < 20, stalled
+        (restarted,) = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                        if json.loads(line)["event"] == "restarted"]
+        assert restarted["kind"] == "infrastructure" and ": Stalled: no progress for " in restarted["cause"], restarted
     assert_same_training(run_dir, slurm_baseline)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4 * STEPS_PER_EPOCH
     if profile == "test-apptainer":  # every task of both attempts ran in the "container"

@@ -296,6 +296,11 @@ class ClusterProfile:
     launch_mode: Literal["srun", "torchrun"] = "srun"
     signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"
     signal_grace_s: int = bounded(120, at_least(1, "must be at least 1 second"))
+    # SLURM holds a requeued job until requeue + cred_expire + 1 s (121 s by default) so that no
+    # node sees a credential of it older than the requeue; one created 2 s later is never taken for
+    # a revoked one. True: the end hook sets the requeued job's StartTime to now + 2 s (the job's
+    # owner may). False: SLURM's own hold.
+    shorten_requeue_hold: bool = True
     python: str | None = None  # interpreter on the compute nodes; None: the submitting one ("python" in a container)
     runs_dir: str | None = None
     rdzv_port: int = 29400

@@ -37,7 +37,7 @@ def requeue(run: RunDir, **fields: Any) -> None:
     if os.environ.get("LAUNCH_HERE"):
         run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True, **fields)
     else:
-        requeue_on_slurm(run, **fields)
+        requeue_on_slurm(run, load_resolved(run.config).cluster.shorten_requeue_hold, **fields)
 
 
 def main(argv: list[str]) -> int:

@@ -5,12 +5,14 @@ It carries the rank's last progress (a training, validation or test batch done: 
 whose loop is stuck (waiting in a collective for a peer, or in its own code) keeps beating with an
 old `progress_at`; a rank that is stopped, killed or on a lost node stops beating. `launch status`
 names a stalled rank from these files (launcher/lifecycle.py: `stall`), and the local supervisor
-stops and restarts a run stalled longer than `job.stall_timeout_s`.
+(or, on SLURM, the batch script's watcher: launcher/entry/watch.py) stops and restarts a run
+stalled longer than `job.stall_timeout_s`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -28,6 +30,8 @@ class Heartbeat(Callback):
         self.path = run.heartbeat(0)  # the rank's own, once the Trainer knows it (on_fit_start)
         self.record: dict[str, Any] = {"rank": 0, "host": socket.gethostname(), "step": 0,
                                        "progress_at": time.time(), "slowest_step_s": 0.0}
+        if os.environ.get("SLURM_STEP_ID"):  # the SLURM step the rank runs in: what a stall stops
+            self.record["slurm_step"] = f"{os.environ.get('SLURM_JOB_ID')}.{os.environ['SLURM_STEP_ID']}"
         self._step_started = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -21,7 +21,11 @@ export PYTHONUNBUFFERED=1
 export SUBMITIT_EXECUTOR=slurm
 
 python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
-srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit
+srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit &
+srun_pid=$!
+# stops the step if a rank makes no progress for job.stall_timeout_s (120 s)
+python -m launcher.entry.watch /shared/runs/mnist/RUN "$srun_pid"
+wait "$srun_pid"
 rc=$?
 python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
 exit "$rc"

@@ -14,6 +14,10 @@ DIR=${LAUNCH_SLURM_DIR:-/tmp/launch-slurm}
 CONF=/etc/slurm/slurm.conf
 HOST=$(hostname)
 CPUS_PER_NODE=${LAUNCH_SLURM_CPUS:-2}
+# SLURM holds a requeued job for cred_expire + 1 s (its BeginTime) unless the job's owner moves it:
+# SLURM's default, 120, as on a real cluster (launch's end hook shortens the hold to 2 s;
+# cluster.shorten_requeue_hold = false keeps it, which bench/requeue_latency.py measures).
+CRED_EXPIRE=${LAUNCH_SLURM_CRED_EXPIRE:-120}
 NODES="n1 n2 n3 n4"  # partition debug: n1, n2 (most tests); partition wide: all four (world size 4)
 
 log() { echo "[cluster.sh] $*" >&2; }
@@ -35,7 +39,7 @@ ClusterName=launchtest
 SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
-AuthInfo=cred_expire=5
+AuthInfo=cred_expire=$CRED_EXPIRE
 SlurmctldPort=6817
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n

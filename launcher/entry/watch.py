@@ -1,0 +1,62 @@
+"""`python -m launcher.entry.watch RUN_DIR SRUN_PID`: the SLURM batch script's stall watcher.
+
+It runs on the batch host next to the job's srun (outside any container) until srun exits. Every
+few seconds it reads the ranks' heartbeats; a rank without progress for `job.stall_timeout_s`
+(stopped, hung in a collective, or on a node that died) stalls the attempt, as under the local
+supervisor: it records the `stalled` event and kills the step's tasks (`scancel --signal=KILL
+JOB.STEP`, from the heartbeats; srun itself if no step is known). srun then exits, and the end
+hook classifies the attempt as an infrastructure failure ("Stalled") and requeues it (or, --here,
+the runner starts the next step), which resumes from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from launcher.config import load_resolved
+from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, stall
+from launcher.processes import exists
+from launcher.rundir import RunDir
+
+KILL_WAIT_S = 15.0  # srun's own exit after its tasks are killed; then srun itself
+
+
+def stop_step(steps: set[str], srun_pid: int) -> None:
+    """SIGKILL the step's tasks (a stopped rank ignores anything else); srun exits after them."""
+    for step in sorted(steps):
+        subprocess.run(["scancel", "--signal=KILL", step], capture_output=True, text=True)
+    deadline = time.monotonic() + (KILL_WAIT_S if steps else 0)
+    while exists(srun_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if exists(srun_pid):
+        os.kill(srun_pid, signal.SIGKILL)  # the requeue (or the job's end) then ends the tasks
+
+
+def main(argv: list[str]) -> int:
+    run, srun_pid = RunDir(Path(argv[0])), int(argv[1])
+    timeout = load_resolved(run.config).job.stall_timeout_s
+    start = time.time()
+    while exists(srun_pid):
+        time.sleep(min(HEARTBEAT_S, 1.0))
+        if time.time() - start < HEARTBEAT_S:
+            continue
+        beats = run.read_heartbeats()
+        found = stall(beats, time.time(), start, timeout)
+        if found is None:
+            continue
+        run.add_event(Event.STALLED, rank=found.get("rank"), host=found.get("host"), idle_s=found["idle_s"],
+                      step=found.get("step"), timeout_s=timeout)
+        print(f"[launch] stalled: {describe_stall(found)}: stopping the ranks", flush=True)
+        stop_step({b["slurm_step"] for b in beats if b.get("slurm_step") and float(b.get("beat_at", 0)) >= start},
+                  srun_pid)
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
