@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass
 
 
@@ -13,6 +14,14 @@ def current_job_id() -> str | None:
     if os.environ.get("SLURM_ARRAY_JOB_ID"):
         return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID', '')}"
     return os.environ.get("SLURM_JOB_ID")
+
+
+def queue_state(job_id: str) -> str | None:
+    """The job's state as squeue shows it (PENDING, RUNNING, COMPLETING, ...); None once it has left
+    the queue or squeue cannot say."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    words = out.stdout.split()
+    return words[0] if out.returncode == 0 and words else None
 
 
 @dataclass(frozen=True)

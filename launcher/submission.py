@@ -124,8 +124,8 @@ def resume_run(run: RunDir, previous_state: str, code: str = "snapshot",
     the snapshot that changed."""
     cfg = config.load_resolved(run.config)
     fields: dict[str, Any] = {}
-    if shape and reshape(cfg, shape) != cfg:
-        new = reshape(cfg, shape)
+    new = reshape(cfg, shape) if shape else cfg
+    if new != cfg:
         fields.update(world_size=new.world_size, world_size_before=cfg.world_size)
         cfg = new
         atomic_write_text(run.config, config.dumps(cfg))

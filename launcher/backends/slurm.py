@@ -28,6 +28,7 @@ from launcher.errors import LaunchError
 from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
 from launcher.processes import pid_runs
 from launcher.rundir import RunDir, atomic_write_text
+from launcher.slurm_env import queue_state
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -106,11 +107,7 @@ def job_and_runner(run: RunDir) -> tuple[str | None, int | None]:
 
 def slurm_state(jid: str) -> str | None:
     """The job's state from squeue, else scontrol (finished jobs stay there for MinJobAge)."""
-    out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True)
-    state = out.stdout.strip()
-    if out.returncode == 0 and state:
-        return state.split()[0]
-    return _scontrol_state(jid)
+    return queue_state(jid) or _scontrol_state(jid)
 
 
 def _scontrol_state(jid: str) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 from launcher.config import load_resolved
 from launcher.lifecycle import Event, names, this_attempt
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id
+from launcher.slurm_env import current_job_id, queue_state
 
 
 def sruns_of(pid: int) -> list[int]:
@@ -38,11 +38,6 @@ def sruns_of(pid: int) -> list[int]:
         except OSError:
             continue
     return found
-
-
-def allocation_running(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.returncode == 0 and out.stdout.strip().startswith("RUNNING")
 
 
 def main(argv: list[str]) -> int:
@@ -72,7 +67,7 @@ def main(argv: list[str]) -> int:
             return 0
         if Event.REQUEUED not in attempt:  # preempted, or restarting after a failure: the next step resumes
             return code
-        if not allocation_running(current_job_id() or ""):
+        if queue_state(current_job_id() or "") != "RUNNING":
             run.add_event(Event.FAILED, exit_code=code or 1, rank=None,
                           error=f"allocation {current_job_id()} ended before the run did; continue it with: "
                                 f"launch resume {run.path}")

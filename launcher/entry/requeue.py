@@ -11,7 +11,7 @@ from typing import Any
 
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id
+from launcher.slurm_env import current_job_id, queue_state
 
 REQUEUE_START_AFTER_S = 2  # past the second the old credential was revoked in (slurmd compares seconds)
 
@@ -57,7 +57,3 @@ def start_soon(job_id: str) -> bool:
 # squeue states of a job that is back in the queue, or on its way there
 SLURM_REQUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING"}
 
-
-def queue_state(job_id: str) -> str | None:
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
