@@ -197,9 +197,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    backends.for_run(run).cancel(run)  # returns once the run has stopped
+    note = backends.for_run(run).cancel(run)  # returns once the run has stopped
     info = backends.status(run)
-    print(f"{run.run_id}: {info.state}")
+    print(f"{run.run_id}: {info.state}" + (f" ({note})" if note else ""))
     return 0 if info.state == State.CANCELLED else 1
 
 
@@ -215,6 +215,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     backend = backends.for_run(run)
     info = backends.status(run)
     if backend.still_running(run):
+        if info.terminal:  # recorded as ended, but the cluster still shows its job
+            raise LaunchError(f"{run.path}: {info.state}, but its job is still ending (SLURM state "
+                              f"{info.details.get('slurm_state')}); try again once it has left the queue")
         raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
     if info.state == State.COMPLETED:
         raise LaunchError(f"{run.path}: already completed")

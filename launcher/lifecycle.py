@@ -79,6 +79,10 @@ class Probe:
     alive: bool
     ended_as: tuple[State, str] | None = None  # (state, why), for a run gone without its end
     details: Mapping[str, Any] = field(default_factory=dict)  # supervisor_pid, slurm_job_id, ...
+    # What the scheduler says the run is doing now, where it can say: PENDING while SLURM has not
+    # started the job (it may have requeued it itself), RUNNING once it has (before the batch
+    # script could record it). Overrides the history's pending/running.
+    scheduler_state: State | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,8 @@ def summarize(events: Sequence[Mapping[str, Any]], progress: Mapping[str, Any], 
     if state in ACTIVE_STATES and not probe.alive and probe.ended_as is not None:
         state, why = probe.ended_as
         error = error or why
+    elif state in ACTIVE_STATES and probe.alive and probe.scheduler_state is not None:
+        state = probe.scheduler_state
     trained = last_event(events, Event.TRAINED)
     position = trained or progress
     return RunStatus(
@@ -201,7 +207,7 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
     ranks that died without a word (their alive marker is still there: killed, out of memory,
     crashed in native code, or hung and stopped); then the earliest echo.
     """
-    errors, dead = [], []
+    errors = []
     for path in run.errors.glob("rank-*.json"):
         try:
             mtime = path.stat().st_mtime
@@ -209,12 +215,7 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
                 errors.append((mtime, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError):
             continue
-    for path in run.errors.glob("rank-*.alive"):
-        try:
-            if path.stat().st_mtime + 1 >= since:
-                dead.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
+    dead = dead_ranks(run, since)
     errors.sort(key=lambda r: r[0])
     causes = [e for _, e in errors if not ECHO.search(f"{e.get('type')}: {e.get('message')}")]
     if causes:
@@ -236,8 +237,21 @@ def first_error(run: RunDir, since: float) -> dict[str, Any] | None:
     return errors[0][1] if errors else None
 
 
+def dead_ranks(run: RunDir, since: float) -> list[dict[str, Any]]:
+    """The alive markers ({rank, host, pid}) of this attempt's ranks that ended without a Python
+    error: killed, crashed in native code, or on a node that died."""
+    dead = []
+    for path in run.errors.glob("rank-*.alive"):
+        try:
+            if path.stat().st_mtime + 1 >= since:
+                dead.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return dead
+
+
 # Failures of the machinery rather than of the job's code: what job.restart_on = "infrastructure" retries.
-INFRASTRUCTURE = {"Died", "Hung", "Stalled"}
+INFRASTRUCTURE = {"Died", "Hung", "Stalled", "NodeLost"}
 INFRASTRUCTURE_ERROR = re.compile(r"NCCL|[Gg]loo|DistBackendError|DistNetworkError|ProcessGroup|[Cc]onnection (reset|"
                                   r"closed|refused)|Broken pipe|[Tt]imed out|out of memory|CUDA error|ECC")
 
@@ -260,13 +274,14 @@ class Ending:
 
 
 def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
-               restart_on: str = "never", max_restarts: int = 0) -> Ending:
+               restart_on: str = "never", max_restarts: int = 0, lost_nodes: Sequence[str] = ()) -> Ending:
     """Append `finished`, `restarted` or `failed` for an attempt whose ranks exited with `exit_code`.
 
     Finished means the ranks exited 0 AND rank zero recorded that training completed. A failure
     the restart policy covers, with restarts left, is `restarted` (the caller starts the run
     again; it resumes from its newest complete checkpoint); otherwise `failed`, listing the causes
-    of the earlier restarts too.
+    of the earlier restarts too. `lost_nodes` (nodes that no longer answer, found by the SLURM end
+    hook) are the cause whatever the ranks said: their ranks died with them, the others echoed it.
     """
     events = run.read_events()
     last = last_event(events, Event.TRAINED)
@@ -280,7 +295,15 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
         err = {"rank": stalled.get("rank"), "host": stalled.get("host", "?"), "type": "Stalled",
                "message": f"no progress for {stalled.get('idle_s')} s since step {stalled.get('step')} "
                           f"(job.stall_timeout_s = {stalled.get('timeout_s')}); stopped"}
-    if err:
+    if lost_nodes:
+        on_them = sorted(int(d["rank"]) for d in dead_ranks(run, started_at) if d.get("host") in lost_nodes)
+        err = {"rank": on_them[0] if on_them else None, "host": ",".join(lost_nodes), "type": "NodeLost",
+               "message": f"node {', '.join(lost_nodes)} lost at step {run.read_progress().get('global_step', '?')} "
+                          "(its slurmd does not answer)"
+                          + (f"; rank(s) {', '.join(map(str, on_them))} died with it" if on_them else "")}
+    if err and err["type"] == "NodeLost":
+        message = err["message"]
+    elif err:
         message = f"rank {err['rank']} ({err.get('host', '?')}): {err['type']}: {err['message']}"
     elif exit_code == 0:
         message = "the ranks exited without completing training"

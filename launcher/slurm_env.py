@@ -16,12 +16,22 @@ def current_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def node_name() -> str:
+    """This process's node as the cluster names it (SLURM's node name: several may share one
+    machine, and it is what srun -w and sbatch --exclude take)."""
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+
+
+def queue_row(job_id: str) -> tuple[str | None, str]:
+    """The job's state as squeue shows it (PENDING, RUNNING, COMPLETING, ...) and its node list;
+    (None, "") once it has left the queue or squeue cannot say."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%N"], capture_output=True, text=True)
+    rows = [line.split("|", 1) for line in out.stdout.split() if "|" in line] if out.returncode == 0 else []
+    return (rows[0][0], rows[0][1]) if rows else (None, "")
+
+
 def queue_state(job_id: str) -> str | None:
-    """The job's state as squeue shows it (PENDING, RUNNING, COMPLETING, ...); None once it has left
-    the queue or squeue cannot say."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
-    words = out.stdout.split()
-    return words[0] if out.returncode == 0 and words else None
+    return queue_row(job_id)[0]
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,24 @@ def test_a_recorded_end_is_not_overridden_by_the_probe() -> None:
     assert status([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FINISHED)], GONE).state == State.COMPLETED
 
 
+@pytest.mark.parametrize("events,scheduler,state", [
+    ([ev(Event.SUBMITTED), ev(Event.STARTED)], State.PENDING, State.PENDING),  # SLURM requeued it itself
+    ([ev(Event.SUBMITTED), ev(Event.QUEUED)], State.RUNNING, State.RUNNING),  # started, not recorded yet
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUED)], None, State.PENDING),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.CANCELLED)], State.RUNNING, State.CANCELLED),
+    ([ev(Event.SUBMITTED), ev(Event.STARTED), ev(Event.FINISHED)], State.PENDING, State.COMPLETED),
+], ids=["requeued-by-slurm", "started-unrecorded", "completing", "cancelled", "finished"])
+def test_the_scheduler_says_pending_or_running_where_it_knows(events, scheduler, state) -> None:
+    """`pending` only while SLURM has not started the job: its own state wins over the history's
+    pending/running, never over an end the run recorded."""
+    assert status(events, Probe(alive=True, scheduler_state=scheduler)).state == state
+
+
+def test_a_job_completing_only_on_lost_nodes_has_ended() -> None:
+    state, why = explain_end("COMPLETING", ["n2"])
+    assert state == State.FAILED and "COMPLETING on n2, which do(es) not answer" in why
+
+
 def test_restarts_count_the_attempts_after_the_first() -> None:
     attempt = [ev(Event.STARTED), ev(Event.PREEMPTED), ev(Event.REQUEUED)]
     assert status([ev(Event.SUBMITTED)]).restarts == 0
@@ -349,6 +367,21 @@ def test_a_stalled_attempt_ends_as_a_restartable_stall(run: RunDir) -> None:
                                   "(job.stall_timeout_s = 120); stopped")
 
 
+def test_a_lost_node_is_the_cause_whatever_the_ranks_said(run: RunDir) -> None:
+    run.add_event(Event.STARTED)
+    run.add_event(Event.STALLED, rank=0, host="n0", idle_s=11.0, step=28, timeout_s=10)
+    died(run, 1)  # on the lost node n1; rank 0 (n0) echoed it
+    (run.errors / "rank-0.json").write_text(json.dumps({"rank": 0, "host": "n0", "type": "RuntimeError",
+                                                        "message": "Connection reset by peer"}))
+    (run.path / "progress.json").write_text(json.dumps({"global_step": 30}))
+    ending = record_end(run, 137, time.time() - 5, 60.0, "infrastructure", max_restarts=3, lost_nodes=["n1"])
+    restarted = run.read_events()[-1]
+    assert ending.restarting and restarted["kind"] == "infrastructure" and restarted["rank"] == 1
+    assert restarted["cause"] == "node n1 lost at step 30 (its slurmd does not answer); rank(s) 1 died with it"
+    ending = record_end(run, 137, time.time() - 5, 60.0, "never", lost_nodes=["n1"])
+    assert not ending.restarting and run.read_events()[-1]["error"].startswith("node n1 lost at step 30")
+
+
 @pytest.mark.parametrize("squeue_says, event", [("PENDING", "requeued"), ("COMPLETING", "requeue_failed"),
                                                 ("", "requeue_failed")])
 def test_a_requeue_slurm_already_did_is_recorded_as_a_requeue(tmp_path, monkeypatch, squeue_says, event) -> None:
@@ -361,7 +394,7 @@ def test_a_requeue_slurm_already_did_is_recorded_as_a_requeue(tmp_path, monkeypa
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '%s' '{squeue_says}'\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '%s' '{squeue_says}|n1'\n")
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

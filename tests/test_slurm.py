@@ -361,7 +361,10 @@ def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_j
                           check=True).stdout.strip()
     runs_dir = tmp_path / "runs"
     try:
-        for jid, events in ((running, [Event.STARTED]), (held, []), ("987654", [Event.STARTED, Event.FINISHED])):
+        # the last two: SLURM's state wins over the history's pending/running (requeued by SLURM
+        # itself; started, but the batch script has not recorded it yet)
+        for jid, events in ((running, [Event.STARTED]), (held, []), ("987654", [Event.STARTED, Event.FINISHED]),
+                            (held, [Event.STARTED]), (running, [])):
             run = RunDir.create(runs_dir, "listed")
             atomic_write_text(run.config, config.dumps(config.finalize(cfg, run.path, run.run_id, str(digits_job()))))
             atomic_write_text(run.slurm_record, json.dumps({"job_id": jid}))
@@ -380,7 +383,7 @@ def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_j
         listing = run_launch("--runs-dir", str(runs_dir), "runs", env={"PATH": f"{shims}:{os.environ['PATH']}"})
         assert listing.returncode == 0, listing.stderr
         states = [line.split()[2] for line in listing.stdout.splitlines()[1:]]
-        assert states == ["running", "pending", "completed"], listing.stdout
+        assert states == ["running", "pending", "completed", "pending", "running"], listing.stdout
         made = calls.read_text().splitlines()
         assert [c.split()[0] for c in made] == ["squeue"], made
     finally:
@@ -442,3 +445,108 @@ def test_a_run_inside_salloc_uses_the_allocation_and_resumes_in_it(cluster_file,
     assert "queued" not in names and {e["slurm_job_id"] for e in events if e["event"] == "started"} == {allocation}
     assert [e.get("in_allocation") for e in events if e["event"] == "requeued"] == [True]
     assert_same_training(run_dir, slurm_baseline)
+
+
+def kill_node(node: str, rank_pid: int) -> None:
+    """What a node's death does, on the test cluster where every node is a slurmd on this machine:
+    SIGKILL its slurmd, and the step daemon and rank it runs."""
+    state_dir = Path(os.environ.get("LAUNCH_SLURM_DIR", "/tmp/launch-slurm"))
+    stepd = int(Path(f"/proc/{rank_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    for pid in (int((state_dir / f"slurmd-{node}.pid").read_text()), stepd, rank_pid):
+        os.kill(pid, 9)
+
+
+def revive_node(node: str) -> None:
+    subprocess.run(["slurmd", "-N", node], check=True)
+    wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
+                                    text=True).stdout.split()[:1] == ["idle"], 120, f"{node} to be idle again", Path("."))
+
+
+def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_file, slurm_baseline, tmp_path) -> None:
+    """A node dies (its slurmd, step daemon and rank SIGKILLed) mid-epoch: the watcher stops the
+    attempt after job.stall_timeout_s, the end hook finds the node does not answer and continues
+    the run as a new job that excludes it (a requeue would wait for SLURM to declare the node DOWN:
+    SlurmdTimeout, 300 s), which resumes from the periodic checkpoint and ends bit for bit equal to
+    the uninterrupted run."""
+    job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5")
+                   .replace('restart_on = "infrastructure"', 'restart_on = "infrastructure"\nstall_timeout_s = 10'))
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    old_job = json.loads((run_dir / "slurm.json").read_text())["job_id"]
+    wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
+    victim = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
+    node = victim["host"]
+    kill_node(node, victim["pid"])
+    killed_at = time.time()
+    try:
+        wait_for(lambda: "requeued" in slurm_events(run_dir), 120, "the replacement job", run_dir)
+        records = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        (requeued,) = [r for r in records if r["event"] == "requeued"]
+        assert requeued["lost_nodes"] == [node] and requeued["slurm_job_id"] == old_job, requeued
+        new_job = requeued["new_slurm_job_id"]
+        assert json.loads((run_dir / "slurm.json").read_text())["job_id"] == new_job != old_job
+        old_state = lambda: subprocess.run(["squeue", "-h", "-j", old_job, "-o", "%T"],  # noqa: E731
+                                           capture_output=True, text=True).stdout.strip()
+        wait_for(lambda: old_state() == "COMPLETING", 30, "the old job to wait for the dead node", run_dir)
+        shown = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+        assert shown["state"] in ("pending", "running") and shown["slurm_job_id"] == new_job, shown
+        wait_for(lambda: slurm_events(run_dir).count("resumed") == 1, 120, "the resume", run_dir)
+        resumed_at = next(r["t"] for r in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                          if r["event"] == "resumed")
+        print(f"SLURM: node {node} killed -> replacement job queued in {requeued['t'] - killed_at:.1f} s, "
+              f"training again in {resumed_at - killed_at:.1f} s (job.stall_timeout_s = 10)")
+        assert resumed_at - killed_at < 120  # well before SlurmdTimeout (300 s) would free the job
+        detail = subprocess.run(["scontrol", "-o", "show", "job", new_job], capture_output=True, text=True).stdout
+        assert f"ExcNodeList={node} " in detail, detail
+        wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
+                 run_dir)
+    finally:
+        revive_node(node)
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["restarts"] == 1 and info["slurm_job_id"] == new_job, info
+    (restarted,) = [r for r in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+                    if r["event"] == "restarted"]
+    assert restarted["kind"] == "infrastructure" and restarted["cause"].startswith(f"node {node} lost at step "), restarted
+    assert "rank(s) 1 died with it" in restarted["cause"], restarted
+    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "heartbeats").glob("rank-*.json")}
+    assert node not in hosts and len(hosts) == 2, hosts  # the new attempt ran on two other nodes
+    assert "restart   #1 after " in launch(cluster_file, "status", str(run_dir)).stdout
+    assert_same_training(run_dir, slurm_baseline)
+    # once the node is back SLURM lets the old job go; it is not requeued behind the run's back
+    wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 60, "the old job to end", run_dir)
+
+
+def test_cancel_of_a_job_on_a_lost_node_says_so_and_resume_works_at_once(cluster_file, digits_job, tmp_path) -> None:
+    """A node dies under a job that will not restart (restart_on = "never"); `launch cancel` returns
+    once nothing of the run runs, saying SLURM still shows the job COMPLETING on the lost node
+    (SLURM keeps it until SlurmdTimeout), and `launch resume` works at once, on healthy nodes."""
+    job = digits_job(name="lost", epochs=1000)
+    job.write_text(job.read_text().replace("[job]\n", '[job]\nrestart_on = "never"\n'))
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    old_job = json.loads((run_dir / "slurm.json").read_text())["job_id"]
+    wait_for(lambda: progress_step(run_dir) >= 5, 180, "training", run_dir)
+    victim = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
+    node = victim["host"]
+    kill_node(node, victim["pid"])
+    try:
+        cancel = launch(cluster_file, "cancel", str(run_dir))
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        assert f"still COMPLETING on {node}" in cancel.stdout and "`launch resume` works now" in cancel.stdout, cancel.stdout
+        assert subprocess.run(["squeue", "-h", "-j", old_job, "-o", "%T"], capture_output=True,
+                              text=True).stdout.strip() == "COMPLETING"
+        info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+        assert info["state"] == "cancelled" and info["completing_on_lost_nodes"] == [node], info
+        resumed = launch(cluster_file, "resume", str(run_dir))
+        assert resumed.returncode == 0, resumed.stderr
+        wait_for(lambda: slurm_events(run_dir).count("training_started") == 2, 120, "the resumed job to train", run_dir)
+        assert json.loads((run_dir / "slurm.json").read_text())["job_id"] != old_job
+        assert node not in {json.loads(p.read_text())["host"] for p in (run_dir / "errors").glob("rank-*.alive")}
+        assert launch(cluster_file, "cancel", str(run_dir)).returncode == 0
+    finally:
+        revive_node(node)

@@ -31,8 +31,9 @@ class Backend(Protocol):
     def still_running(self, run: RunDir) -> bool:
         """Anything of the run still runs (resume and follow wait for this to be False)."""
 
-    def cancel(self, run: RunDir) -> None:
-        """Stop the run (its ranks save a checkpoint first); returns when it has stopped."""
+    def cancel(self, run: RunDir) -> str | None:
+        """Stop the run (its ranks save a checkpoint first); returns when it has stopped, with a
+        note where the cluster still shows something of it."""
 
     def signal(self, run: RunDir, signal_name: str) -> str:
         """Send the preemption signal to every rank, as the cluster would; says what it did."""

@@ -61,7 +61,7 @@ class LocalBackend:
         """The supervisor, or any rank of the run (one orphaned by a killed supervisor), still runs."""
         return self.probe(run).alive or bool(processes_of(run))
 
-    def cancel(self, run: RunDir) -> None:
+    def cancel(self, run: RunDir) -> str | None:
         pid = supervisor_pid(run)
         if pid is None or not pid_runs(pid, run):
             raise LaunchError(f"{run.path}: not running (no live supervisor)")
@@ -69,6 +69,7 @@ class LocalBackend:
         deadline = time.monotonic() + CANCEL_WAIT_S
         while self.still_running(run) and time.monotonic() < deadline:
             time.sleep(0.2)
+        return None
 
     def signal(self, run: RunDir, signal_name: str) -> str:
         """Send the preemption signal to every process of the run, as SLURM signals a job step.

@@ -28,7 +28,7 @@ from launcher.errors import LaunchError
 from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
 from launcher.processes import pid_runs
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.slurm_env import queue_state
+from launcher.slurm_env import queue_row
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -72,6 +72,12 @@ def _executor_class() -> type:
 
         script: str = ""
         expected_command: str = ""
+        exclude: tuple[str, ...] = ()  # nodes this submission must not use (lost ones: entry/requeue.replace_job)
+
+        def _make_submission_command(self, submission_file_path: Path) -> list[str]:
+            # on sbatch's command line, so that the script stays exactly what `launch render` prints
+            return ["sbatch", *([f"--exclude={','.join(self.exclude)}"] if self.exclude else []),
+                    str(submission_file_path)]
 
         def _make_submission_file_text(self, command: str, uid: str) -> str:
             if command != self.expected_command:
@@ -105,9 +111,28 @@ def job_and_runner(run: RunDir) -> tuple[str | None, int | None]:
     return record.get("job_id"), record.get("here_runner_pid")
 
 
-def slurm_state(jid: str) -> str | None:
-    """The job's state from squeue, else scontrol (finished jobs stay there for MinJobAge)."""
-    return queue_state(jid) or _scontrol_state(jid)
+QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}  # SLURM has not started it (again) yet
+STARTED = {"RUNNING", "SUSPENDED", "STOPPED", "SIGNALING", "RESIZING"}
+
+
+def slurm_state(jid: str) -> tuple[str | None, str]:
+    """(state, node list) of the job: from squeue, else scontrol (finished jobs stay there for MinJobAge)."""
+    state, nodes = queue_row(jid)
+    return (state, nodes) if state else (_scontrol_state(jid), "")
+
+
+def lost_completing(state: str | None, nodes: str) -> list[str]:
+    """The nodes a COMPLETING job still waits for, if none of them answers (every one not
+    responding or down): its processes elsewhere are gone and those nodes run nothing, yet SLURM
+    keeps the job until it declares them DOWN (SlurmdTimeout, 300 s by default). To launch such a
+    job has ended: it can be resumed at once. Empty otherwise."""
+    if state != "COMPLETING" or not nodes:
+        return []
+    out = subprocess.run(["sinfo", "-h", "-N", "-n", nodes, "-o", "%N|%T"], capture_output=True, text=True)
+    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    if out.returncode or not states or not all(s.endswith("*") or s.startswith("down") for s in states.values()):
+        return []
+    return sorted(states)
 
 
 def _scontrol_state(jid: str) -> str | None:
@@ -118,8 +143,11 @@ def _scontrol_state(jid: str) -> str | None:
     return None
 
 
-def explain_end(state: str | None) -> tuple[State, str]:
+def explain_end(state: str | None, lost: list[str] | None = None) -> tuple[State, str]:
     """(our state, why) for a job that is gone from the queue without recording its end."""
+    if lost:
+        return State.FAILED, (f"the job ended without recording its end: SLURM still shows it COMPLETING on "
+                              f"{', '.join(lost)}, which do(es) not answer (a lost node)")
     if state == "CANCELLED":
         return State.CANCELLED, "cancelled outside launch (scancel)"
     if state == "TIMEOUT":
@@ -127,9 +155,14 @@ def explain_end(state: str | None) -> tuple[State, str]:
     return State.FAILED, f"the job ended without recording its end (SLURM state {state or 'unknown'})"
 
 
-def _probe(jid: str | None, state: str | None) -> Probe:
-    return Probe(alive=state in ACTIVE, ended_as=explain_end(state),
-                 details={"slurm_job_id": jid, "slurm_state": state})
+def _probe(jid: str | None, state: str | None, nodes: str = "") -> Probe:
+    lost = lost_completing(state, nodes)
+    details: dict[str, Any] = {"slurm_job_id": jid, "slurm_state": state}
+    if lost:
+        details["completing_on_lost_nodes"] = lost
+    scheduler = State.PENDING if state in QUEUED else State.RUNNING if state in STARTED else None
+    return Probe(alive=state in ACTIVE and not lost, ended_as=explain_end(state, lost), details=details,
+                 scheduler_state=scheduler)
 
 
 def _recorded_end(run: RunDir) -> bool:
@@ -144,11 +177,12 @@ class SlurmBackend:
     name = "slurm"
     arrays = True
 
-    def submit(self, cfg: JobConfig, run: RunDir) -> None:
+    def submit(self, cfg: JobConfig, run: RunDir, exclude: tuple[str, ...] = ()) -> None:
         require_tools(cfg)
         executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
         executor.script = render.render_sbatch(cfg)
         executor.expected_command = render.submitit_command(cfg)
+        executor.exclude = exclude
         per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
         executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
         try:
@@ -158,7 +192,7 @@ class SlurmBackend:
             text = " ".join(str(err).split())
             raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
         atomic_write_text(run.slurm_record, json.dumps({"job_id": str(job.job_id)}))
-        run.add_event(Event.QUEUED, slurm_job_id=str(job.job_id))
+        run.add_event(Event.QUEUED, slurm_job_id=str(job.job_id), **({"excluded_nodes": list(exclude)} if exclude else {}))
 
     def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
         """Submit a sweep's runs as one job array; each run keeps its own directory and job id
@@ -203,9 +237,10 @@ class SlurmBackend:
     def probe(self, run: RunDir) -> Probe:
         """One squeue (or scontrol) look at the run's job; for a --here run, also its runner."""
         jid, runner = job_and_runner(run)
-        probe = _probe(jid, slurm_state(jid) if jid else None)
+        probe = _probe(jid, *(slurm_state(jid) if jid else (None, "")))
         if runner is None:
             return probe
+        # the allocation runs whether or not a step of the run does: its state says nothing of the run's
         return Probe(alive=probe.alive and pid_runs(runner, run),
                      ended_as=(State.FAILED, "the --here runner is gone without recording an end (killed, or the "
                                              "allocation ended)"), details={**probe.details, "here_runner_pid": runner})
@@ -218,11 +253,13 @@ class SlurmBackend:
         wanted = sorted({jid for jid in ids if jid})
         if not wanted:
             return [_probe(None, None) for _ in runs]
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(wanted)], capture_output=True,
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(wanted)], capture_output=True,
                              text=True)
         if out.returncode != 0:  # an old squeue refuses a list holding a job it no longer knows
             return [self.probe(run) for run in runs]
-        queued = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+        rows = [line.split("|") for line in out.stdout.split() if line.count("|") == 2]
+        queued = {row[0]: row[1] for row in rows}
+        nodes = {row[0]: row[2] for row in rows}
         probes = []
         for run, (jid, runner) in zip(runs, records, strict=True):
             if runner is not None:
@@ -231,13 +268,13 @@ class SlurmBackend:
             state = queued.get(jid) if jid else None
             if jid and state is None and not _recorded_end(run):
                 state = _scontrol_state(jid)
-            probes.append(_probe(jid, state))
+            probes.append(_probe(jid, state, nodes.get(jid, "") if jid else ""))
         return probes
 
     def still_running(self, run: RunDir) -> bool:
         return self.probe(run).alive
 
-    def cancel(self, run: RunDir) -> None:
+    def cancel(self, run: RunDir) -> str | None:
         jid, runner = job_and_runner(run)
         if jid is None or not self.still_running(run):
             raise LaunchError(f"{run.path}: not running (SLURM job {jid or '?'} is not in the queue)")
@@ -247,12 +284,19 @@ class SlurmBackend:
             deadline = time.monotonic() + CANCEL_WAIT_S
             while pid_runs(runner, run) and time.monotonic() < deadline:
                 time.sleep(0.5)
-            return  # the runner records the end
+            return None  # the runner records the end
         subprocess.run(["scancel", jid], check=True)
         deadline = time.monotonic() + CANCEL_WAIT_S
-        while self.still_running(run) and time.monotonic() < deadline:
+        while (probe := self.probe(run)).alive and time.monotonic() < deadline:
             time.sleep(0.5)
-        run.add_event(Event.CANCELLED, slurm_job_id=jid)
+        lost, state = probe.details.get("completing_on_lost_nodes"), probe.details.get("slurm_state")
+        run.add_event(Event.CANCELLED, slurm_job_id=jid, **({"completing_on_lost_nodes": lost} if lost else {}))
+        if lost:
+            return (f"SLURM job {jid} is still COMPLETING on {', '.join(lost)}, which do(es) not answer (a lost node): "
+                    "SLURM lets it go once it declares the node DOWN; nothing of the run runs, `launch resume` works now")
+        if probe.alive:
+            return f"SLURM job {jid} is still {state} after {CANCEL_WAIT_S:.0f} s (its processes are ending)"
+        return None
 
     def signal(self, run: RunDir, signal_name: str) -> str:
         """What the cluster does before preempting: signal every task of the job's steps."""

@@ -1,15 +1,26 @@
-"""The batch script's end hook puts a preempted SLURM job back in the queue (torch-free).
+"""The batch script's end hook puts a stopped SLURM job back in the queue (torch-free).
 
 It runs in the batch script after srun, on the host: the ranks may be in a container without
-SLURM's client tools (pyxis#129), and need none."""
+SLURM's client tools (pyxis#129), and need none. A preempted or failed attempt whose nodes are all
+still there is requeued (`scontrol requeue`: the same job id). One that lost a node is not: SLURM
+would keep the requeued job COMPLETING on the dead node until it declares the node DOWN
+(SlurmdTimeout, 300 s by default, and longer with its pings), so the run goes on as a new job that
+excludes the lost nodes (`replace_job`), queued within seconds of the step's end."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from launcher.lifecycle import Event
+from launcher.config import load_resolved
+from launcher.errors import LaunchError
+from launcher.lifecycle import Event, dead_ranks, last_event, this_attempt
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, queue_state
 
@@ -57,3 +68,57 @@ def start_soon(job_id: str) -> bool:
 # squeue states of a job that is back in the queue, or on its way there
 SLURM_REQUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING"}
 
+
+
+PROBE_TIMEOUT_S = 30.0  # srun reports a node that does not answer in ~10 s (MessageTimeout)
+
+
+def suspect_nodes(run: RunDir, since: float) -> list[str]:
+    """The nodes that may have died with this attempt: those of the ranks that ended without a
+    Python error and of the rank the watcher found stalled (a lost node's ranks do both)."""
+    nodes = {str(d["host"]) for d in dead_ranks(run, since) if d.get("host")}
+    stalled = last_event(this_attempt(run.read_events()), Event.STALLED)
+    if stalled and stalled.get("host"):
+        nodes.add(str(stalled["host"]))
+    return sorted(nodes)
+
+
+def unreachable(nodes: Iterable[str], job_id: str) -> list[str]:
+    """The nodes of this job where a step cannot start: a `true` step on each (srun --overlap, all
+    at once, in the job's allocation; what the job's owner may do), failed or not done in
+    PROBE_TIMEOUT_S. A healthy node answers in a fraction of a second."""
+    probes = {node: subprocess.Popen(["srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
+                                      f"--nodelist={node}", "--cpus-per-task=1", "--kill-on-bad-exit=0", "--quiet",
+                                      "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     stdin=subprocess.DEVNULL) for node in nodes}
+    deadline = time.monotonic() + PROBE_TIMEOUT_S
+    lost = []
+    for node, proc in probes.items():
+        try:
+            if proc.wait(timeout=max(deadline - time.monotonic(), 0.1)) != 0:
+                lost.append(node)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            lost.append(node)
+    return sorted(lost)
+
+
+def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
+    """Continue the run as a new SLURM job that excludes the `lost` nodes (the end hook, after a
+    node died): submitted exactly as `launch submit` does (the same frozen script, a new job id
+    in slurm.json), recorded as `requeued` with both ids. This job then ends."""
+    from launcher.backends.slurm import SlurmBackend
+
+    old = current_job_id()
+    cfg = load_resolved(run.config)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=""))  # it waited once already
+    # sbatch from inside a job would hand this job's SLURM_* settings to the new one
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "SBATCH_", "SRUN_")) and n != "SLURM_CONF"]:
+        del os.environ[name]
+    try:
+        SlurmBackend().submit(cfg, run, exclude=tuple(lost))
+    except LaunchError as err:
+        run.add_event(Event.REQUEUE_FAILED, slurm_job_id=old, error=str(err)[:300])
+        return
+    new = json.loads(run.slurm_record.read_text())["job_id"]
+    run.add_event(Event.REQUEUED, slurm_job_id=old, new_slurm_job_id=new, lost_nodes=lost, **fields)

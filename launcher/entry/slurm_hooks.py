@@ -9,14 +9,13 @@ This keeps `launch status` working on clusters without accounting (no sacct).
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from launcher.config import load_resolved
-from launcher.entry.requeue import requeue_on_slurm
+from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
 from launcher.lifecycle import (
     Event,
     grace_warning,
@@ -28,7 +27,7 @@ from launcher.lifecycle import (
     this_attempt,
 )
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id
+from launcher.slurm_env import current_job_id, node_name
 
 
 def requeue(run: RunDir, **fields: Any) -> None:
@@ -40,10 +39,22 @@ def requeue(run: RunDir, **fields: Any) -> None:
         requeue_on_slurm(run, load_resolved(run.config).cluster.shorten_requeue_hold, **fields)
 
 
+def lost_nodes(run: RunDir, since: float) -> list[str]:
+    """The nodes of this failed attempt that no longer answer (probed only where a rank died
+    without a word or stalled)."""
+    suspects, job_id = suspect_nodes(run, since), current_job_id()
+    if not suspects or not job_id:
+        return []
+    lost = unreachable(suspects, job_id)
+    if lost:
+        print(f"[launch] node(s) {', '.join(lost)} do not answer: lost", flush=True)
+    return lost
+
+
 def main(argv: list[str]) -> int:
     what, run = argv[0], RunDir(Path(argv[1]))
     if what == Event.STARTED:  # the hook's verb is the event it records
-        run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=socket.gethostname(),
+        run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=node_name(),
                       restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
         return 0
     if what == "ended":
@@ -68,9 +79,14 @@ def main(argv: list[str]) -> int:
         started = last_event(events, Event.STARTED) or {}
         t0 = float(started.get("t", time.time()))
         cfg = load_resolved(run.config)
-        ending = record_end(run, int(argv[2]), t0, round(time.time() - t0, 1), cfg.job.restart_on, cfg.job.max_restarts)
+        exit_code, here = int(argv[2]), bool(os.environ.get("LAUNCH_HERE"))
+        lost = lost_nodes(run, t0) if exit_code != 0 else []
+        restart_on = "never" if lost and here else cfg.job.restart_on  # an allocation cannot swap a node
+        ending = record_end(run, exit_code, t0, round(time.time() - t0, 1), restart_on, cfg.job.max_restarts, lost)
         print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
-        if ending.restarting:  # back in the queue (or, --here, the next step): it resumes
+        if ending.restarting and lost:  # a new job on healthy nodes: a requeue would wait for SLURM to see the loss
+            replace_job(run, lost)
+        elif ending.restarting:  # back in the queue (or, --here, the next step): it resumes
             requeue(run)
             if Event.REQUEUE_FAILED in names(this_attempt(run.read_events())):
                 run.add_event(Event.FAILED, exit_code=int(argv[2]) or 1, rank=None,

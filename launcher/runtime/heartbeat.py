@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -22,13 +21,14 @@ from pytorch_lightning import Callback, Trainer
 
 from launcher.lifecycle import HEARTBEAT_S
 from launcher.rundir import RunDir, atomic_write_text
+from launcher.slurm_env import node_name
 
 
 class Heartbeat(Callback):
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.path = run.heartbeat(0)  # the rank's own, once the Trainer knows it (on_fit_start)
-        self.record: dict[str, Any] = {"rank": 0, "host": socket.gethostname(), "step": 0,
+        self.record: dict[str, Any] = {"rank": 0, "host": node_name(), "step": 0,
                                        "progress_at": time.time(), "slowest_step_s": 0.0}
         if os.environ.get("SLURM_STEP_ID"):  # the SLURM step the rank runs in: what a stall stops
             self.record["slurm_step"] = f"{os.environ.get('SLURM_JOB_ID')}.{os.environ['SLURM_STEP_ID']}"

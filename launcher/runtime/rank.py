@@ -15,6 +15,7 @@ from pathlib import Path
 from launcher.config import JobConfig, load_resolved
 from launcher.rundir import RunDir, atomic_write_text
 from launcher.runtime import output, signals
+from launcher.slurm_env import node_name as host_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,11 +65,6 @@ def _main(run: RunDir, rank: int) -> int:
             pass
         return 1
     return 0
-
-
-def host_name() -> str:
-    """The node as the cluster names it (SLURM's node name; several may share one machine)."""
-    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
 
 
 def close_process_group() -> None:
