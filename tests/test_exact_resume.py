@@ -110,14 +110,26 @@ def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical
     assert json.loads(run_launch("status", str(run_dir), "--json").stdout)["error"] is None
 
 
-def test_non_persistent_workers_preempted_twice_match_the_persistent_baseline(world4_baseline, tmp_path) -> None:
+def test_non_persistent_workers_preempted_then_cancelled_and_resumed_match_the_persistent_baseline(
+        world4_baseline, tmp_path) -> None:
     """Workers made anew every epoch (and by every attempt) instead of persistent ones: with each
     sample's seed fixed by where it is, and no loader drawing from the global RNG, the worker
-    set-up changes nothing, so the persistent-worker baseline is the reference."""
+    set-up changes nothing, so the persistent-worker baseline is the reference. Preempted once,
+    then `launch cancel` mid-epoch: torchrun's shutdown SIGTERMs each rank's whole process group,
+    workers included, and the ranks still save at the next batch (the workers ignore it), so
+    `launch resume` continues exactly."""
     run_dir = submit(write(tmp_path, "w4", sleep=0.15, persistent=False), tmp_path / "runs", *WORLD)
-    preempt_at(run_dir, (4, STEPS_PER_EPOCH + 4))
+    preempt_at(run_dir, (4,))
+    wait_for(lambda: progress_step(run_dir) >= STEPS_PER_EPOCH + 4, 240, "a step mid-epoch 2", run_dir)
+    cancel = run_launch("cancel", str(run_dir))
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+    saved = [e for e in events(run_dir) if e["event"] == "preempted"][-1]
+    assert saved["signal"] == "SIGTERM" and 0 < saved["batch_in_epoch"] < STEPS_PER_EPOCH, events(run_dir)
+    resumed = run_launch("resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr
     info = wait_end(run_dir, timeout=400)
     assert info["state"] == "completed" and info["restarts"] == 2, info
+    assert [e["checkpoint"] for e in events(run_dir) if e["event"] == "resumed"] == ["preempt.ckpt"] * 2
     assert_same_training(run_dir, world4_baseline)
 
 

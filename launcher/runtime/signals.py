@@ -47,3 +47,22 @@ def name() -> str | None:
 def preemption_signals(name: str) -> list[int]:
     """The profile's signal plus SIGTERM (preemption with GraceTime, scancel, torchrun's shutdown)."""
     return sorted({int(getattr(signal, f"SIG{name}")), int(signal.SIGTERM)})
+
+
+class IgnoredInWorkers:
+    """A DataLoader's `worker_init_fn` (wrapping the loader's own): the worker ignores the signals
+    the rank stops on. torch's workers die on SIGTERM (their C handler re-raises it), and torchrun's
+    shutdown or scancel signals the rank's whole process group, so a cancelled rank would lose its
+    workers and fail at its next batch instead of saving at it. The rank shuts its workers down
+    itself when it exits; SIGKILL still ends them."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.then = then
+        self.signums = sorted({int(signal.SIGTERM)} | {int(s) for s in signal.Signals
+                                                       if signal.getsignal(s) is _on_signal})
+
+    def __call__(self, worker_id: int) -> None:
+        for signum in self.signums:
+            signal.signal(signum, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)

@@ -12,6 +12,7 @@ from pytorch_lightning.trainer.states import RunningStage
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from launcher.runtime import lightning_compat as compat
+from launcher.runtime import signals
 from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
 from launcher.runtime.samplers import ResumableDistributedSampler, record_batch_states, seed_each_sample
 
@@ -88,6 +89,9 @@ class ExactData:
                 epoch = trainer.current_epoch if self.restored_epoch is None else self.restored_epoch
                 self.restored_epoch = None  # later loaders (reload_dataloaders_every_n_epochs) follow the loop
                 dataloader = self._training_loader(dataloader, old, epoch)
+        if isinstance(dataloader, DataLoader) and dataloader.num_workers > 0 \
+                and not isinstance(dataloader.worker_init_fn, signals.IgnoredInWorkers):
+            dataloader.worker_init_fn = signals.IgnoredInWorkers(dataloader.worker_init_fn)
         if isinstance(dataloader, DataLoader) and dataloader.generator is None:
             # Every iterator a loader creates draws its workers' base seed, from the global RNG
             # unless the loader has a generator. An attempt creates a persistent-worker loader's
