@@ -196,14 +196,15 @@ TOOLBOX_STEPS = 12  # 1,437 training digits, 2 ranks, batches of 64 (the last on
 ADAMW = '[optimizer]\nname = "adamw"\nlr = 0.01\n'
 TOOLBOX = {
     "step-per-epoch": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "step"\ninterval = "epoch"\nstep_size = 1\ngamma = 0.5'),
-    "cosine-per-epoch": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "cosine"\ninterval = "epoch"'),
+    # with every callback and logger option the job file offers (they are independent of the scheduler)
+    "cosine-per-epoch-callbacks-and-logging": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "cosine"\ninterval = "epoch"\n'
+                                               '[early_stopping]\nmonitor = "val_loss"\npatience = 5\n'
+                                               '[checkpoint]\nmonitor = "val_acc"\nmode = "max"\nsave_top_k = 2\n'
+                                               'every_n_train_steps = 7\n[logging]\ngrad_norm = true\nhistograms = true'),
     "plateau": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "plateau"\nmonitor = "val_loss"\npatience = 0\nfactor = 0.5'),
     "onecycle": ("PreemptableMLP", ADAMW + '[lr_scheduler]\nname = "onecycle"'),
     "models-own-epoch-scheduler": ("EpochScheduledMLP", ""),
     "swa": ("PreemptableMLP", ADAMW + "[swa]\nswa_lrs = 0.005\nswa_epoch_start = 1\nannealing_epochs = 1"),
-    "callbacks-and-logging": ("PreemptableMLP", '[early_stopping]\nmonitor = "val_loss"\npatience = 5\n'
-                              '[checkpoint]\nmonitor = "val_acc"\nmode = "max"\nsave_top_k = 2\nevery_n_train_steps = 7\n'
-                              "[logging]\ngrad_norm = true\nhistograms = true"),
 }
 
 

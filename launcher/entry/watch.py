@@ -23,7 +23,7 @@ from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, stall
 from launcher.processes import exists
 from launcher.rundir import RunDir
 
-KILL_WAIT_S = 15.0  # srun's own exit after its tasks are killed; then srun itself
+KILL_WAIT_S = 10.0  # srun's own exit after its tasks are killed (1-2 s; never, on a dead node); then srun itself
 
 
 def stop_step(steps: set[str], srun_pid: int) -> None:
