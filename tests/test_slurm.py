@@ -456,6 +456,19 @@ def kill_node(node: str, rank_pid: int) -> None:
         os.kill(pid, 9)
 
 
+def kill_a_node_under(cluster_file: Path, job: Path, tmp_path: Path, at_step: int) -> tuple[Path, str, str]:
+    """Submit `job` on 2 of partition wide's 4 nodes, and kill rank 1's node once training passed
+    `at_step`: (the run, its SLURM job, the dead node)."""
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    wait_for(lambda: progress_step(run_dir) >= at_step, 180, f"step {at_step}", run_dir)
+    victim = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
+    kill_node(victim["host"], victim["pid"])
+    return run_dir, json.loads((run_dir / "slurm.json").read_text())["job_id"], victim["host"]
+
+
 def revive_node(node: str) -> None:
     subprocess.run(["slurmd", "-N", node], check=True)
     wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
@@ -471,15 +484,7 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
     job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5")
                    .replace('restart_on = "infrastructure"', 'restart_on = "infrastructure"\nstall_timeout_s = 10'))
-    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
-                    "--runs-dir", str(tmp_path / "runs"))
-    assert result.returncode == 0, result.stderr
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    old_job = json.loads((run_dir / "slurm.json").read_text())["job_id"]
-    wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
-    victim = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
-    node = victim["host"]
-    kill_node(node, victim["pid"])
+    run_dir, old_job, node = kill_a_node_under(cluster_file, job, tmp_path, at_step=30)
     killed_at = time.time()
     try:
         wait_for(lambda: "requeued" in slurm_events(run_dir), 120, "the replacement job", run_dir)
@@ -525,15 +530,7 @@ def test_cancel_of_a_job_on_a_lost_node_says_so_and_resume_works_at_once(cluster
     (SLURM keeps it until SlurmdTimeout), and `launch resume` works at once, on healthy nodes."""
     job = digits_job(name="lost", epochs=1000)
     job.write_text(job.read_text().replace("[job]\n", '[job]\nrestart_on = "never"\n'))
-    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
-                    "--runs-dir", str(tmp_path / "runs"))
-    assert result.returncode == 0, result.stderr
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    old_job = json.loads((run_dir / "slurm.json").read_text())["job_id"]
-    wait_for(lambda: progress_step(run_dir) >= 5, 180, "training", run_dir)
-    victim = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
-    node = victim["host"]
-    kill_node(node, victim["pid"])
+    run_dir, old_job, node = kill_a_node_under(cluster_file, job, tmp_path, at_step=5)
     try:
         cancel = launch(cluster_file, "cancel", str(run_dir))
         assert cancel.returncode == 0, cancel.stdout + cancel.stderr
