@@ -17,6 +17,7 @@ from launcher.rundir import RunDir
 RANK_MODULE = "launcher.runtime"
 BATCH_HOOKS_MODULE = "launcher.entry.slurm_hooks"
 WATCH_MODULE = "launcher.entry.watch"
+RESTART_IN_ALLOCATION = 3  # the end hook's exit status for "start the next attempt as a new srun step"
 
 
 @dataclass(frozen=True)
@@ -250,13 +251,20 @@ def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
     lines += [
         "",
         f"{py} -m {BATCH_HOOKS_MODULE} started {run_dir}",
-        " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg) + " &",
-        "srun_pid=$!",
-        f"# stops the step if a rank makes no progress for job.stall_timeout_s ({cfg.job.stall_timeout_s} s)",
-        f'{py} -m {WATCH_MODULE} {run_dir} "$srun_pid"',
-        'wait "$srun_pid"',
-        "rc=$?",
-        f'{py} -m {BATCH_HOOKS_MODULE} ended {run_dir} "$rc"',
+        "while :; do",
+        "    " + " ".join(shlex.quote(w) for w in srun) + " " + submitit_command(cfg) + " &",
+        "    srun_pid=$!",
+        f"    # stops the step if a rank makes no progress for job.stall_timeout_s ({cfg.job.stall_timeout_s} s)",
+        f'    {py} -m {WATCH_MODULE} {run_dir} "$srun_pid"',
+        '    wait "$srun_pid"',
+        "    rc=$?",
+        "    # records the attempt's end (and requeues a preempted job); exits "
+        f"{RESTART_IN_ALLOCATION} to restart the run",
+        "    # as a new step of this allocation (job.restart_on, every node still answering)",
+        f'    {py} -m {BATCH_HOOKS_MODULE} ended {run_dir} "$rc"',
+        f'    [ $? -eq {RESTART_IN_ALLOCATION} ] || break',
+        f"    {py} -m {BATCH_HOOKS_MODULE} started {run_dir}",
+        "done",
         'exit "$rc"',
     ]
     return "\n".join(lines) + "\n"

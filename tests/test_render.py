@@ -185,7 +185,7 @@ def test_srun_restates_the_cpus_of_a_task_and_binds_gpus_in_srun_mode(write, mod
     """Slurm 22.05-23.02's srun does not inherit the batch's --cpus-per-task: every srun line says
     it (a rank's CPUs; in torchrun mode the node's). The profile's memory is the default request."""
     script = render.render_sbatch(slurm_config(write, mode, "gpu8", nodes=2, gpus=8))
-    srun = [line for line in script.splitlines() if line.startswith("srun ")]
+    srun = [line for line in script.splitlines() if line.strip().startswith("srun ")]
     cpus = 1 if mode == "srun" else 8  # the job asks 1 CPU a rank; torchrun mode: the node's 8 ranks in one task
     assert len(srun) == 1 and f" --cpus-per-task={cpus} " in srun[0] and f"#SBATCH --cpus-per-task={cpus}" in script
     assert (" --gpu-bind=closest " in srun[0]) == (mode == "srun"), srun[0]

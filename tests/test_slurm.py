@@ -203,8 +203,9 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     the ranks run in the Apptainer stand-in, where SLURM's client tools answer "command not found",
     and a second run submitted --after this one waits through the requeue and starts after its end.
     In torchrun mode a rank is then SIGSTOPped (a stall): the batch script's watcher sees it make no
-    progress for job.stall_timeout_s, records it and kills the step, the end hook requeues the job by
-    itself (restart_on "infrastructure") and it resumes from its periodic checkpoint, still bit for bit."""
+    progress for job.stall_timeout_s, records it and kills the step, the end hook finds every node
+    answering and restarts the run (restart_on "infrastructure") as the next srun step of the same
+    allocation, which resumes from its periodic checkpoint, still bit for bit."""
     import torch
 
     job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
@@ -246,14 +247,19 @@ def test_slurm_job_preempted_by_signal_requeues_and_ends_bit_identical(cluster_f
     # the requeued job would wait 121 s for its BeginTime
     records = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     for i, rec in enumerate(records):
-        if rec["event"] == "requeued":
+        if rec["event"] == "requeued" and rec.get("in_allocation"):  # the restart: the next step, same job
+            again = next(r for r in records[i:] if r["event"] == "started")
+            assert again["slurm_job_id"] == job_id and again["t"] - rec["t"] < 10, (rec, again)
+            print(f"SLURM: restart in the allocation -> next step started in {again['t'] - rec['t']:.1f} s")
+        elif rec["event"] == "requeued":
             assert rec["start_after_s"] == 2, rec
             again = next(r for r in records[i:] if r["event"] == "started")
             assert again["t"] - rec["t"] < 60, (rec, again)
             print(f"SLURM: requeue -> batch script started again in {again['t'] - rec['t']:.1f} s")
-    if killed:  # stalled, restarted: requeued again by the end hook, resumed from the periodic checkpoint
+    if killed:  # stalled, restarted as the next step of the allocation, resumed from the periodic checkpoint
         assert events.index("stalled") < events.index("restarted"), events
         assert events[events.index("restarted") + 1:].count("requeued") == 1 and events.count("resumed") == 2, events
+        assert [r.get("in_allocation") for r in records if r["event"] == "requeued"] == [None, True], records
         (stalled,) = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
                       if json.loads(line)["event"] == "stalled"]
         assert stalled["rank"] == 1 and 10 <= stalled["idle_s"] < 20, stalled

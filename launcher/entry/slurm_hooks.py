@@ -3,7 +3,10 @@
     python -m launcher.entry.slurm_hooks started RUN_DIR
     python -m launcher.entry.slurm_hooks ended RUN_DIR EXIT_CODE
 
-This keeps `launch status` working on clusters without accounting (no sacct).
+This keeps `launch status` working on clusters without accounting (no sacct). `ended` exits
+with RESTART_IN_ALLOCATION (3) when the run restarts by itself (job.restart_on) and every node
+still answers: the batch script then starts the next attempt as a new srun step of the same
+allocation, without going back to the queue.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from launcher.lifecycle import (
     requeue_fields,
     this_attempt,
 )
+from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, node_name
 
@@ -86,7 +90,10 @@ def main(argv: list[str]) -> int:
         print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
         if ending.restarting and lost:  # a new job on healthy nodes: a requeue would wait for SLURM to see the loss
             replace_job(run, lost)
-        elif ending.restarting:  # back in the queue (or, --here, the next step): it resumes
+        elif ending.restarting and not here:  # every node answers: keep the allocation, the next step resumes
+            run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
+            return RESTART_IN_ALLOCATION
+        elif ending.restarting:  # --here: the runner starts the next step
             requeue(run)
             if Event.REQUEUE_FAILED in names(this_attempt(run.read_events())):
                 run.add_event(Event.FAILED, exit_code=int(argv[2]) or 1, rank=None,

@@ -21,11 +21,17 @@ export PYTHONUNBUFFERED=1
 export SUBMITIT_EXECUTOR=slurm
 
 python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
-srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit &
-srun_pid=$!
-# stops the step if a rank makes no progress for job.stall_timeout_s (120 s)
-python -m launcher.entry.watch /shared/runs/mnist/RUN "$srun_pid"
-wait "$srun_pid"
-rc=$?
-python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+while :; do
+    srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit &
+    srun_pid=$!
+    # stops the step if a rank makes no progress for job.stall_timeout_s (120 s)
+    python -m launcher.entry.watch /shared/runs/mnist/RUN "$srun_pid"
+    wait "$srun_pid"
+    rc=$?
+    # records the attempt's end (and requeues a preempted job); exits 3 to restart the run
+    # as a new step of this allocation (job.restart_on, every node still answering)
+    python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+    [ $? -eq 3 ] || break
+    python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
+done
 exit "$rc"

@@ -27,11 +27,17 @@ export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:$(( 29400 + (SLURM_JOB_ID + 97 * 
 # the ranks run in a container (apptainer); the hooks around srun run on the host
 
 /home/me/venv/bin/python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
-srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --cpus-per-task=8 --ntasks-per-node 1 apptainer exec --nv --bind /home/me/project:/home/me/project,/shared/runs/mnist/RUN:/shared/runs/mnist/RUN,/datasets:/data:ro,/scratch /images/train.sif python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit &
-srun_pid=$!
-# stops the step if a rank makes no progress for job.stall_timeout_s (120 s)
-/home/me/venv/bin/python -m launcher.entry.watch /shared/runs/mnist/RUN "$srun_pid"
-wait "$srun_pid"
-rc=$?
-/home/me/venv/bin/python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+while :; do
+    srun --unbuffered --kill-on-bad-exit=1 --output /shared/runs/mnist/RUN/submitit/%j_%t_log.out --nodes=2 --cpus-per-task=8 --ntasks-per-node 1 apptainer exec --nv --bind /home/me/project:/home/me/project,/shared/runs/mnist/RUN:/shared/runs/mnist/RUN,/datasets:/data:ro,/scratch /images/train.sif python -u -m submitit.core._submit /shared/runs/mnist/RUN/submitit &
+    srun_pid=$!
+    # stops the step if a rank makes no progress for job.stall_timeout_s (120 s)
+    /home/me/venv/bin/python -m launcher.entry.watch /shared/runs/mnist/RUN "$srun_pid"
+    wait "$srun_pid"
+    rc=$?
+    # records the attempt's end (and requeues a preempted job); exits 3 to restart the run
+    # as a new step of this allocation (job.restart_on, every node still answering)
+    /home/me/venv/bin/python -m launcher.entry.slurm_hooks ended /shared/runs/mnist/RUN "$rc"
+    [ $? -eq 3 ] || break
+    /home/me/venv/bin/python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
+done
 exit "$rc"
