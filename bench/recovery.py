@@ -85,6 +85,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cluster = None
         if args.slurm:
+            if subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+                raise SystemExit("no SLURM cluster answers: start the test cluster first (bash tests/slurm/cluster.sh up)")
             cluster = Path(tmp) / "cluster.toml"
             cluster.write_text(PROFILE.format(shorten="true").replace('"debug"', '"wide"').replace("max_nodes = 2",
                                                                                                "max_nodes = 4"))
