@@ -412,3 +412,43 @@ def test_a_requeue_slurm_already_did_is_recorded_as_a_requeue(tmp_path, monkeypa
     else:
         assert last["error"].startswith("scontrol requeue exited 1, saying nothing"), last
         assert ("(job COMPLETING)" in last["error"]) == (squeue_says == "COMPLETING")
+
+
+def test_a_lost_node_whose_replacement_job_is_refused_fails_with_the_resume_command(tmp_path, digits_job) -> None:
+    """The end hook, as the batch script runs it, with stand-ins for SLURM's tools: the probe of the
+    dead rank's node fails (srun), so the run goes on as a new job without it; sbatch refuses that
+    job, and the run fails saying so instead of waiting as `pending` for nothing."""
+    import subprocess
+    import sys
+
+    from launcher import config
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tools = {"srun": "echo 'srun: error: Task launch failed on node n2: Communication connection failure' >&2; exit 1",
+             "sbatch": "echo 'sbatch: error: Batch job submission failed: Requested node configuration is not "
+                       "available' >&2; exit 1",
+             "squeue": "exit 0", "scontrol": "exit 1"}
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text('[s]\nbackend = "slurm"\npartition = "p"\ngpus_per_node = 0\n')
+    run = RunDir.create(tmp_path / "runs", "job")
+    cfg = config.resolve(config.Request(job_file=str(digits_job()), cluster="s", cluster_file=str(cluster), nodes=2,
+                                        procs=1))
+    (run.path / "config.toml").write_text(config.dumps(config.finalize(cfg, run.path, run.run_id, str(digits_job()))))
+    run.add_event(Event.STARTED, slurm_job_id="77", t=time.time() - 5)
+    run.errors.mkdir(exist_ok=True)
+    run.alive_marker(1).write_text(json.dumps({"rank": 1, "host": "n2", "pid": 1}))
+    (run.path / "progress.json").write_text(json.dumps({"global_step": 40}))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "77"}
+    hook = subprocess.run([sys.executable, "-m", "launcher.entry.slurm_hooks", "ended", str(run.path), "137"],
+                          env=env, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert hook.returncode == 0, hook.stderr
+    assert "node(s) n2 do not answer: lost" in hook.stdout, hook.stdout
+    events = {e["event"]: e for e in run.read_events()}
+    assert events["restarted"]["cause"] == "node n2 lost at step 40 (its slurmd does not answer); rank(s) 1 died with it"
+    assert "sbatch refused the job" in events["requeue_failed"]["error"], events["requeue_failed"]
+    assert "but the job without the lost node was refused; continue with: launch resume " in events["failed"]["error"]
+    assert "requeued" not in events

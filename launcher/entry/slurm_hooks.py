@@ -88,16 +88,19 @@ def main(argv: list[str]) -> int:
         restart_on = "never" if lost and here else cfg.job.restart_on  # an allocation cannot swap a node
         ending = record_end(run, exit_code, t0, round(time.time() - t0, 1), restart_on, cfg.job.max_restarts, lost)
         print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
-        if ending.restarting and lost:  # a new job on healthy nodes: a requeue would wait for SLURM to see the loss
-            replace_job(run, lost)
-        elif ending.restarting and not here:  # every node answers: keep the allocation, the next step resumes
+        if ending.restarting and not lost and not here:  # every node answers: keep the allocation, the next step resumes
             run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
             return RESTART_IN_ALLOCATION
-        elif ending.restarting:  # --here: the runner starts the next step
-            requeue(run)
+        if ending.restarting:  # a lost node: a new job on healthy nodes (a requeue would wait for SLURM to
+            # see the loss); --here: the runner starts the next step
+            if lost:
+                replace_job(run, lost)
+            else:
+                requeue(run)
             if Event.REQUEUE_FAILED in names(this_attempt(run.read_events())):
-                run.add_event(Event.FAILED, exit_code=int(argv[2]) or 1, rank=None,
-                              error=f"{ending.summary}, but the requeue was refused; continue with: launch resume {run.path}")
+                what = "the job without the lost node was refused" if lost else "the requeue was refused"
+                run.add_event(Event.FAILED, exit_code=exit_code or 1, rank=None,
+                              error=f"{ending.summary}, but {what}; continue with: launch resume {run.path}")
         return 0
     print(f"usage: {sys.argv[0]} started|ended RUN_DIR [EXIT_CODE]", file=sys.stderr)
     return 2
