@@ -14,8 +14,7 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from launcher.config import load_resolved
@@ -68,9 +67,8 @@ def start_soon(job_id: str) -> bool:
 # squeue states of a job that is back in the queue, or on its way there
 SLURM_REQUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING"}
 
-
-
 PROBE_TIMEOUT_S = 30.0  # srun reports a node that does not answer in ~10 s (MessageTimeout)
+PROBE_BATCH = 64  # one-node probes at a time
 
 
 def suspect_nodes(run: RunDir, since: float) -> list[str]:
@@ -83,24 +81,27 @@ def suspect_nodes(run: RunDir, since: float) -> list[str]:
     return sorted(nodes)
 
 
-def unreachable(nodes: Iterable[str], job_id: str) -> list[str]:
-    """The nodes of this job where a step cannot start: a `true` step on each (srun --overlap, all
-    at once, in the job's allocation; what the job's owner may do), failed or not done in
-    PROBE_TIMEOUT_S. A healthy node answers in a fraction of a second."""
-    probes = {node: subprocess.Popen(["srun", f"--jobid={job_id}", "--overlap", "--nodes=1", "--ntasks=1",
-                                      f"--nodelist={node}", "--cpus-per-task=1", "--kill-on-bad-exit=0", "--quiet",
-                                      "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     stdin=subprocess.DEVNULL) for node in nodes}
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
+def unreachable(nodes: Sequence[str], job_id: str) -> list[str]:
+    """The nodes of this job where a step cannot start: a `true` step on each (srun --overlap in
+    the job's allocation, what its owner may do), PROBE_BATCH at a time, failed or not done in
+    PROBE_TIMEOUT_S (a healthy node answers in a fraction of a second, a dead one fails in ~10 s).
+    More suspects than a batch (a large job whose ranks were all killed) are first probed with one
+    step over all of them, which usually answers for all at once."""
+    if not nodes or (len(nodes) > PROBE_BATCH and _probe(nodes, job_id).wait() == 0):
+        return []
     lost = []
-    for node, proc in probes.items():
-        try:
-            if proc.wait(timeout=max(deadline - time.monotonic(), 0.1)) != 0:
-                lost.append(node)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            lost.append(node)
+    for i in range(0, len(nodes), PROBE_BATCH):
+        batch = {node: _probe([node], job_id) for node in nodes[i:i + PROBE_BATCH]}
+        lost += [node for node, proc in batch.items() if proc.wait() != 0]
     return sorted(lost)
+
+
+def _probe(nodes: Sequence[str], job_id: str) -> subprocess.Popen:
+    """A `true` task on each of `nodes`, as a step of the job; killed after PROBE_TIMEOUT_S."""
+    return subprocess.Popen(["timeout", "-s", "KILL", str(int(PROBE_TIMEOUT_S)), "srun", f"--jobid={job_id}",
+                             "--overlap", f"--nodes={len(nodes)}", f"--ntasks={len(nodes)}", "--ntasks-per-node=1",
+                             f"--nodelist={','.join(nodes)}", "--cpus-per-task=1", "--kill-on-bad-exit=0", "--quiet",
+                             "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
 def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
