@@ -478,7 +478,7 @@ def kill_a_node_under(cluster_file: Path, job: Path, tmp_path: Path, at_step: in
 def revive_node(node: str) -> None:
     subprocess.run(["slurmd", "-N", node], check=True)
     wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
-                                    text=True).stdout.split()[:1] == ["idle"], 120, f"{node} to be idle again", Path("."))
+                                    text=True).stdout.split()[:1] == ["idle"], 240, f"{node} to be idle again", Path("."))
 
 
 def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_file, slurm_baseline, tmp_path) -> None:
@@ -527,7 +527,7 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
     assert "restart   #1 after " in launch(cluster_file, "status", str(run_dir)).stdout
     assert_same_training(run_dir, slurm_baseline)
     # once the node is back SLURM lets the old job go; it is not requeued behind the run's back
-    wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 60, "the old job to end", run_dir)
+    wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 240, "the old job to end", run_dir)
 
 
 def test_cancel_of_a_job_on_a_lost_node_says_so_and_resume_works_at_once(cluster_file, digits_job, tmp_path) -> None:
