@@ -5,8 +5,9 @@ few seconds it reads the ranks' heartbeats; a rank without progress for `job.sta
 (stopped, hung in a collective, or on a node that died) stalls the attempt, as under the local
 supervisor: it records the `stalled` event and kills the step's tasks (`scancel --signal=KILL
 JOB.STEP`, from the heartbeats; srun itself if no step is known). srun then exits, and the end
-hook classifies the attempt as an infrastructure failure ("Stalled") and requeues it (or, --here,
-the runner starts the next step), which resumes from the newest complete checkpoint.
+hook classifies the attempt as an infrastructure failure ("Stalled", or "NodeLost" when a node no
+longer answers) and restarts it: the next srun step of this allocation, a new job without a lost
+node, or (--here) the runner's next step; it resumes from the newest complete checkpoint.
 """
 
 from __future__ import annotations
