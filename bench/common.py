@@ -86,3 +86,93 @@ def plain_ddp_setup() -> tuple[TimedCNN, DistributedDataParallel, torch.optim.Op
     data = synthetic_mnist()
     sampler = DistributedSampler(data, shuffle=True, seed=0)
     return model, ddp, model.configure_optimizers(), sampler, DataLoader(data, batch_size=BATCH, sampler=sampler)
+
+
+# --------------------------------------------------------------------------- per-step cost budget
+
+# The Trainer hooks that run on every training step (Lightning calls each callback's by name).
+STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_zero_grad",
+              "on_before_optimizer_step", "on_train_batch_end")
+
+
+class HookTimedCNN(TimedCNN):
+    """TimedCNN that also times, in place, every launch callback's per-step hooks (and the stop
+    agreement and per-sample seeding inside them), and the background writers' time off the
+    training thread; each rank writes its totals to `<timings>.rank-N.json` (bench/step_overhead.py)."""
+
+    def __init__(self, timings: str = "", **kwargs) -> None:  # noqa: ANN003
+        super().__init__(timings=timings, **kwargs)
+        self.spent: dict[str, float] = {}
+        self.counting = False
+
+    def _timed(self, label: str, fn):  # noqa: ANN001, ANN202
+        spent = self.spent
+
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if not self.counting:
+                return fn(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+
+        return timed
+
+    def on_fit_start(self) -> None:
+        from launcher.runtime import heartbeat, progress, samplers
+        from launcher.runtime.preemption import PreemptionHandler
+
+        for callback in self.trainer.callbacks:
+            label = type(callback).__name__
+            for hook in STEP_HOOKS:
+                if getattr(type(callback), hook) is not getattr(pl.Callback, hook):  # overridden: it does work
+                    setattr(callback, hook, self._timed(label, getattr(callback, hook)))
+            if isinstance(callback, PreemptionHandler):  # the agreement's all-reduce, apart from the rest
+                callback._agree_to_stop = self._timed("stop agreement (inside PreemptionHandler)",
+                                                      callback._agree_to_stop)
+        ddp = getattr(self.trainer.strategy, "model", None)
+        if hasattr(ddp, "_post_forward"):  # DDP's own per-step work (find_unused_parameters: a graph walk)
+            ddp._pre_forward = self._timed("DDP pre/post forward (bucket bookkeeping)", ddp._pre_forward)
+            ddp._post_forward = self._timed("DDP pre/post forward (bucket bookkeeping)", ddp._post_forward)
+        # per-sample seeding runs inside the loader's fetch (num_workers = 0: on the training thread)
+        samplers._seed_all = self._timed("per-sample seeding (data fetch)", samplers._seed_all)
+        samplers._rngs_kept = _timed_context(self, "per-sample seeding (data fetch)", samplers._rngs_kept)
+        # off the training thread: the progress writer and the heartbeat's file write
+        progress.RunProgress._write = self._timed("[thread] progress.json writes", progress.RunProgress._write)
+        heartbeat.replace_view = self._timed("[thread] heartbeat writes", heartbeat.replace_view)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        super().on_train_batch_start(batch, batch_idx)
+        if len(self.timer.times) == WARMUP_STEPS:  # time only what the step timer counts
+            self.counting = True
+            self.spent.clear()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.timer.out:
+            counted = self.timer.times[WARMUP_STEPS:]
+            Path(f"{self.timer.out}.rank-{self.global_rank}.json").write_text(json.dumps(
+                {"steps": len(counted), "step_s": sum(counted), "spent_s": self.spent}))
+
+
+WARMUP_STEPS = 20
+
+
+def _timed_context(model: HookTimedCNN, label: str, make):  # noqa: ANN001, ANN202
+    """A context manager factory whose enter and exit are timed under `label`."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        start = time.perf_counter()
+        with make(*args, **kwargs):
+            entered = time.perf_counter()
+            try:
+                yield
+            finally:
+                left = time.perf_counter()
+        if model.counting:
+            model.spent[label] = model.spent.get(label, 0.0) + (entered - start) + (time.perf_counter() - left)
+
+    return timed

@@ -33,8 +33,8 @@ SMOKE_OVERRIDES = (
     "trainer.limit_test_batches=2",
     "trainer.num_sanity_val_steps=1",
 )
-TOOL_MODULES = {"tune": "launcher.runtime.tune", "predict": "launcher.runtime.predict",
-                "export": "launcher.runtime.export"}
+TOOL_MODULES = {"tune": "launcher.tools.tune", "predict": "launcher.tools.predict",
+                "export": "launcher.tools.export"}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -261,7 +261,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _tool(tool: str, args: list[str], cfg: JobConfig) -> int:
-    """Run a one-device tool (launcher/runtime/tune.py, predict.py) in the job's interpreter and directory."""
+    """Run a one-device tool (launcher/tools/: tune, predict, export) in the job's interpreter and directory."""
     cmd = [cfg.run.python or sys.executable, "-m", TOOL_MODULES[tool], *args]
     return subprocess.run(cmd, cwd=cfg.run.workdir or None).returncode
 

@@ -56,3 +56,11 @@ def exists(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def supervisor_pid(run: RunDir) -> int | None:
+    """The pid of a local run's supervisor, from the run directory (None before it wrote it)."""
+    try:
+        return int(run.supervisor_pid.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None

@@ -8,11 +8,13 @@ import time
 from typing import Any
 
 from launcher import backends, config, dependencies
+from launcher.attempts import grace_warning
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.ledger import ledger
-from launcher.lifecycle import STALL_REPORT_S, Event, State, describe_stall, grace_warning, last_event, stall
+from launcher.lifecycle import Event, State, last_event
 from launcher.rundir import RunDir
+from launcher.stalls import STALL_REPORT_S, describe_stall, find_stall
 
 
 def frozen_config(run: RunDir) -> JobConfig | None:
@@ -32,9 +34,10 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     book = ledger(events, now)
     since = float((last_event(events, Event.STARTED) or {}).get("t", 0))
     after = min(STALL_REPORT_S, cfg.job.stall_timeout_s) if cfg else STALL_REPORT_S
-    stalled = stall(beats, now, since, after) if info.state == State.RUNNING else None
-    slowest = max((float(b.get("slowest_step_s", 0)) for b in beats), default=0.0)
-    data = {**info.as_dict(), "waiting_for": waiting, "warning": warning, "stalled": stalled,
+    stalled = find_stall(beats, now, since, after) if info.state == State.RUNNING else None
+    slowest = max((b.slowest_step_s for b in beats), default=0.0)
+    data = {**info.as_dict(), "waiting_for": waiting, "warning": warning,
+            "stalled": stalled.to_json() if stalled else None,
             "slowest_step_s": slowest or None, "ledger": book.as_dict() if book else None}
     lines = [f"run       {info.run_id} ({info.job})", f"state     {info.state}"]
     lines += [f"waiting   for {line}" for line in waiting]

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from launcher.errors import LaunchError
+from launcher.records import Heartbeat
 
 
 @contextlib.contextmanager
@@ -49,6 +51,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_view(path: Path, data: bytes) -> None:
+    """Atomically replace a view that is rewritten every few moments (progress.json, heartbeats):
+    readers see the old or the new content, never a mix. Lean on purpose (the progress writer runs
+    once a training step): no fsync (only an OS crash could lose the newest write, which the next
+    one replaces anyway; on a shared filesystem each fsync is a round trip to the metadata
+    server), and no Python file object."""
+    tmp = f"{path.parent}/.{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
 
 
 def fsync_dir(path: Path) -> None:
@@ -250,14 +272,10 @@ class RunDir:
         """A rank's heartbeat (launcher/runtime/heartbeat.py): its last progress and last beat."""
         return self.path / "heartbeats" / f"rank-{rank}.json"
 
-    def read_heartbeats(self) -> list[dict[str, Any]]:
-        beats = []
-        for path in sorted((self.path / "heartbeats").glob("rank-*.json")):
-            try:
-                beats.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
-        return beats
+    def read_heartbeats(self) -> list[Heartbeat]:
+        """Every rank's heartbeat (a torn or unreadable one is skipped)."""
+        beats = (Heartbeat.read(path) for path in sorted((self.path / "heartbeats").glob("rank-*.json")))
+        return [beat for beat in beats if beat is not None]
 
     def user_logger_dir(self, class_name: str) -> Path:
         """Where a [[loggers]] entry writes when its job file gives no save_dir."""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import backends, code_snapshot, config, render
+from launcher.backends.base import Placement
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event
@@ -80,12 +81,9 @@ def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, here: str | None = 
         event_fields["here"] = here
     cfg, run = prepare_run(cfg, runs_dir, job_file, **event_fields)
     try:
-        if here:
-            from launcher.backends.slurm import SlurmBackend
-
-            SlurmBackend().start_here(cfg, run, here)
-        else:
-            backends.named(cfg.cluster.backend).submit(cfg, run)
+        # --here runs inside this shell's SLURM allocation, whatever the profile's backend
+        backend = backends.named("slurm" if here else cfg.cluster.backend)
+        backend.submit(cfg, run, Placement(inside=here))
     except LaunchError:
         shutil.rmtree(run.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
         raise

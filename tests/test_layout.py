@@ -78,3 +78,48 @@ def test_event_names_are_spelled_only_in_lifecycle() -> None:
 def test_the_literal_check_finds_what_it_looks_for() -> None:
     src = 'a = {"event": "started"}\nif rec["event"] == "finished": pass\nif e.get("event") in ("x", "y"): pass\nf(event="z")\n'
     assert literal_event_uses(ast.parse(src)) == [1, 2, 3, 4]
+
+
+def test_runtime_imports_nothing_from_backends_entry_tools_or_the_cli() -> None:
+    # runtime/ is what runs inside a rank: it never reaches back up to what submits or watches runs
+    for path in (LAUNCHER / "runtime").glob("*.py"):
+        wrong = {n for n in imported(path) if n.startswith(("launcher.backends", "launcher.entry", "launcher.tools",
+                                                              "launcher.cli"))}
+        assert not wrong, f"runtime/{path.name} imports {sorted(wrong)}"
+
+
+def test_models_and_datamodules_never_import_launcher() -> None:
+    # plain Lightning, to be copied into any project
+    for folder in ("models", "datamodules"):
+        for path in (LAUNCHER.parent / folder).rglob("*.py"):
+            wrong = {n for n in imported(path) if n == "launcher" or n.startswith("launcher.")}
+            assert not wrong, f"{folder}/{path.name} imports {sorted(wrong)}"
+
+
+# Keys found only in the typed records of launcher/records.py (heartbeats, rank errors, alive
+# markers, plan.json, slurm.json): read through the dataclasses' fields, never by string.
+RECORD_ONLY_KEYS = {"progress_at", "beat_at", "slowest_step_s", "slurm_step", "stepped", "here_runner_pid",
+                    "array_job_id", "traceback", "argv", "nodes", "job_id", "silent_s", "beating"}
+
+
+def string_keyed_reads(tree: ast.AST, keys: set[str]) -> list[tuple[int, str]]:
+    """`x["key"]` and `x.get("key")` reads of any of `keys`."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in keys:
+            found.append((node.lineno, node.slice.value))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+              and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys):
+            found.append((node.lineno, node.args[0].value))
+    return found
+
+
+def test_records_are_read_by_field_not_by_string_key() -> None:
+    reads = {str(p.relative_to(LAUNCHER)): found for p in MODULES if p.name != "records.py"
+             if (found := string_keyed_reads(ast.parse(p.read_text()), RECORD_ONLY_KEYS))}
+    assert not reads
+
+
+def test_the_string_key_check_finds_what_it_looks_for() -> None:
+    src = 'a = beat["beat_at"]\nb = rec.get("slurm_step")\nc = beat.beat_at\n'
+    assert string_keyed_reads(ast.parse(src), RECORD_ONLY_KEYS) == [(1, "beat_at"), (2, "slurm_step")]

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from launcher import lifecycle
+from launcher import attempts, lifecycle, stalls
+from launcher.attempts import first_error, record_end, record_not_requeued
 from launcher.backends.base import Backend
 from launcher.backends.local import LocalBackend
 from launcher.backends.slurm import EntryPoint, SlurmBackend, explain_end, task_entry
-from launcher.lifecycle import Event, Probe, State, first_error, record_end, record_not_requeued, summarize
+from launcher.lifecycle import Event, Probe, State, summarize
+from launcher.records import Heartbeat
 from launcher.rundir import RunDir
 
 ALIVE = Probe(alive=True, details={"supervisor_pid": 123})
@@ -158,7 +160,7 @@ def test_a_python_error_is_named_before_the_echoes_it_caused(run: RunDir) -> Non
     rank_error(run, 0, "RuntimeError", "Connection closed by peer [127.0.0.1]:123", age_s=2)  # earlier, an echo
     rank_error(run, 2, "ValueError", "bad batch", age_s=1)
     died(run, 3)
-    assert first_error(run, since)["rank"] == 2
+    assert first_error(run, since).rank == 2
 
 
 def test_a_rank_that_died_without_a_word_comes_before_echoes(run: RunDir) -> None:
@@ -167,9 +169,9 @@ def test_a_rank_that_died_without_a_word_comes_before_echoes(run: RunDir) -> Non
     died(run, 3)
     died(run, 1)
     err = first_error(run, since)
-    assert (err["rank"], err["type"], err["host"]) == (1, "Died", "n1")
-    assert "killed by a signal" in err["message"] and "(also ranks 3)" in err["message"]
-    assert "; then rank 0: DistBackendError: Connection reset by peer" in err["message"]
+    assert (err.rank, err.type, err.host) == (1, "Died", "n1")
+    assert "killed by a signal" in err.message and "(also ranks 3)" in err.message
+    assert "; then rank 0: DistBackendError: Connection reset by peer" in err.message
 
 
 @pytest.mark.parametrize("echo", [
@@ -183,22 +185,22 @@ def test_a_silent_rank_the_others_timed_out_on_is_named_hung(run: RunDir, echo: 
     rank_error(run, 0, *echo)
     died(run, 1)
     err = first_error(run, since)
-    assert (err["rank"], err["type"]) == (1, "Hung")
-    assert err["message"].startswith("stopped responding: rank 0 waited job.collective_timeout_s"), err["message"]
-    assert "logs/rank-1.log" in err["message"] and f"; then rank 0: {echo[0]}: {echo[1][:40]}" in err["message"]
+    assert (err.rank, err.type) == (1, "Hung")
+    assert err.message.startswith("stopped responding: rank 0 waited job.collective_timeout_s"), err.message
+    assert "logs/rank-1.log" in err.message and f"; then rank 0: {echo[0]}: {echo[1][:40]}" in err.message
 
 
 def test_a_silent_rank_the_others_lost_the_connection_to_died(run: RunDir) -> None:
     rank_error(run, 0, "RuntimeError", "Connection closed by peer [10.0.0.2]:4321")
     died(run, 1)
-    assert first_error(run, time.time() - 5)["type"] == "Died"
+    assert first_error(run, time.time() - 5).type == "Died"
 
 
 def test_only_echoes_name_the_earliest(run: RunDir) -> None:
     since = time.time() - 5
     rank_error(run, 1, "RuntimeError", "Timed out waiting", age_s=1)
     rank_error(run, 0, "RuntimeError", "Broken pipe", age_s=2)
-    assert first_error(run, since)["rank"] == 0
+    assert first_error(run, since).rank == 0
 
 
 def test_records_of_an_earlier_attempt_are_ignored(run: RunDir) -> None:
@@ -311,48 +313,48 @@ def test_a_preemption_that_used_more_than_half_the_grace_is_warned_about() -> No
     def requeued(used: float | None) -> list[dict]:
         return [{"event": "preempted", "step": 3}, {"event": "requeued", "signal_to_exit_s": used}]
 
-    assert lifecycle.grace_warning(requeued(59.0), 120) is None
-    assert lifecycle.grace_warning(requeued(None), 120) is None  # not measured (no signal time)
-    warning = lifecycle.grace_warning(requeued(61.0), 120)
+    assert attempts.grace_warning(requeued(59.0), 120) is None
+    assert attempts.grace_warning(requeued(None), 120) is None  # not measured (no signal time)
+    warning = attempts.grace_warning(requeued(61.0), 120)
     assert warning is not None and "took 61 s" in warning and "120 s grace (cluster.signal_grace_s)" in warning
     # only the last preemption counts
-    assert lifecycle.grace_warning(requeued(90.0) + requeued(10.0), 120) is None
+    assert attempts.grace_warning(requeued(90.0) + requeued(10.0), 120) is None
 
 
 # --------------------------------------------------------------------------- stalls (heartbeats)
 
 
-def beat(rank: int, progress_at: float, beat_at: float, slowest: float = 0.2, stepped: bool = True) -> dict:
-    return {"rank": rank, "host": f"n{rank}", "step": 37, "progress_at": progress_at, "beat_at": beat_at,
-            "slowest_step_s": slowest, "stepped": stepped}
+def beat(rank: int, progress_at: float, beat_at: float, slowest: float = 0.2, stepped: bool = True) -> Heartbeat:
+    return Heartbeat(rank=rank, host=f"n{rank}", step=37, progress_at=progress_at, beat_at=beat_at,
+                     slowest_step_s=slowest, stepped=stepped)
 
 
 def test_a_stopped_rank_is_named_before_the_ranks_waiting_for_it() -> None:
     now = 1000.0
     waiting, stopped = beat(0, now - 45, now - 2), beat(1, now - 44, now - 43)  # rank 1 stopped beating
-    found = lifecycle.stall([waiting, stopped], now, since=900.0)
-    assert found is not None and found["rank"] == 1 and not found["beating"]
-    assert lifecycle.describe_stall(found) == "rank 1 (n1) no progress for 44 s, since step 37; no heartbeat for 43 s"
+    found = stalls.find_stall([waiting, stopped], now, since=900.0)
+    assert found is not None and found.beat.rank == 1 and not found.beating
+    assert stalls.describe_stall(found) == "rank 1 (n1) no progress for 44 s, since step 37; no heartbeat for 43 s"
     # only the waiting one, e.g. a hang in rank 0's own code
-    found = lifecycle.stall([waiting, beat(1, now - 1, now - 1)], now, since=900.0)
-    assert found is not None and found["rank"] == 0 and "still beating (waiting)" in lifecycle.describe_stall(found)
+    found = stalls.find_stall([waiting, beat(1, now - 1, now - 1)], now, since=900.0)
+    assert found is not None and found.beat.rank == 0 and "still beating (waiting)" in stalls.describe_stall(found)
 
 
 def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_attempt() -> None:
     now = 1000.0
-    assert lifecycle.stall([beat(0, now - 29, now - 1)], now, since=900.0) is None  # under 30 s
-    assert lifecycle.stall([beat(0, now - 60, now - 1, stepped=False)], now, since=900.0) is None  # compiling?
+    assert stalls.find_stall([beat(0, now - 29, now - 1)], now, since=900.0) is None  # under 30 s
+    assert stalls.find_stall([beat(0, now - 60, now - 1, stepped=False)], now, since=900.0) is None  # compiling?
     # but a rank stopped before its first step's heartbeat is named once it is silent that long
     early = [beat(0, now - 11, now - 1), beat(1, now - 12, now - 12, stepped=False)]
-    found = lifecycle.stall(early, now, since=900.0, after_s=10)
-    assert found is not None and found["rank"] == 1 and not found["beating"]
-    assert lifecycle.stall([beat(0, now - 60, now - 1, slowest=25.0)], now, since=900.0) is None  # 3 slow steps
+    found = stalls.find_stall(early, now, since=900.0, after_s=10)
+    assert found is not None and found.beat.rank == 1 and not found.beating
+    assert stalls.find_stall([beat(0, now - 60, now - 1, slowest=25.0)], now, since=900.0) is None  # 3 slow steps
     # the run's slowest step sets the limit for every rank: rank 1 stopped during a slow step of rank 0
     slow_run = [beat(0, now - 35, now - 1, slowest=0.2), beat(1, now - 36, now - 34, slowest=15.0)]
-    assert lifecycle.stall(slow_run, now, since=900.0) is None
-    assert lifecycle.stall(slow_run, now + 10, since=900.0)["rank"] == 1
-    assert lifecycle.stall([beat(0, now - 200, now - 150)], now, since=990.0) is None  # an earlier attempt's file
-    assert lifecycle.stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120)["idle_s"] == 121
+    assert stalls.find_stall(slow_run, now, since=900.0) is None
+    assert stalls.find_stall(slow_run, now + 10, since=900.0).beat.rank == 1
+    assert stalls.find_stall([beat(0, now - 200, now - 150)], now, since=990.0) is None  # an earlier attempt's file
+    assert stalls.find_stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120).idle_s == 121
 
 
 def test_a_stalled_attempt_ends_as_a_restartable_stall(run: RunDir) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -10,14 +11,26 @@ from launcher.lifecycle import Probe
 from launcher.rundir import RunDir
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a submission may run, beyond the job's resources."""
+
+    exclude: tuple[str, ...] = ()  # nodes it must not use (lost ones: entry/requeue.replace_job)
+    inside: str | None = None  # an allocation this shell is in: run as its srun steps (launch submit --here)
+
+
+ANYWHERE = Placement()
+
+
 class Backend(Protocol):
     """Starts, watches and stops runs. Each method takes a run directory made by the CLI."""
 
     name: str
     arrays: bool  # whether `submit_many` can queue several runs as one job array
 
-    def submit(self, cfg: JobConfig, run: RunDir) -> None:
-        """Hand the run to the backend; returns once it is started or queued."""
+    def submit(self, cfg: JobConfig, run: RunDir, placement: Placement = ANYWHERE) -> None:
+        """Hand the run to the backend; returns once it is started or queued. A backend that cannot
+        honour the placement refuses it with a LaunchError."""
 
     def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
         """Queue several runs at once (a job array); returns the array's id."""

@@ -7,7 +7,6 @@ SIGTERM.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,10 +15,12 @@ import time
 from pathlib import Path
 
 from launcher import render
+from launcher.backends.base import ANYWHERE, Placement
 from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Probe, State
-from launcher.processes import pid_runs, processes_of, wait_gone  # noqa: F401 - processes_of: tests use it here
+from launcher.processes import pid_runs, processes_of, supervisor_pid, wait_gone  # noqa: F401 - processes_of: tests use it here
+from launcher.records import AliveMarker, Plan, PlanNode
 from launcher.rundir import RunDir, atomic_write_text
 
 SUPERVISOR_MODULE = "launcher.entry.supervisor"
@@ -30,9 +31,12 @@ class LocalBackend:
     name = "local"
     arrays = False
 
-    def submit(self, cfg: JobConfig, run: RunDir) -> None:
-        plan = [{"node": c.node, "argv": list(c.argv), "env": dict(c.env)} for c in render.local_commands(cfg)]
-        atomic_write_text(run.plan, json.dumps({"workdir": cfg.run.workdir, "nodes": plan}, indent=1))
+    def submit(self, cfg: JobConfig, run: RunDir, placement: Placement = ANYWHERE) -> None:
+        if placement != ANYWHERE:
+            raise LaunchError("the local backend runs on this machine: it cannot exclude nodes or run inside an "
+                              "allocation (use a SLURM profile)")
+        plan = Plan(cfg.run.workdir, [PlanNode(c.node, list(c.argv), dict(c.env)) for c in render.local_commands(cfg)])
+        atomic_write_text(run.plan, plan.dumps(indent=1))
         with open(run.console, "ab") as console:
             proc = subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE, str(run.path)],
@@ -97,20 +101,8 @@ class LocalBackend:
 
 def rank_pids(run: RunDir) -> list[int]:
     """The ranks running now, from their alive markers (written at each rank's start)."""
-    pids = []
-    for marker in run.errors.glob("rank-*.alive"):
-        try:
-            pids.append(int(json.loads(marker.read_text())["pid"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return pids
-
-
-def supervisor_pid(run: RunDir) -> int | None:
-    try:
-        return int(run.supervisor_pid.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
+    markers = (AliveMarker.read(path) for path in run.errors.glob("rank-*.alive"))
+    return [int(m.pid) for m in markers if m is not None and m.pid is not None]
 
 
 __all__ = ["LocalBackend", "processes_of", "supervisor_pid", "wait_gone"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import json
 import os
 import shlex
 import shutil
@@ -23,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from launcher import render
+from launcher.backends.base import ANYWHERE, Placement
 from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
 from launcher.processes import pid_runs
+from launcher.records import SlurmJob
 from launcher.rundir import RunDir, atomic_write_text
 from launcher.slurm_env import queue_row
 
@@ -93,22 +94,21 @@ def require_tools(cfg: JobConfig) -> None:
             raise LaunchError(f"profile '{cfg.run.profile}' uses SLURM but '{tool}' is not on PATH (run on a login node)")
 
 
-def slurm_record(run: RunDir) -> dict[str, Any]:
-    try:
-        return json.loads(run.slurm_record.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+def slurm_record(run: RunDir) -> SlurmJob | None:
+    """The run's slurm.json (None before the job was submitted)."""
+    return SlurmJob.read(run.slurm_record)
 
 
 def job_id(run: RunDir) -> str | None:
-    return slurm_record(run).get("job_id")
+    record = slurm_record(run)
+    return record.job_id if record else None
 
 
 def job_and_runner(run: RunDir) -> tuple[str | None, int | None]:
     """The job id, and the runner's pid of a run started with `launch submit --here` (None for a
     batch job): one read of slurm.json."""
     record = slurm_record(run)
-    return record.get("job_id"), record.get("here_runner_pid")
+    return (record.job_id, record.here_runner_pid) if record else (None, None)
 
 
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"}  # SLURM has not started it (again) yet
@@ -177,8 +177,12 @@ class SlurmBackend:
     name = "slurm"
     arrays = True
 
-    def submit(self, cfg: JobConfig, run: RunDir, exclude: tuple[str, ...] = ()) -> None:
+    def submit(self, cfg: JobConfig, run: RunDir, placement: Placement = ANYWHERE) -> None:
         require_tools(cfg)
+        if placement.inside:
+            self._start_here(cfg, run, placement.inside)
+            return
+        exclude = placement.exclude
         executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
         executor.script = render.render_sbatch(cfg)
         executor.expected_command = render.submitit_command(cfg)
@@ -191,7 +195,7 @@ class SlurmBackend:
         except Exception as err:  # submitit wraps sbatch's refusal in several exception types
             text = " ".join(str(err).split())
             raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
-        atomic_write_text(run.slurm_record, json.dumps({"job_id": str(job.job_id)}))
+        atomic_write_text(run.slurm_record, SlurmJob(str(job.job_id)).dumps())
         run.add_event(Event.QUEUED, slurm_job_id=str(job.job_id), **({"excluded_nodes": list(exclude)} if exclude else {}))
 
     def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
@@ -212,7 +216,7 @@ class SlurmBackend:
                 run.submitit.mkdir(exist_ok=True)
                 submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(
                     run.submitit / f"{jid}_submitted.pkl")
-                atomic_write_text(run.slurm_record, json.dumps({"job_id": jid, "array_job_id": array_id}))
+                atomic_write_text(run.slurm_record, SlurmJob(jid, array_job_id=array_id).dumps())
                 run.add_event(Event.QUEUED, slurm_job_id=jid)
             subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
         except BaseException:
@@ -220,19 +224,18 @@ class SlurmBackend:
             raise
         return array_id
 
-    def start_here(self, cfg: JobConfig, run: RunDir, allocation: str) -> None:
+    def _start_here(self, cfg: JobConfig, run: RunDir, allocation: str) -> None:
         """`launch submit --here`: the run's batch script as srun steps of `allocation` (the one this
         shell is in), under a detached runner (launcher/entry/here.py)."""
         import submitit
 
-        require_tools(cfg)
         run.submitit.mkdir(exist_ok=True)
         submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(run.submitit / f"{allocation}_submitted.pkl")
         python = cfg.run.launcher_python or cfg.run.python
         with open(run.console, "ab") as out:
             proc = subprocess.Popen([python, "-m", HERE_MODULE, str(run.path)], stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True, cwd=cfg.run.workdir or None)
-        atomic_write_text(run.slurm_record, json.dumps({"job_id": allocation, "here_runner_pid": proc.pid}))
+        atomic_write_text(run.slurm_record, SlurmJob(allocation, here_runner_pid=proc.pid).dumps())
 
     def probe(self, run: RunDir) -> Probe:
         """One squeue (or scontrol) look at the run's job; for a --here run, also its runner."""

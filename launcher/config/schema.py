@@ -68,9 +68,9 @@ BATCHES = (fraction("{value}: a fraction must be between 0.0 and 1.0 (or give a 
 
 @dataclass(frozen=True)
 class JobSection:
-    name: str
-    seed: int = 0
-    test_after_fit: bool = True
+    name: str  # letters, digits, . _ + -; names the runs/<name>/ folder
+    seed: int = 0  # seeds every rank (torch, numpy, python, DataLoader workers)
+    test_after_fit: bool = True  # run trainer.test with the best checkpoint after fit
     preemptible: bool = True  # false: no signal handling, no per-step stop agreement (benchmarks, opt-out)
     # How long a rank waits in a collective for the others before the job fails. A rank that
     # exits is noticed at once (torchrun, srun --kill-on-bad-exit); this bounds a rank that hangs.
@@ -91,14 +91,15 @@ class JobSection:
     # weights a step: for verification runs.
     fingerprints: bool = False
     # Drills `launch verify` runs (real code paths, at steps it draws): stop as if preempted after
-    # each of these optimizer steps; SIGKILL every process of the run (local) at this step, once.
+    # each of these optimizer steps
     drill_preempt_at_steps: list[int] = field(default_factory=list)
-    drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)
+    drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
     # Automatic restart from the newest complete checkpoint after a failed attempt, at most
-    # max_restarts times a run. "infrastructure": a rank killed by a signal or out of memory, a
-    # crash in native code, a hang, a lost peer (collective or connection errors); "any": also a
-    # Python exception in the job's code (which would usually fail again); "never".
+    # max_restarts times a run.
     max_restarts: int = bounded(3, NOT_NEGATIVE)
+    # What is restarted. "infrastructure": a rank killed by a signal or out of memory, a crash in
+    # native code, a hang, a lost peer (collective or connection errors); "any": also a Python
+    # exception in the job's code (which would usually fail again); "never".
     restart_on: Literal["infrastructure", "any", "never"] = "infrastructure"
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
     # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
@@ -109,16 +110,16 @@ class JobSection:
 class ComponentSection:
     """A LightningModule or LightningDataModule: registered name or import path, plus kwargs."""
 
-    class_path: str
-    init_args: dict[str, Any] = field(default_factory=dict)
+    class_path: str  # a registered name (mlp, cnn, resnet18; digits, mnist, cifar10) or "module:Class"
+    init_args: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the class
 
 
 @dataclass(frozen=True)
 class TrainerSection:
-    max_epochs: int | None = bounded(None, NOT_NEGATIVE)
+    max_epochs: int | None = bounded(None, NOT_NEGATIVE)  # the Trainer's arguments of the same names
     min_epochs: int | None = bounded(None, NOT_NEGATIVE)
     max_steps: int = bounded(-1, at_least(-1, "{value}: use -1 (no limit) or a positive number"))
-    precision: Precision = "32-true"
+    precision: Precision = "32-true"  # "16-mixed", "bf16-mixed" on GPUs
     accumulate_grad_batches: int = bounded(1, AT_LEAST_ONE)
     gradient_clip_val: float | None = None
     gradient_clip_algorithm: Literal["norm", "value"] = "norm"
@@ -140,22 +141,22 @@ class TrainerSection:
 
 @dataclass(frozen=True)
 class ResourcesSection:
-    nodes: int = bounded(1, AT_LEAST_ONE)
+    nodes: int = bounded(1, AT_LEAST_ONE)  # --nodes
     # None: the profile's GPUs (0 on a CPU-only machine)
     gpus_per_node: int | None = bounded(None, at_least(0, "{value}: must be 0 or more"))
     # CPU runs only; None: 2, so DDP is exercised by default
     procs_per_node: int | None = bounded(None, AT_LEAST_ONE)
-    cpus_per_task: int | None = bounded(None, AT_LEAST_ONE)
+    cpus_per_task: int | None = bounded(None, AT_LEAST_ONE)  # also sets OMP_NUM_THREADS (local: cores / processes)
     mem: str | None = None  # per node, e.g. "64G"
     time: str | None = None  # "HH:MM:SS", "D-HH:MM:SS" or minutes
 
 
 @dataclass(frozen=True)
 class CheckpointSection:
-    monitor: str | None = None
+    monitor: str | None = None  # ModelCheckpoint's metric (epoch and validation ends)
     mode: Literal["min", "max"] = "min"
     save_top_k: int = bounded(1, at_least(-1, "{value}: use -1 (all), 0 or a positive number"))
-    save_last: bool = True
+    save_last: bool = True  # last.ckpt is written at the end of fit in any case
     filename: str | None = None
     every_n_epochs: int | None = None
     # launch's periodic full-state checkpoint (checkpoints/resume.ckpt): every N optimizer steps
@@ -277,24 +278,24 @@ class StrategySection:
 
 @dataclass(frozen=True)
 class ClusterProfile:
-    backend: Literal["local", "slurm"] = "local"
-    gpus_per_node: int | Literal["auto"] = bounded("auto", at_least(0, "must be 0 or more, or 'auto'", only=int))
+    backend: Literal["local", "slurm"] = "local"  # "local": torchrun on this machine
+    gpus_per_node: int | Literal["auto"] = bounded("auto", at_least(0, "must be 0 or more, or 'auto'", only=int))  # auto: count
     cpus_per_node: int | None = None
     mem_per_node: str | None = None
     mem: str | None = None  # memory to request per node when the job does not say (resources.mem)
     gpu_bind: str | None = None  # srun --gpu-bind for GPU runs, e.g. "closest" (srun mode: one GPU a rank)
-    max_time: str | None = None
+    max_time: str | None = None  # limits, checked before submission
     max_nodes: int | None = None
-    partition: str | None = None
+    partition: str | None = None  # required for backend = "slurm"
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    sbatch_extra: list[str] = field(default_factory=list)
-    setup: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    shared_filesystem: bool = True
-    launch_mode: Literal["srun", "torchrun"] = "srun"
-    signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"
+    sbatch_extra: list[str] = field(default_factory=list)  # more sbatch options, one an item
+    setup: list[str] = field(default_factory=list)  # shell lines run in the batch script first (they are code)
+    env: dict[str, str] = field(default_factory=dict)  # environment variables for every rank
+    shared_filesystem: bool = True  # true: prepare_data once a job; false: once a node
+    launch_mode: Literal["srun", "torchrun"] = "srun"  # srun: a task a rank; torchrun: a task a node
+    signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"  # asked of SLURM: --signal=SIG@signal_grace_s
     signal_grace_s: int = bounded(120, at_least(1, "must be at least 1 second"))
     # SLURM holds a requeued job until requeue + cred_expire + 1 s (121 s by default) so that no
     # node sees a credential of it older than the requeue; one created 2 s later is never taken for
@@ -302,8 +303,8 @@ class ClusterProfile:
     # owner may). False: SLURM's own hold.
     shorten_requeue_hold: bool = True
     python: str | None = None  # interpreter on the compute nodes; None: the submitting one ("python" in a container)
-    runs_dir: str | None = None
-    rdzv_port: int = 29400
+    runs_dir: str | None = None  # where run directories go (default ./runs)
+    rdzv_port: int = 29400  # torchrun mode: the base rendezvous port
     # Containers (SLURM): the ranks run in the image; launch's hooks in the batch script run on the
     # host (the submitting interpreter). pyxis/enroot through srun's --container-* options:
     container_image: str | None = None

@@ -17,9 +17,11 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
+from launcher.attempts import dead_ranks
 from launcher.config import load_resolved
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event, dead_ranks, last_event, this_attempt
+from launcher.lifecycle import Event, last_event, this_attempt
+from launcher.records import SlurmJob
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, queue_state
 
@@ -74,7 +76,7 @@ PROBE_BATCH = 64  # one-node probes at a time
 def suspect_nodes(run: RunDir, since: float) -> list[str]:
     """The nodes that may have died with this attempt: those of the ranks that ended without a
     Python error and of the rank the watcher found stalled (a lost node's ranks do both)."""
-    nodes = {str(d["host"]) for d in dead_ranks(run, since) if d.get("host")}
+    nodes = {str(d.host) for d in dead_ranks(run, since) if d.host and d.host != "?"}
     stalled = last_event(this_attempt(run.read_events()), Event.STALLED)
     if stalled and stalled.get("host"):
         nodes.add(str(stalled["host"]))
@@ -108,6 +110,7 @@ def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
     """Continue the run as a new SLURM job that excludes the `lost` nodes (the end hook, after a
     node died): submitted exactly as `launch submit` does (the same frozen script, a new job id
     in slurm.json), recorded as `requeued` with both ids. This job then ends."""
+    from launcher.backends.base import Placement
     from launcher.backends.slurm import SlurmBackend
 
     old = current_job_id()
@@ -117,9 +120,9 @@ def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
     for name in [n for n in os.environ if n.startswith(("SLURM_", "SBATCH_", "SRUN_")) and n != "SLURM_CONF"]:
         del os.environ[name]
     try:
-        SlurmBackend().submit(cfg, run, exclude=tuple(lost))
+        SlurmBackend().submit(cfg, run, Placement(exclude=tuple(lost)))
     except LaunchError as err:
         run.add_event(Event.REQUEUE_FAILED, slurm_job_id=old, error=str(err)[:300])
         return
-    new = json.loads(run.slurm_record.read_text())["job_id"]
+    new = SlurmJob.from_json(json.loads(run.slurm_record.read_text())).job_id
     run.add_event(Event.REQUEUED, slurm_job_id=old, new_slurm_job_id=new, lost_nodes=lost, **fields)

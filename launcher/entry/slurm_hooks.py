@@ -17,18 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from launcher.attempts import grace_warning, record_end, record_not_requeued, requeue_fields
 from launcher.config import load_resolved
 from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
-from launcher.lifecycle import (
-    Event,
-    grace_warning,
-    last_event,
-    names,
-    record_end,
-    record_not_requeued,
-    requeue_fields,
-    this_attempt,
-)
+from launcher.lifecycle import Event, last_event, names, this_attempt
 from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, node_name

@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from launcher import dependencies
+from launcher.attempts import grace_warning, record_end, requeue_fields
 from launcher.config import load_resolved
-from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, grace_warning, record_end, requeue_fields, stall, this_attempt
+from launcher.lifecycle import Event, this_attempt
 from launcher.processes import processes_of, wait_gone
+from launcher.records import Plan
 from launcher.rundir import RunDir
+from launcher.stalls import HEARTBEAT_S, find_stall, record_stall
 
 TERM_GRACE_S = 30.0  # torchrun's own grace before it SIGKILLs its workers
 STALL_GRACE_S = 10.0  # a stalled run cannot save (its stop agreement needs the stalled rank): kill soon
@@ -52,14 +55,13 @@ def stop(agents: list[subprocess.Popen], run: RunDir, grace: float) -> None:
     wait_gone(leftovers, 10)
 
 
-def spawn(plan: dict[str, Any]) -> list[subprocess.Popen]:
-    return [subprocess.Popen(node["argv"], env={**os.environ, **node["env"]}, cwd=plan["workdir"] or None)
-            for node in plan["nodes"]]
+def spawn(plan: Plan) -> list[subprocess.Popen]:
+    return [subprocess.Popen(node.argv, env={**os.environ, **node.env}, cwd=plan.workdir or None) for node in plan.nodes]
 
 
 def main(argv: list[str]) -> int:
     run = RunDir(Path(argv[0]).resolve())
-    plan = json.loads(run.plan.read_text())
+    plan = Plan.from_json(json.loads(run.plan.read_text()))
     cfg = load_resolved(run.config)
     cancelled = False
 
@@ -90,7 +92,7 @@ def main(argv: list[str]) -> int:
         start = time.time()
         run.add_event(Event.STARTED, backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt,
                       t=round(start, 3))
-        say(f"run {run.run_id}: {len(plan['nodes'])} torchrun agent(s), logs in {run.logs}"
+        say(f"run {run.run_id}: {len(plan.nodes)} torchrun agent(s), logs in {run.logs}"
             + (f" (attempt {attempt + 1})" if attempt else ""))
         agents = spawn(plan)
         next_look = time.time() + HEARTBEAT_S
@@ -98,11 +100,9 @@ def main(argv: list[str]) -> int:
             codes = [a.poll() for a in agents]
             if time.time() >= next_look:  # heartbeats: a rank without progress for job.stall_timeout_s
                 next_look = time.time() + HEARTBEAT_S
-                found = stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s)
+                found = find_stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s)
                 if found is not None:
-                    run.add_event(Event.STALLED, rank=found.get("rank"), host=found.get("host"), idle_s=found["idle_s"],
-                                  step=found.get("step"), timeout_s=cfg.job.stall_timeout_s)
-                    say(f"stalled: {describe_stall(found)}: stopping the ranks")
+                    say(record_stall(run, found, cfg.job.stall_timeout_s))
                     stop(agents, run, STALL_GRACE_S)
                     break
             if cancelled:

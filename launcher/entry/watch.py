@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from launcher.config import load_resolved
-from launcher.lifecycle import HEARTBEAT_S, Event, describe_stall, stall
 from launcher.processes import exists
 from launcher.rundir import RunDir
+from launcher.stalls import HEARTBEAT_S, find_stall, record_stall
 
 KILL_WAIT_S = 10.0  # srun's own exit after its tasks are killed (1-2 s; never, on a dead node); then srun itself
 
@@ -47,14 +47,11 @@ def main(argv: list[str]) -> int:
         if time.time() - start < HEARTBEAT_S:
             continue
         beats = run.read_heartbeats()
-        found = stall(beats, time.time(), start, timeout)
+        found = find_stall(beats, time.time(), start, timeout)
         if found is None:
             continue
-        run.add_event(Event.STALLED, rank=found.get("rank"), host=found.get("host"), idle_s=found["idle_s"],
-                      step=found.get("step"), timeout_s=timeout)
-        print(f"[launch] stalled: {describe_stall(found)}: stopping the ranks", flush=True)
-        stop_step({b["slurm_step"] for b in beats if b.get("slurm_step") and float(b.get("beat_at", 0)) >= start},
-                  srun_pid)
+        print(f"[launch] {record_stall(run, found, timeout)}", flush=True)
+        stop_step({b.slurm_step for b in beats if b.slurm_step and b.beat_at >= start}, srun_pid)
         return 0
     return 0
 

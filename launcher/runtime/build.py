@@ -1,6 +1,5 @@
 """The job's parts from its frozen config: the LightningModule and DataModule, and the Trainer
-(DDP, launch's checkpointing, loggers and callbacks) that every rank runs; also the one-device
-Trainer of `launch tune` and `launch predict`."""
+(DDP, launch's checkpointing, loggers and callbacks) that every rank runs."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import importlib
 import inspect
 import os
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -140,13 +138,3 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
     )
     disable_lightning_signal_handling(trainer)
     return trainer
-
-
-def one_device_trainer(cfg: JobConfig, root: Path, **kwargs: Any) -> Any:
-    """A plain Trainer on one device (GPU if the job asks for GPUs and there is one): tune, predict."""
-    import torch
-
-    gpu = cfg.uses_gpus and torch.cuda.is_available()
-    return pl.Trainer(accelerator="gpu" if gpu else "cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-                      precision=cfg.trainer.precision, **kwargs)

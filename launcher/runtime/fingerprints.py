@@ -100,7 +100,7 @@ class KillDrill(Callback):
         import os
         import signal
 
-        from launcher.backends.local import processes_of, supervisor_pid
+        from launcher.processes import processes_of, supervisor_pid
 
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(self.step))

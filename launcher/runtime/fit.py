@@ -11,6 +11,7 @@ from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from launcher.config import JobConfig
 from launcher.lifecycle import Event
+from launcher.records import Preemption
 from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, remove_checkpoint
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
@@ -60,10 +61,10 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     datamodule.prepare_data_per_node = not cfg.cluster.shared_filesystem
     once_per_job(datamodule, "prepare_data")  # Lightning calls it again for test; once is the contract
 
-    def on_preempt(trainer: Any, info: dict[str, Any]) -> None:
+    def on_preempt(trainer: Any, info: Preemption) -> None:
         if trainer.global_rank == 0:
-            run.add_event(Event.PREEMPTED, **info)
-        print(f"preemption: all ranks stop after step {info['step']} (signal: {info['signal']})", flush=True)
+            run.add_event(Event.PREEMPTED, **info.to_json())
+        print(f"preemption: all ranks stop after step {info.step} (signal: {info.signal})", flush=True)
 
     rewound: dict[str, Any] = {}
 

@@ -4,34 +4,35 @@ It carries the rank's last progress (a training, validation or test batch done: 
 `step`) and the time of the beat itself (`beat_at`), and the slowest training step seen. A rank
 whose loop is stuck (waiting in a collective for a peer, or in its own code) keeps beating with an
 old `progress_at`; a rank that is stopped, killed or on a lost node stops beating. `launch status`
-names a stalled rank from these files (launcher/lifecycle.py: `stall`), and the local supervisor
+names a stalled rank from these files (launcher/stalls.py), and the local supervisor
 (or, on SLURM, the batch script's watcher: launcher/entry/watch.py) stops and restarts a run
 stalled longer than `job.stall_timeout_s`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from pytorch_lightning import Callback, Trainer
 
-from launcher.lifecycle import HEARTBEAT_S
-from launcher.rundir import RunDir, atomic_write_text
+from launcher.records import Heartbeat as HeartbeatRecord
+from launcher.rundir import RunDir, replace_view
 from launcher.slurm_env import node_name
+from launcher.stalls import HEARTBEAT_S
 
 
 class Heartbeat(Callback):
     def __init__(self, run: RunDir) -> None:
         self.run = run
         self.path = run.heartbeat(0)  # the rank's own, once the Trainer knows it (on_fit_start)
-        self.record: dict[str, Any] = {"rank": 0, "host": node_name(), "step": 0,
-                                       "progress_at": time.time(), "slowest_step_s": 0.0}
-        if os.environ.get("SLURM_STEP_ID"):  # the SLURM step the rank runs in: what a stall stops
-            self.record["slurm_step"] = f"{os.environ.get('SLURM_JOB_ID')}.{os.environ['SLURM_STEP_ID']}"
+        # the SLURM step the rank runs in: what a stall stops
+        step = f"{os.environ.get('SLURM_JOB_ID')}.{os.environ['SLURM_STEP_ID']}" if os.environ.get("SLURM_STEP_ID") else None
+        # Replaced whole (never changed in place), so the beating thread always writes one consistent record.
+        self.record = HeartbeatRecord(rank=0, host=node_name(), progress_at=time.time(), slurm_step=step)
         self._step_started = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -40,17 +41,17 @@ class Heartbeat(Callback):
         while not self._stop.is_set():
             try:
                 self.path.parent.mkdir(exist_ok=True)
-                atomic_write_text(self.path, json.dumps({**self.record, "beat_at": time.time()}))
+                replace_view(self.path, replace(self.record, beat_at=time.time()).dumps().encode())
             except OSError:
                 pass  # a full disk must not end training; the next beat tries again
             self._stop.wait(HEARTBEAT_S)
 
     def progressed(self, trainer: Trainer) -> None:
-        self.record = {**self.record, "step": int(trainer.global_step), "progress_at": time.time()}
+        self.record = replace(self.record, step=int(trainer.global_step), progress_at=time.time())
 
     def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.path = self.run.heartbeat(trainer.global_rank)
-        self.record = {**self.record, "rank": trainer.global_rank}
+        self.record = replace(self.record, rank=trainer.global_rank)
         self.progressed(trainer)
         if self._thread is None:
             self._thread = threading.Thread(target=self._beat, name="launch-heartbeat", daemon=True)
@@ -64,10 +65,10 @@ class Heartbeat(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         took = time.monotonic() - self._step_started
-        if took > self.record["slowest_step_s"]:
-            self.record = {**self.record, "slowest_step_s": round(took, 3)}
-        self.record = {**self.record, "stepped": True}  # watched from its first step (a first step may compile)
-        self.progressed(trainer)
+        slowest = max(self.record.slowest_step_s, round(took, 3))
+        # watched from its first step (a first step may compile)
+        self.record = replace(self.record, step=int(trainer.global_step), progress_at=time.time(),
+                              slowest_step_s=slowest, stepped=True)
 
     def on_validation_batch_end(self, trainer: Trainer, *args: Any) -> None:
         self.progressed(trainer)

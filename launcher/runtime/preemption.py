@@ -34,6 +34,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
+from launcher.records import Preemption
 from launcher.rundir import checkpoint_bytes
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
@@ -144,7 +145,7 @@ class PreemptionHandler(Callback):
                  rewind: Any = None, drill_steps: list[int] | None = None, background: bool = False) -> None:
         self.signals = signal_numbers
         self.checkpoint_path = checkpoint_path
-        self.on_preempt = on_preempt  # called on every rank with (trainer, info) after the save
+        self.on_preempt = on_preempt  # called on every rank with (trainer, Preemption) after the save
         self.on_resume = on_resume  # called on every rank with (trainer, mid_epoch) when training restarts
         # The periodic full-state checkpoint: due every `every_n_steps` optimizer steps and every
         # `every_n_minutes` (rank zero's clock, agreed in the stop agreement's all-reduce), taken at
@@ -233,16 +234,16 @@ class PreemptionHandler(Callback):
         trainer.save_checkpoint(self.checkpoint_path)
         saved = time.time()
         self.stop_at = (trainer.global_step, trainer.current_epoch)
-        self.on_preempt(trainer, {
-            "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
-            "batch_in_epoch": batch_idx + 1,
-            "signal": signal.Signals(signals.received["signum"]).name if signals.is_set() else "from another rank",
-            "signal_at": signals.received["at"],
-            "signal_to_saved_s": round(saved - signals.received["at"], 3) if signals.is_set() else None,
-            "save_s": round(saved - started, 3),
-            "checkpoint_bytes": checkpoint_bytes(Path(self.checkpoint_path)) if trainer.global_rank == 0 else None,
-        })
+        self.on_preempt(trainer, Preemption(
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            batch_in_epoch=batch_idx + 1,
+            signal=signal.Signals(signals.received["signum"]).name if signals.is_set() else "from another rank",
+            signal_at=signals.received["at"],
+            signal_to_saved_s=round(saved - signals.received["at"], 3) if signals.is_set() else None,
+            save_s=round(saved - started, 3),
+            checkpoint_bytes=checkpoint_bytes(Path(self.checkpoint_path)) if trainer.global_rank == 0 else None,
+        ))
 
     def _agree_to_stop(self, trainer: Trainer) -> bool:
         """One all-reduce: whether any rank was signalled, and the step of the next agreement."""

@@ -11,7 +11,7 @@ from typing import Any
 from pytorch_lightning import Callback, LightningModule, Trainer
 
 from launcher.lifecycle import Event
-from launcher.rundir import RunDir, atomic_open
+from launcher.rundir import RunDir, replace_view
 
 
 class RunProgress(Callback):
@@ -90,8 +90,7 @@ class RunProgress(Callback):
             if seq <= self._written:
                 return
             try:
-                with atomic_open(self.run.progress) as fh:
-                    fh.write(json.dumps(record, indent=1).encode())
+                replace_view(self.run.progress, json.dumps(record, indent=1).encode())
                 self._written = seq
             except OSError:
                 pass  # a status view may lag (a full disk); training must not stop for it

@@ -6,16 +6,17 @@ Every failure is recorded in `errors/rank-N.json` before the rank exits with 1.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 
-from launcher.config import JobConfig, load_resolved
+from launcher.config import load_resolved
+from launcher.records import AliveMarker, RankError
 from launcher.rundir import RunDir, atomic_write_text
 from launcher.runtime import output, signals
 from launcher.slurm_env import node_name as host_name
+from launcher.usercode import import_user_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     # Python error (SIGKILL, out of memory, a native crash), which is how the backends name it.
     alive = run.alive_marker(rank)
     try:
-        atomic_write_text(alive, json.dumps({"rank": rank, "host": host_name(), "pid": os.getpid()}))
+        atomic_write_text(alive, AliveMarker(rank, host_name(), os.getpid()).dumps())
     except OSError:
         pass
     try:
@@ -56,11 +57,10 @@ def _main(run: RunDir, rank: int) -> int:
             raise
         text = traceback.format_exc()
         output.report_error(text)
-        record = {"rank": rank, "host": host_name(), "type": type(exc).__name__,
-                  "message": str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "",
-                  "traceback": text}
+        record = RankError(rank, host_name(), type(exc).__name__,
+                           str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "", text)
         try:
-            atomic_write_text(run.error_record(rank), json.dumps(record, indent=1))
+            atomic_write_text(run.error_record(rank), record.dumps(indent=1))
         except OSError:
             pass
         return 1
@@ -79,12 +79,3 @@ def close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def import_user_code(cfg: JobConfig, run: RunDir) -> None:
-    """Make the user's modules importable: the run's snapshot of them (taken at submit, or by
-    `launch resume --code current`), ahead of everything; without one, the submit directory."""
-    if run.code.is_dir():
-        sys.path.insert(0, str(run.code))
-    elif cfg.run.workdir and cfg.run.workdir not in sys.path:
-        sys.path.insert(0, cfg.run.workdir)

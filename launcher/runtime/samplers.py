@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -90,37 +91,33 @@ def _seeded_class(user_class: type) -> type:
     Only methods are added (no fields, empty __slots__), so an instance of the user's class can
     become one in place. In a worker the process's RNGs belong to the data pipeline, so they are
     simply reseeded; in the main process (num_workers = 0) they also drive the model (dropout),
-    so their state is put back after the fetch.
+    so their state is put back after the fetch: once a batch, not once a sample (saving numpy's
+    state alone costs about 90 us).
     """
     fetch = user_class.__getitem__
     fetch_batch = getattr(user_class, "__getitems__", None)
 
-    def seeded(seed: int, call: Any, *args: Any) -> Any:
-        if get_worker_info() is not None:
-            _seed_all(seed)
-            return call(*args)
-        saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
-        try:
-            _seed_all(seed)
-            return call(*args)
-        finally:
-            torch.set_rng_state(saved[0])
-            np.random.set_state(saved[1])
-            random.setstate(saved[2])
-
     def __getitem__(self: Any, key: Any) -> Any:
         if not isinstance(key, SampleKey):
             return fetch(self, key)
-        return seeded(key.seed, fetch, self, int(key))
+        with _rngs_kept():
+            _seed_all(key.seed)
+            return fetch(self, int(key))
 
     def __getitems__(self: Any, keys: list[Any]) -> Any:
-        if fetch_batch is None:
-            return [self[key] for key in keys]  # one seed per sample
-        if keys and isinstance(keys[0], SampleKey):
-            # The dataset fetches whole batches itself: the batch runs under its first sample's
-            # seed (a batch is the same in every attempt, so what it draws is too).
-            return seeded(keys[0].seed, fetch_batch, self, [int(k) for k in keys])
-        return fetch_batch(self, keys)
+        if not keys or not isinstance(keys[0], SampleKey):
+            return fetch_batch(self, keys) if fetch_batch is not None else [fetch(self, key) for key in keys]
+        with _rngs_kept():
+            if fetch_batch is not None:
+                # The dataset fetches whole batches itself: the batch runs under its first sample's
+                # seed (a batch is the same in every attempt, so what it draws is too).
+                _seed_all(keys[0].seed)
+                return fetch_batch(self, [int(k) for k in keys])
+            samples = []
+            for key in keys:  # one seed per sample
+                _seed_all(key.seed)
+                samples.append(fetch(self, int(key)))
+            return samples
 
     def __reduce_ex__(self: Any, protocol: Any) -> tuple[Any, ...]:
         # Pickled (to spawned workers) as the user's own class, and seeded again on arrival.
@@ -151,9 +148,28 @@ def _become(obj: Any, cls: type) -> bool:
 
 
 def _seed_all(seed: int) -> None:
-    torch.manual_seed(seed)
+    # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding, which formats
+    # the whole Python stack on every call (about 1 ms under Lightning, 64 times a batch: the cause
+    # of issue 23's 0.70x). A data pipeline draws from the CPU generator (workers cannot use CUDA);
+    # in the main process the CUDA generators are the model's, which this must not touch.
+    torch.default_generator.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+@contextmanager
+def _rngs_kept() -> Iterator[None]:
+    """Run a fetch that reseeds the process's RNGs; in the main process, put them back after it."""
+    if get_worker_info() is not None:
+        yield
+        return
+    saved = torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
 
 
 _SEEDED: dict[type, type] = {}  # the user's class -> its seeded subclass

@@ -1,6 +1,6 @@
 """`launch predict`: predictions of a run's checkpoint on one device, written to the run directory.
 
-    python -m launcher.runtime.predict RUN_DIR best|last|PATH
+    python -m launcher.tools.predict RUN_DIR best|last|PATH
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from pathlib import Path
 from launcher.config import load_resolved
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_open, atomic_write_text, checkpoint_complete, sharded_meta
-from launcher.runtime.build import build_model_and_data, one_device_trainer
-from launcher.runtime.rank import import_user_code
+from launcher.runtime.build import build_model_and_data
+from launcher.tools import one_device_trainer
+from launcher.usercode import import_user_code
 
 
 def resolve_checkpoint(run: RunDir, which: str, tool: str = "predict") -> Path:
@@ -83,7 +84,7 @@ def predict(run: RunDir, which: str) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2:
-        print("usage: python -m launcher.runtime.predict RUN_DIR best|last|PATH", file=sys.stderr)
+        print("usage: python -m launcher.tools.predict RUN_DIR best|last|PATH", file=sys.stderr)
         return 2
     run = RunDir(Path(argv[0]))
     import_user_code(load_resolved(run.config), run)

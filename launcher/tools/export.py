@@ -1,7 +1,7 @@
 """`launch export`: one consolidated single-file checkpoint, `{"state_dict": ...}` with the model's
 plain keys, that loads into the model without launch, whichever strategy wrote it.
 
-    python -m launcher.runtime.export RUN_DIR best|last|PATH OUT
+    python -m launcher.tools.export RUN_DIR best|last|PATH OUT
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from launcher.config import load_resolved
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_open
-from launcher.runtime.predict import resolve_checkpoint
-from launcher.runtime.rank import import_user_code
+from launcher.tools.predict import resolve_checkpoint
+from launcher.usercode import import_user_code
 
 
 def export(run: RunDir, which: str, out: Path) -> tuple[Path, int]:
@@ -37,7 +37,7 @@ def export(run: RunDir, which: str, out: Path) -> tuple[Path, int]:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
-        print("usage: python -m launcher.runtime.export RUN_DIR best|last|PATH OUT", file=sys.stderr)
+        print("usage: python -m launcher.tools.export RUN_DIR best|last|PATH OUT", file=sys.stderr)
         return 2
     run = RunDir(Path(argv[0]))
     import_user_code(load_resolved(run.config), run)  # a checkpoint may pickle the job's own classes

@@ -1,6 +1,6 @@
 """`launch tune`: the learning-rate and batch-size finders on one device; writes a tuned job file.
 
-    python -m launcher.runtime.tune RUN_DIR [--lr] [--batch-size] [--max-trials N]
+    python -m launcher.tools.tune RUN_DIR [--lr] [--batch-size] [--max-trials N]
 
 The model and data are built exactly as the job builds them (same config, same seed).
 """
@@ -16,8 +16,9 @@ from typing import Any
 from launcher.config import JobConfig, load_resolved, read_toml
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.runtime.build import build_model_and_data, one_device_trainer
-from launcher.runtime.rank import import_user_code
+from launcher.runtime.build import build_model_and_data
+from launcher.tools import one_device_trainer
+from launcher.usercode import import_user_code
 
 
 def lr_key(cfg: JobConfig, model: Any) -> tuple[str, ...]:
@@ -76,7 +77,7 @@ def tune(run: RunDir, want_lr: bool, want_batch: bool, max_trials: int) -> dict[
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m launcher.runtime.tune")
+    parser = argparse.ArgumentParser(prog="python -m launcher.tools.tune")
     parser.add_argument("run")
     parser.add_argument("--lr", action="store_true")
     parser.add_argument("--batch-size", action="store_true")

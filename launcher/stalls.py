@@ -1,0 +1,51 @@
+"""Stalls: a rank that makes no progress, found from the ranks' heartbeats (runtime/heartbeat.py
+writes them), and recorded in one place whoever stops the attempt (the local supervisor, or the
+SLURM batch script's watcher: entry/watch.py). `launch status` names one too (report.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from launcher.lifecycle import Event
+from launcher.records import Heartbeat, StalledRank
+from launcher.rundir import RunDir
+
+HEARTBEAT_S = 5.0  # how often every rank rewrites heartbeats/rank-N.json
+STALL_REPORT_S = 30.0  # launch status calls a rank stalled after this long without progress (or 3 slow steps)
+
+
+def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: float = STALL_REPORT_S
+               ) -> StalledRank | None:
+    """The stalled rank of a running attempt, from its heartbeats (only those written since
+    `since`, the attempt's start): a rank without progress for `after_s` (or three of the run's
+    slowest steps), if it is past its first step or has stopped beating. A rank that stopped
+    beating is named before a rank that beats but waits (for it, usually)."""
+    current = [b for b in beats if b.beat_at >= since]
+    # One limit for every rank (its slowest step is the run's): a stopped rank and the ranks waiting
+    # for it go quiet together, and the one that stopped beating is the one to name.
+    limit = max([after_s] + [3 * b.slowest_step_s for b in current])
+    stuck = []
+    for beat in current:
+        idle = now - (beat.progress_at if beat.progress_at is not None else now)
+        silent = now - beat.beat_at
+        beating = silent < 1.5 * HEARTBEAT_S
+        # A beating rank is watched from its first step (a first step may compile for minutes); a
+        # silent one (stopped, killed, its node lost) whenever it stopped.
+        if idle >= limit and (beat.stepped or not beating):
+            stuck.append(StalledRank(beat, idle_s=round(idle, 1), silent_s=round(silent, 1), beating=beating))
+    if not stuck:
+        return None
+    return sorted(stuck, key=lambda s: (s.beating, -s.idle_s, s.beat.rank))[0]
+
+
+def describe_stall(found: StalledRank) -> str:
+    heard = "still beating (waiting)" if found.beating else f"no heartbeat for {found.silent_s:.0f} s"
+    return (f"rank {found.beat.rank} ({found.beat.host}) no progress for {found.idle_s:.0f} s, "
+            f"since step {found.beat.step}; {heard}")
+
+
+def record_stall(run: RunDir, found: StalledRank, timeout_s: int) -> str:
+    """Record the `stalled` event (the cause the attempt's end then names) and say what stalled."""
+    run.add_event(Event.STALLED, rank=found.beat.rank, host=found.beat.host, idle_s=found.idle_s,
+                  step=found.beat.step, timeout_s=timeout_s)
+    return f"stalled: {describe_stall(found)}: stopping the ranks"
