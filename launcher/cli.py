@@ -217,7 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if backend.still_running(run):
         if info.terminal:  # recorded as ended, but the cluster still shows its job
             raise LaunchError(f"{run.path}: {info.state}, but its job is still ending (SLURM state "
-                              f"{info.details.get('slurm_state')}); try again once it has left the queue")
+                              f"{info.slurm.slurm_state}); try again once it has left the queue")
         raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
     if info.state == State.COMPLETED:
         raise LaunchError(f"{run.path}: already completed")

@@ -66,7 +66,7 @@ def slurm_dependency(cfg: JobConfig, afters: list[After]) -> str:
         if info.backend != "slurm":
             raise LaunchError(f"--after {after.run.run_id}: a SLURM job can wait only for SLURM runs; "
                               f"that one runs on the {info.backend} backend")
-        parts.append(f"after{after.when}:{info.details.get('slurm_job_id')}")
+        parts.append(f"after{after.when}:{info.slurm.slurm_job_id}")
     return ",".join(parts)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from launcher.records import ProbeDetails, SlurmProbeDetails, probe_details
 from launcher.rundir import RunDir
 
 
@@ -76,11 +77,15 @@ class Probe:
 
     alive: bool
     ended_as: tuple[State, str] | None = None  # (state, why), for a run gone without its end
-    details: Mapping[str, Any] = field(default_factory=dict)  # supervisor_pid, slurm_job_id, ...
+    details: ProbeDetails | None = None  # supervisor_pid, slurm_job_id, ...
     # What the scheduler says the run is doing now, where it can say: PENDING while SLURM has not
     # started the job (it may have requeued it itself), RUNNING once it has (before the batch
     # script could record it). Overrides the history's pending/running.
     scheduler_state: State | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.details, Mapping):  # a plain mapping (older callers): read it as its record
+            object.__setattr__(self, "details", probe_details(self.details))
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ class RunStatus:
     exit_code: int | None = None
     failed_rank: int | None = None
     times: Mapping[str, str] = field(default_factory=dict)  # lifecycle event -> when it last happened
-    details: Mapping[str, Any] = field(default_factory=dict)  # the backend's probe
+    details: ProbeDetails | None = None  # the backend's probe
     note: str | None = None  # what the user should know that is not an error (a signal that came too late)
 
     @property
@@ -112,6 +117,11 @@ class RunStatus:
     def over(self) -> bool:
         """Ended, one way or another (also `unknown`: nothing will change it)."""
         return self.terminal or self.state not in ACTIVE_STATES
+
+    @property
+    def slurm(self) -> SlurmProbeDetails:
+        """The SLURM probe's details (empty for a run on another backend)."""
+        return self.details if isinstance(self.details, SlurmProbeDetails) else SlurmProbeDetails()
 
     @property
     def submitted_at(self) -> str | None:
@@ -127,7 +137,7 @@ class RunStatus:
             "backend": self.backend, "note": self.note,
         }
         out.update({f"{event}_at": when for event, when in self.times.items()})
-        out.update(self.details)
+        out.update(self.details.to_json() if self.details else {})
         return out
 
 

@@ -13,6 +13,7 @@ use the fields, never string keys (tests/test_layout.py looks for them).
 | Plan | plan.json | the local backend | entry/supervisor.py |
 | SlurmJob | slurm.json | the SLURM backend, entry/requeue.py | backends/slurm.py |
 | Preemption | the `preempted` event's payload | rank zero (runtime/preemption.py) | attempts.requeue_fields |
+| Local/SlurmProbeDetails | (in memory) what a backend's probe saw | backends/ | status --json, cli, dependencies |
 """
 
 from __future__ import annotations
@@ -155,3 +156,31 @@ class Preemption(Record):
     signal_to_saved_s: float | None = None
     save_s: float | None = None
     checkpoint_bytes: int | None = None  # rank zero's view of the checkpoint's size
+
+
+@dataclass(frozen=True)
+class LocalProbeDetails(Record):
+    """What the local backend's probe saw of a run (`launch status --json` shows it)."""
+
+    supervisor_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class SlurmProbeDetails(Record):
+    """What the SLURM backend's probe saw of a run (`launch status --json` shows it)."""
+
+    slurm_job_id: str | None = None
+    slurm_state: str | None = None  # squeue's (or scontrol's) state of the job
+    completing_on_lost_nodes: list[str] | None = None  # COMPLETING only on nodes that no longer answer
+    here_runner_pid: int | None = None  # launch submit --here: the runner inside the allocation
+
+    OPTIONAL = ("completing_on_lost_nodes", "here_runner_pid")
+
+
+ProbeDetails = LocalProbeDetails | SlurmProbeDetails
+
+
+def probe_details(data: Mapping[str, Any]) -> ProbeDetails:
+    """The details record a mapping of them describes (the SLURM one if it names any SLURM key)."""
+    slurm = {f.name for f in dataclasses.fields(SlurmProbeDetails)}
+    return SlurmProbeDetails.from_json(data) if slurm & set(data) else LocalProbeDetails.from_json(data)

@@ -20,7 +20,7 @@ from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import Probe, State
 from launcher.processes import pid_runs, processes_of, supervisor_pid, wait_gone  # noqa: F401 - processes_of: tests use it here
-from launcher.records import AliveMarker, Plan, PlanNode
+from launcher.records import AliveMarker, LocalProbeDetails, Plan, PlanNode
 from launcher.rundir import RunDir, atomic_write_text
 
 SUPERVISOR_MODULE = "launcher.entry.supervisor"
@@ -56,7 +56,7 @@ class LocalBackend:
         pid = supervisor_pid(run)
         return Probe(alive=pid is not None and pid_runs(pid, run),
                      ended_as=(State.FAILED, "the run's supervisor is gone without recording an end (killed?)"),
-                     details={"supervisor_pid": pid})
+                     details=LocalProbeDetails(supervisor_pid=pid))
 
     def probe_many(self, runs: list[RunDir]) -> list[Probe]:
         return [self.probe(run) for run in runs]

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
 from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, State
 from launcher.processes import pid_runs
-from launcher.records import SlurmJob
+from launcher.records import SlurmJob, SlurmProbeDetails
 from launcher.rundir import RunDir, atomic_write_text
 from launcher.slurm_env import queue_row
 
@@ -157,9 +158,7 @@ def explain_end(state: str | None, lost: list[str] | None = None) -> tuple[State
 
 def _probe(jid: str | None, state: str | None, nodes: str = "") -> Probe:
     lost = lost_completing(state, nodes)
-    details: dict[str, Any] = {"slurm_job_id": jid, "slurm_state": state}
-    if lost:
-        details["completing_on_lost_nodes"] = lost
+    details = SlurmProbeDetails(slurm_job_id=jid, slurm_state=state, completing_on_lost_nodes=lost or None)
     scheduler = State.PENDING if state in QUEUED else State.RUNNING if state in STARTED else None
     return Probe(alive=state in ACTIVE and not lost, ended_as=explain_end(state, lost), details=details,
                  scheduler_state=scheduler)
@@ -246,7 +245,7 @@ class SlurmBackend:
         # the allocation runs whether or not a step of the run does: its state says nothing of the run's
         return Probe(alive=probe.alive and pid_runs(runner, run),
                      ended_as=(State.FAILED, "the --here runner is gone without recording an end (killed, or the "
-                                             "allocation ended)"), details={**probe.details, "here_runner_pid": runner})
+                                             "allocation ended)"), details=replace(probe.details, here_runner_pid=runner))
 
     def probe_many(self, runs: list[RunDir]) -> list[Probe]:
         """One squeue call for all the runs; scontrol only for a job gone from the queue whose
@@ -292,7 +291,8 @@ class SlurmBackend:
         deadline = time.monotonic() + CANCEL_WAIT_S
         while (probe := self.probe(run)).alive and time.monotonic() < deadline:
             time.sleep(0.5)
-        lost, state = probe.details.get("completing_on_lost_nodes"), probe.details.get("slurm_state")
+        details = probe.details if isinstance(probe.details, SlurmProbeDetails) else SlurmProbeDetails()
+        lost, state = details.completing_on_lost_nodes, details.slurm_state
         run.add_event(Event.CANCELLED, slurm_job_id=jid, **({"completing_on_lost_nodes": lost} if lost else {}))
         if lost:
             return (f"SLURM job {jid} is still COMPLETING on {', '.join(lost)}, which do(es) not answer (a lost node): "
