@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from launcher import submitit_compat
 from launcher.config.schema import JobConfig
 from launcher.rundir import RunDir
 
@@ -115,8 +116,7 @@ def submitit_folder(cfg: JobConfig) -> str:
 
 def submitit_command(cfg: JobConfig) -> str:
     """The command submitit runs in every task (its `_submitit_command_str`, character for character)."""
-    return " ".join([shlex.quote(cfg.run.python or "python"), "-u -m submitit.core._submit",
-                     shlex.quote(submitit_folder(cfg))])
+    return submitit_compat.task_command(cfg.run.python or "python", submitit_folder(cfg))
 
 
 def rdzv_port_expr(cfg: JobConfig) -> str:

@@ -124,3 +124,10 @@ def test_records_are_read_by_field_not_by_string_key() -> None:
 def test_the_string_key_check_finds_what_it_looks_for() -> None:
     src = 'a = beat["beat_at"]\nb = rec.get("slurm_step")\nc = beat.beat_at\n'
     assert string_keyed_reads(ast.parse(src), RECORD_ONLY_KEYS) == [(1, "beat_at"), (2, "slurm_step")]
+
+
+def test_only_the_compat_door_imports_submitit() -> None:
+    # submitit's private hooks and names are fenced in one version-checked module, like Lightning's
+    users = {str(p.relative_to(LAUNCHER)) for p in MODULES if p.name != "submitit_compat.py"
+             if {n for n in imported(p) if n == "submitit" or n.startswith("submitit.")}}
+    assert not users

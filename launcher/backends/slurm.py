@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from launcher import render
+from launcher import render, submitit_compat
 from launcher.backends.base import ANYWHERE, Placement
 from launcher.config.schema import JobConfig
 from launcher.errors import LaunchError
@@ -64,29 +64,6 @@ class _ModuleRef:
 def task_entry(cfg: JobConfig) -> EntryPoint:
     """The call submitit runs in each task: a rank (srun mode) or a node's torchrun agent."""
     return EntryPoint(TASK_MODULE, "run_rank" if cfg.cluster.launch_mode == "srun" else "run_node")
-
-
-def _executor_class() -> type:
-    import submitit
-
-    class LaunchSlurmExecutor(submitit.SlurmExecutor):
-        """submitit's executor with our batch script in place of its generated one."""
-
-        script: str = ""
-        expected_command: str = ""
-        exclude: tuple[str, ...] = ()  # nodes this submission must not use (lost ones: entry/requeue.replace_job)
-
-        def _make_submission_command(self, submission_file_path: Path) -> list[str]:
-            # on sbatch's command line, so that the script stays exactly what `launch render` prints
-            return ["sbatch", *([f"--exclude={','.join(self.exclude)}"] if self.exclude else []),
-                    str(submission_file_path)]
-
-        def _make_submission_file_text(self, command: str, uid: str) -> str:
-            if command != self.expected_command:
-                raise RuntimeError(f"submitit's task command changed: {command!r} != {self.expected_command!r}")
-            return self.script
-
-    return LaunchSlurmExecutor
 
 
 def require_tools(cfg: JobConfig) -> None:
@@ -182,10 +159,8 @@ class SlurmBackend:
             self._start_here(cfg, run, placement.inside)
             return
         exclude = placement.exclude
-        executor = _executor_class()(folder=render.submitit_folder(cfg), python=shlex.quote(cfg.run.python))
-        executor.script = render.render_sbatch(cfg)
-        executor.expected_command = render.submitit_command(cfg)
-        executor.exclude = exclude
+        executor = submitit_compat.executor(render.submitit_folder(cfg), shlex.quote(cfg.run.python),
+                                            render.render_sbatch(cfg), render.submitit_command(cfg), exclude)
         per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
         executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
         try:
@@ -200,8 +175,6 @@ class SlurmBackend:
     def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
         """Submit a sweep's runs as one job array; each run keeps its own directory and job id
         (ARRAYID_INDEX). Held until every task's pickled call is in place, then released."""
-        import submitit
-
         require_tools(cfgs[0])
         script = folder / "array.sbatch"
         atomic_write_text(script, render.render_sbatch_array(cfgs, str(folder)))
@@ -213,8 +186,7 @@ class SlurmBackend:
             for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
                 jid = f"{array_id}_{i}"
                 run.submitit.mkdir(exist_ok=True)
-                submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(
-                    run.submitit / f"{jid}_submitted.pkl")
+                submitit_compat.dump_task(task_entry(cfg), cfg.run.dir, run.submitit / f"{jid}_submitted.pkl")
                 atomic_write_text(run.slurm_record, SlurmJob(jid, array_job_id=array_id).dumps())
                 run.add_event(Event.QUEUED, slurm_job_id=jid)
             subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
@@ -226,10 +198,8 @@ class SlurmBackend:
     def _start_here(self, cfg: JobConfig, run: RunDir, allocation: str) -> None:
         """`launch submit --here`: the run's batch script as srun steps of `allocation` (the one this
         shell is in), under a detached runner (launcher/entry/here.py)."""
-        import submitit
-
         run.submitit.mkdir(exist_ok=True)
-        submitit.helpers.DelayedSubmission(task_entry(cfg), cfg.run.dir).dump(run.submitit / f"{allocation}_submitted.pkl")
+        submitit_compat.dump_task(task_entry(cfg), cfg.run.dir, run.submitit / f"{allocation}_submitted.pkl")
         python = cfg.run.launcher_python or cfg.run.python
         with open(run.console, "ab") as out:
             proc = subprocess.Popen([python, "-m", HERE_MODULE, str(run.path)], stdout=out, stderr=subprocess.STDOUT,
