@@ -42,9 +42,9 @@ class Record:
         """The record in `path`, or None if it is missing or torn."""
         try:
             data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            return cls.from_json(data) if isinstance(data, dict) else None
+        except (OSError, json.JSONDecodeError, TypeError):  # TypeError: a required field is missing
             return None
-        return cls.from_json(data) if isinstance(data, dict) else None
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -61,7 +61,7 @@ class Record:
 class RankError(Record):
     """A rank's Python failure (errors/rank-N.json), or the cause an attempt's end names."""
 
-    rank: int | None
+    rank: int | None = None
     host: str = "?"
     type: str = ""
     message: str = ""
