@@ -140,3 +140,33 @@ def test_a_background_copy_is_its_own_and_a_failed_write_is_raised() -> None:
     with pytest.raises(OSError, match="No space left"):
         writer.wait()
     writer.wait()  # raised once
+
+
+def test_a_background_sharded_save_writes_the_callbacks_state_of_its_own_step(one_rank, tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    """The write finishes after training went on; an epoch end in between (ModelCheckpoint adding a
+    best model to its live dict) must not reach the checkpoint: it would no longer load."""
+    from types import SimpleNamespace
+
+    from launcher.runtime import fsdp
+
+    published, release = threading.Event(), threading.Event()
+    real_publish = fsdp._publish
+
+    def held_publish(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        release.wait(30)
+        real_publish(*args, **kwargs)
+        published.set()
+
+    monkeypatch.setattr(fsdp, "_publish", held_publish)
+    best = {"epoch=0.ckpt": torch.tensor(0.5)}
+    checkpoint = {"state_dict": {"w": torch.ones(2)}, "optimizer_states": [], "global_step": 45,
+                  "callbacks": {"ModelCheckpoint": {"best_k_models": best, "kth_best_model_path": ""}}}
+    strategy = SimpleNamespace(background=BackgroundWriter(), broadcast=lambda value: value, _checkpoint_group=None)
+    fsdp.LaunchFSDPStrategy.save_checkpoint_in_background(strategy, checkpoint, tmp_path / "resume.ckpt")
+    best["epoch=1.ckpt"] = torch.tensor(0.7)  # the epoch end, while the write is under way
+    release.set()
+    strategy.background.wait()
+    assert published.is_set()
+    meta = torch.load(tmp_path / "resume.ckpt" / fsdp.META, weights_only=False)
+    assert list(meta["callbacks"]["ModelCheckpoint"]["best_k_models"]) == ["epoch=0.ckpt"]

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from launcher.rundir import CHECKPOINT_MARKER, SHARDED_META, atomic_open, atomic_write_text, fsync_dir
 from launcher.runtime import lightning_compat as compat
-from launcher.runtime.checkpoint_io import BackgroundWriter
+from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
 from launcher.runtime.strategy import ExactData
 
 META = SHARDED_META
@@ -143,8 +143,12 @@ class LaunchFSDPStrategy(ExactData, ModelParallelStrategy):
         in a thread; rank zero publishes the checkpoint when all shards are on disk."""
         self.background.wait()
         path = Path(self.broadcast(str(filepath)))
-        save_sharded_in_background(split_checkpoint(checkpoint), checkpoint, path, self._checkpoint_group,
-                                   self.background)
+        shards = split_checkpoint(checkpoint)
+        # meta.pt is written later, by the thread: copy it now. Callbacks' states hold their live
+        # containers (ModelCheckpoint's best_k_models dict): an epoch end during the write would
+        # change them under it and save a state that cannot be loaded (a best_k_models entry more
+        # than its kth_best_model_path says: KeyError '' at the next epoch end after the resume).
+        save_sharded_in_background(shards, cpu_copy(checkpoint), path, self._checkpoint_group, self.background)
 
     def teardown(self) -> None:
         self.background.wait()
