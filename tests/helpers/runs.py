@@ -102,12 +102,19 @@ def kill_every_process(run_dir: Path) -> None:
     from launcher.rundir import RunDir
 
     run = RunDir(run_dir)
-    for pid in [int(run.supervisor_pid.read_text())] + processes_of(run):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    wait_for(lambda: not processes_of(run), 30, "every process gone", run_dir)
+
+    def kill(pids: list[int]) -> list[int]:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids
+
+    kill([int(run.supervisor_pid.read_text())])
+    # Again until none is left: a process forked while the list was read (a data-loader worker,
+    # a rank an agent was restarting) is not in it, and a crash takes it too.
+    wait_for(lambda: not kill(processes_of(run)), 30, "every process gone", run_dir)
 
 
 def rank_pid(run_dir: Path, rank: int) -> int:
