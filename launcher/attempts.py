@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.lifecycle import Event, last_event, this_attempt
-from launcher.records import AliveMarker, Preemption, RankError
+from launcher.events import Event, EventRecord, Preempted, Requeued, Restarted, Stalled, Trained
+from launcher.lifecycle import last_event, this_attempt
+from launcher.records import AliveMarker, Progress, RankError
 from launcher.rundir import RunDir
 
 # A rank that fails in a collective because another rank died or hung: an echo, not the cause.
@@ -108,22 +109,23 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     of the earlier restarts too. `lost_nodes` (nodes that no longer answer, found by the SLURM end
     hook) are the cause whatever the ranks said: their ranks died with them, the others echoed it.
     """
-    events = run.read_events()
-    last = last_event(events, Event.TRAINED)
-    if exit_code == 0 and last is not None and not last.get("interrupted"):
-        run.add_event(Event.FINISHED, elapsed_s=elapsed_s, global_step=last.get("global_step"))
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.get("metrics", {}).items()))
-        return Ending(True, False, f"completed in {elapsed_s} s: step {last.get('global_step')}, {shown}")
+    events = run.history()
+    progress = Progress.read(run.progress)
+    last = last_event(events, Trained)
+    if exit_code == 0 and last is not None and not last.interrupted:
+        run.add_event(Event.FINISHED, elapsed_s=elapsed_s, global_step=last.global_step)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.metrics.items()))
+        return Ending(True, False, f"completed in {elapsed_s} s: step {last.global_step}, {shown}")
     err = first_error(run, started_at)
-    stalled = last_event(this_attempt(events), Event.STALLED)
+    stalled = last_event(this_attempt(events), Stalled)
     if stalled is not None:  # the supervisor stopped it: that is the cause, whatever the ranks said then
-        err = RankError(stalled.get("rank"), stalled.get("host", "?"), "Stalled",
-                        f"no progress for {stalled.get('idle_s')} s since step {stalled.get('step')} "
-                        f"(job.stall_timeout_s = {stalled.get('timeout_s')}); stopped")
+        err = RankError(stalled.rank, stalled.host, "Stalled",
+                        f"no progress for {stalled.idle_s} s since step {stalled.step} "
+                        f"(job.stall_timeout_s = {stalled.timeout_s}); stopped")
     if lost_nodes:
         on_them = sorted(d.rank for d in dead_ranks(run, started_at) if d.host in lost_nodes)
         err = RankError(on_them[0] if on_them else None, ",".join(lost_nodes), "NodeLost",
-                        f"node {', '.join(lost_nodes)} lost at step {run.read_progress().get('global_step', '?')} "
+                        f"node {', '.join(lost_nodes)} lost at step {progress.global_step if progress else '?'} "
                         "(its slurmd does not answer)"
                         + (f"; rank(s) {', '.join(map(str, on_them))} died with it" if on_them else ""))
     if err and err.type == "NodeLost":
@@ -134,34 +136,34 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
         message = "the ranks exited without completing training"
     else:
         message = f"the ranks exited with {exit_code}; see {run.logs}"
-    earlier = [e for e in events if e.get("event") == Event.RESTARTED]
+    earlier = [e for e in events if isinstance(e, Restarted)]
     kind = failure_kind(err) if (err or exit_code) else "code"
-    reached = run.read_progress().get("global_step")  # how far this attempt got (the ledger's recomputed steps)
+    reached = progress.global_step if progress else None  # how far this attempt got (the ledger's recomputed steps)
     if restart_on != "never" and (restart_on == "any" or kind == "infrastructure") and len(earlier) < max_restarts:
         run.add_event(Event.RESTARTED, restart=len(earlier) + 1, cause=message, kind=kind, exit_code=exit_code,
                       rank=err.rank if err else None, elapsed_s=elapsed_s, step_reached=reached)
         return Ending(False, True, f"failed after {elapsed_s} s ({message}): restart {len(earlier) + 1} of "
                                    f"{max_restarts} (job.restart_on = {restart_on!r})")
     if earlier:
-        message += f"; after {len(earlier)} restart(s): " + "; ".join(e.get("cause", "?")[:200] for e in earlier)
+        message += f"; after {len(earlier)} restart(s): " + "; ".join(e.cause[:200] for e in earlier)
     run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,
                   rank=err.rank if err else None, error=message, step_reached=reached)
     return Ending(False, False, f"failed after {elapsed_s} s: {message}")
 
 
-def requeue_fields(preempted: Mapping[str, Any]) -> dict[str, Any]:
+def requeue_fields(preempted: Preempted | None) -> dict[str, Any]:
     """What a `requeued` event records of the preemption it follows: the step saved, and the time
     from the signal to the attempt's exit (what `grace_warning` compares with the grace)."""
-    info = Preemption.from_json({"step": None, **preempted})
+    info = preempted or Preempted()
     return {"after_step": info.step,
             "signal_to_exit_s": round(time.time() - info.signal_at, 3) if info.signal_at else None}
 
 
-def grace_warning(events: Sequence[Mapping[str, Any]], grace_s: int) -> str | None:
+def grace_warning(events: Sequence[Mapping[str, Any] | EventRecord], grace_s: int) -> str | None:
     """A warning when the last preemption took more than half the grace (signal to exit, saving
     included): the next one may not fit, and a save cut short by SIGKILL is lost work."""
-    last = last_event(events, Event.REQUEUED)
-    used = (last or {}).get("signal_to_exit_s")
+    last = last_event(events, Requeued)
+    used = last.signal_to_exit_s if last else None
     if used is None or used <= grace_s / 2:
         return None
     return (f"the last preemption took {used:.0f} s from the signal to the exit, more than half of the "

@@ -17,8 +17,9 @@ from launcher import backends, config, dependencies, sweep
 from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
+from launcher.events import Exported, Predicted, Tuned
 from launcher.ledger import ledger
-from launcher.lifecycle import Event, RunStatus, State, last_event
+from launcher.lifecycle import RunStatus, State, last_event
 from launcher.report import status_report
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
@@ -168,7 +169,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     rows = [("RUN", "JOB", "STATE", "STEP", "EPOCH", "RESTARTS", "GOODPUT", "SUBMITTED")]
     now = time.time()
     for run, info in zip(runs, backends.statuses(runs), strict=True):
-        book = ledger(run.read_events(), now)
+        book = ledger(run.history(), now)
         good = f"{book.goodput:.2f}" if book and book.goodput is not None else "-"
         rows.append((run.run_id, run.job_name, info.state, str(info.global_step), str(info.epoch),
                      str(info.restarts), good, str(info.submitted_at or "")))
@@ -283,13 +284,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     code = _tool("tune", [str(run.path), *flags, "--max-trials", str(args.max_trials)], cfg)
     if code != 0:
         raise LaunchError(f"tuning failed (exit {code}); see the output above")
-    found = json.loads(run.tune_result.read_text())
+    found = Tuned.from_json(json.loads(run.tune_result.read_text()))
     tuned = run.tuned_job
     if args.out:
         shutil.copyfile(tuned, args.out)
         tuned = Path(args.out)
-    shown = ", ".join(f"{found.get('lr_key', k) if k == 'lr' else 'data.init_args.batch_size'} = {v:.4g}"
-                      for k, v in found.items() if k in ("lr", "batch_size"))
+    shown = ", ".join(f"{key} = {value:.4g}" for key, value in (("data.init_args.batch_size", found.batch_size),
+                                                                 (found.lr_key or "lr", found.lr)) if value is not None)
     print(f"found: {shown}", file=sys.stderr)
     print(f"the job with these values: {tuned}  (launch submit {tuned})", file=sys.stderr)
     print(tuned)
@@ -302,11 +303,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     code = _tool("predict", [str(run.path), args.ckpt], cfg)
     if code != 0:
         raise LaunchError(f"{run.path}: predict failed (exit {code}); see the output above")
-    last = last_event(run.read_events(), Event.PREDICTED)
-    if last is None or not Path(last["output"]).is_file():
+    last = last_event(run.history(), Predicted)
+    if last is None or not Path(last.output).is_file():
         raise LaunchError(f"{run.path}: predict wrote nothing")
-    print(f"{last['count']} predictions from {Path(last['checkpoint']).name}", file=sys.stderr)
-    print(last["output"])
+    print(f"{last.count} predictions from {Path(last.checkpoint).name}", file=sys.stderr)
+    print(last.output)
     return 0
 
 
@@ -315,10 +316,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     cfg = config.load_resolved(run.config)
     out = Path(args.out).resolve()
     code = _tool("export", [str(run.path), args.ckpt, str(out)], cfg)
-    last = last_event(run.read_events(), Event.EXPORTED)
-    if code != 0 or last is None or last["output"] != str(out):
+    last = last_event(run.history(), Exported)
+    if code != 0 or last is None or last.output != str(out):
         raise LaunchError(f"{run.path}: export failed (exit {code}); see the output above")
-    print(f"{last['tensors']} tensors ({last['parameters']:,} values) from {Path(last['checkpoint']).name}",
+    print(f"{last.tensors} tensors ({last.parameters:,} values) from {Path(last.checkpoint).name}",
           file=sys.stderr)
     print(out)
     return 0

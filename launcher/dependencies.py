@@ -17,7 +17,8 @@ from typing import Any
 from launcher import backends
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event, State, last_event
+from launcher.events import Started, Submitted
+from launcher.lifecycle import State, last_event
 from launcher.rundir import RunDir, find_run
 
 CONDITIONS = ("ok", "any")
@@ -72,11 +73,11 @@ def slurm_dependency(cfg: JobConfig, afters: list[After]) -> str:
 
 def recorded(run: RunDir) -> list[After]:
     """The runs this one waits for: none once it has started (a resumed run does not wait again)."""
-    events = run.read_events()
-    submitted = last_event(events, Event.SUBMITTED) or {}
-    if last_event(events, Event.STARTED) is not None:
+    events = run.history()
+    submitted = last_event(events, Submitted)
+    if submitted is None or last_event(events, Started) is not None:
         return []
-    return [After(RunDir(Path(a["run_dir"])), a["when"]) for a in submitted.get("after", [])]
+    return [After(RunDir(Path(a.run_dir)), a.when) for a in submitted.dependencies]
 
 
 def waiting_for(run: RunDir) -> list[str]:

@@ -22,12 +22,24 @@ requeue and stopped phases.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.lifecycle import Event
+from launcher.events import (
+    Event,
+    EventRecord,
+    Failed,
+    Finished,
+    Preempted,
+    Restarted,
+    Resumed,
+    ResumeRequested,
+    Submitted,
+    Trained,
+    parse,
+    typed,
+)
 
 PHASES = ("queue", "requeue", "stopped", "start-up", "training", "checkpoints", "stopping", "finishing",
           "unrecorded")
@@ -74,48 +86,43 @@ class Ledger:
         return f"wall {self.wall_s:.0f} s: {shown}{again}{good}"
 
 
-def when(event: Mapping[str, Any]) -> float | None:
+def when(event: Mapping[str, Any] | EventRecord) -> float | None:
     """An event's time: its `t` (seconds), else its ISO `time` (to the second)."""
-    if isinstance(event.get("t"), int | float):
-        return float(event["t"])
-    try:
-        return dt.datetime.fromisoformat(str(event["time"])).timestamp()
-    except (KeyError, ValueError):
-        return None
+    return parse(event).at
 
 
-def ledger(events: Sequence[Mapping[str, Any]], now: float) -> Ledger | None:
+def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> Ledger | None:
     """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`."""
-    timed = [(t, e) for e in events if (t := when(e)) is not None]
-    start = next((i for i, (_, e) in enumerate(timed) if e.get("event") == Event.SUBMITTED), None)
+    history = typed(events)
+    timed = [(t, e) for e in history if (t := e.at) is not None]
+    start = next((i for i, (_, e) in enumerate(timed) if isinstance(e, Submitted)), None)
     if start is None:
         return None
     timed = timed[start:]
     phases = dict.fromkeys(PHASES, 0.0)
     phase = "queue"
-    ended = timed[-1][1].get("event") in ENDS
+    ended = timed[-1][1].event in ENDS
     ends = [t for t, _ in timed[1:]] + [timed[-1][0] if ended else max(now, timed[-1][0])]
     for i, ((t, e), t_next) in enumerate(zip(timed, ends, strict=True)):
-        phase = PHASE_AFTER.get(str(e.get("event")), phase)
-        if e.get("event") == Event.PREEMPTED and e.get("save_s"):
-            saved = min(float(e["save_s"]), phases["training"])
+        phase = PHASE_AFTER.get(e.event, phase)
+        if isinstance(e, Preempted) and e.save_s:
+            saved = min(float(e.save_s), phases["training"])
             phases["training"] -= saved
             phases["checkpoints"] += saved
-        resumed_next = i + 1 < len(timed) and timed[i + 1][1].get("event") == Event.RESUME_REQUESTED
+        resumed_next = i + 1 < len(timed) and isinstance(timed[i + 1][1], ResumeRequested)
         # an attempt that died without a record (its machine lost): from its last record to the resume
         counted = "unrecorded" if resumed_next and phase not in UNALLOCATED else phase
         phases[counted] += max(0.0, t_next - t)
     reached, again = None, 0
-    for e in events:  # steps trained twice: died after step M, resumed at S < M
-        name = e.get("event")
-        if name in (Event.RESTARTED, Event.FAILED) and e.get("step_reached") is not None:
-            reached = int(e["step_reached"])
-        elif name == Event.RESUMED and reached is not None:
-            again += max(0, reached - int(e.get("global_step", reached)))
+    for e in history:  # steps trained twice: died after step M, resumed at S < M
+        if isinstance(e, Restarted | Failed) and e.step_reached is not None:
+            reached = int(e.step_reached)
+        elif isinstance(e, Resumed) and reached is not None:
+            again += max(0, reached - int(e.global_step if e.global_step is not None else reached))
             reached = None
-    trained = max([int(e.get("global_step") or 0) for e in events if e.get("event") in (Event.TRAINED, Event.FINISHED)]
-                  + [int(e.get("step") or 0) for e in events if e.get("event") == Event.PREEMPTED]
-                  + [int(e.get("step_reached") or 0) for e in events if "step_reached" in e] + [0])
+    trained = max([int(e.global_step or 0) for e in history if isinstance(e, Trained | Finished)]
+                  + [int(e.step or 0) for e in history if isinstance(e, Preempted)]
+                  + [int(e.step_reached or 0) for e in history if isinstance(e, Restarted | Failed)] + [0])
     step_s = phases["training"] / (trained + again) if trained + again else 0.0
     wall = ends[-1] - timed[0][0]
     return Ledger(wall_s=wall, phases=phases, recomputed_s=min(again * step_s, phases["training"]),

@@ -1,8 +1,8 @@
-"""A run's lifecycle: the events it records, the state each implies, and its typed status.
+"""A run's lifecycle: the state each event (events.py) implies, and its typed status.
 
 `events.jsonl` is the run's own history; a backend probe (is the supervisor or the SLURM job
 still there?) covers what the history cannot say, such as a run killed without a word. Every
-event name is spelled here and only here. `summarize` is pure: events + progress + probe in,
+event name is spelled in events.py, with its payload. `summarize` is pure: events + progress + probe in,
 `RunStatus` out, so every state is unit-tested without processes. How an attempt ended and the
 restart policy live in attempts.py; stalls (heartbeats) in stalls.py.
 """
@@ -12,35 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from launcher.records import ProbeDetails, SlurmProbeDetails, probe_details
+from launcher.events import Event, EventRecord, Failed, Started, Trained, typed
+from launcher.records import ProbeDetails, Progress, SlurmProbeDetails, probe_details
 from launcher.rundir import RunDir
 
-
-class Event(StrEnum):
-    """The records of `events.jsonl` (a StrEnum: written and compared as the plain string)."""
-
-    SUBMITTED = "submitted"  # the CLI made the run directory
-    QUEUED = "queued"  # sbatch accepted the job (SLURM)
-    STARTED = "started"  # an attempt began (supervisor or batch script)
-    TRAINING_STARTED = "training_started"  # rank zero built the Trainer
-    FIRST_STEP = "first_step"  # the attempt's first optimizer step ended
-    PREEMPTED = "preempted"  # every rank agreed to stop; the checkpoint is saved
-    REQUEUED = "requeued"  # the run is queued again after a preemption
-    REQUEUE_FAILED = "requeue_failed"  # `scontrol requeue` refused
-    RESTARTED = "restarted"  # an attempt failed and the run restarts by itself (job.restart_on)
-    STALLED = "stalled"  # a rank made no progress for job.stall_timeout_s: the supervisor stops the attempt
-    RESUMED = "resumed"  # an attempt restored a checkpoint
-    TRAINED = "trained"  # fit (and test) ended on rank zero
-    FINISHED = "finished"  # the attempt ended and training completed
-    FAILED = "failed"  # the attempt ended without completing
-    CANCEL_REQUESTED = "cancel_requested"  # launch cancel asked SLURM to stop the job
-    CANCELLED = "cancelled"  # a person stopped the run
-    RESUME_REQUESTED = "resume_requested"  # launch resume handed the run to its backend again
-    PREDICTED = "predicted"  # launch predict wrote predictions
-    EXPORTED = "exported"  # launch export wrote a consolidated checkpoint
-    TUNED = "tuned"  # launch tune wrote a tuned job file
+E = TypeVar("E", bound=EventRecord)
 
 
 class State(StrEnum):
@@ -141,57 +119,60 @@ class RunStatus:
         return out
 
 
-def summarize(events: Sequence[Mapping[str, Any]], progress: Mapping[str, Any], probe: Probe, *,
-              run_id: str, job: str, run_dir: str, backend: str) -> RunStatus:
+def summarize(events: Sequence[Mapping[str, Any] | EventRecord], progress: Mapping[str, Any] | Progress,
+              probe: Probe, *, run_id: str, job: str, run_dir: str, backend: str) -> RunStatus:
     """A run's status from its history and one backend probe.
 
     The state is the one implied by the last lifecycle event; a run whose history says pending or
     running but whose supervisor or job is gone takes the backend's explanation (`ended_as`). The
     step and metrics come from rank zero's final `trained` record, else from `progress.json`.
     """
+    history = typed(events)
+    at = progress if isinstance(progress, Progress) else Progress.from_json(progress)
     state, times, restarts = State.UNKNOWN, {}, -1
-    error = exit_code = failed_rank = None
-    for ev in events:
-        name = ev.get("event")
-        if name in STATE_OF_EVENT:
-            state = STATE_OF_EVENT[Event(name)]
-            times[str(name)] = ev.get("time")
-        if name == Event.STARTED:
+    failed: Failed | None = None
+    for ev in history:
+        if ev.event in STATE_OF_EVENT:
+            state = STATE_OF_EVENT[Event(ev.event)]
+            times[ev.event] = ev.time
+        if isinstance(ev, Started):
             restarts += 1
-        if name == Event.FAILED:
-            error, exit_code, failed_rank = ev.get("error"), ev.get("exit_code"), ev.get("rank")
+        if isinstance(ev, Failed):
+            failed = ev
+    error = failed.error if failed else None
     if state in ACTIVE_STATES and not probe.alive and probe.ended_as is not None:
         state, why = probe.ended_as
         error = error or why
     elif state in ACTIVE_STATES and probe.alive and probe.scheduler_state is not None:
         state = probe.scheduler_state
-    trained = last_event(events, Event.TRAINED)
-    position = trained or progress
+    trained = last_event(history, Trained)
     return RunStatus(
         run_id=run_id, job=job, run_dir=run_dir, backend=backend, state=state,
-        global_step=position.get("global_step", 0), epoch=position.get("epoch", 0),
-        restarts=max(restarts, 0), world_size=progress.get("world_size"),
-        metrics=(trained or {}).get("metrics") or progress.get("metrics", {}),
-        error=error, exit_code=exit_code, failed_rank=failed_rank, times=times, details=probe.details,
-        note=(trained or {}).get("note"),
+        global_step=trained.global_step if trained else at.global_step, epoch=trained.epoch if trained else at.epoch,
+        restarts=max(restarts, 0), world_size=at.world_size,
+        metrics=dict((trained.metrics if trained else None) or at.metrics),
+        error=error, exit_code=failed.exit_code if failed else None, failed_rank=failed.rank if failed else None,
+        times=times, details=probe.details, note=trained.note if trained else None,
     )
 
 
 def status_of(run: RunDir, probe: Probe, backend: str) -> RunStatus:
     """`summarize` over the run directory's own files."""
-    return summarize(run.read_events(), run.read_progress(), probe, run_id=run.run_id, job=run.job_name,
-                     run_dir=str(run.path), backend=backend)
+    return summarize(run.history(), Progress.read(run.progress) or Progress(), probe, run_id=run.run_id,
+                     job=run.job_name, run_dir=str(run.path), backend=backend)
 
 
-def last_event(events: Sequence[Mapping[str, Any]], name: Event) -> Mapping[str, Any] | None:
-    return next((ev for ev in reversed(events) if ev.get("event") == name), None)
+def last_event(events: Sequence[Mapping[str, Any] | EventRecord], kind: type[E]) -> E | None:
+    """The newest event of this kind (an events.py class)."""
+    return next((ev for ev in reversed(typed(events)) if isinstance(ev, kind)), None)
 
 
-def this_attempt(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+def this_attempt(events: Sequence[Mapping[str, Any] | EventRecord]) -> list[EventRecord]:
     """The events since the last `started` (the current or last attempt)."""
-    last_start = max((i for i, e in enumerate(events) if e.get("event") == Event.STARTED), default=-1)
-    return list(events[last_start + 1:])
+    history = typed(events)
+    last_start = max((i for i, e in enumerate(history) if isinstance(e, Started)), default=-1)
+    return history[last_start + 1:]
 
 
-def names(events: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [str(e.get("event")) for e in events]
+def names(events: Sequence[Mapping[str, Any] | EventRecord]) -> list[str]:
+    return [e.event for e in typed(events)]

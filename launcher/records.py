@@ -12,7 +12,8 @@ use the fields, never string keys (tests/test_layout.py looks for them).
 | Heartbeat | heartbeats/rank-N.json | every rank's heartbeat thread | stalls, status |
 | Plan | plan.json | the local backend | entry/supervisor.py |
 | SlurmJob | slurm.json | the SLURM backend, entry/requeue.py | backends/slurm.py |
-| Preemption | the `preempted` event's payload | rank zero (runtime/preemption.py) | attempts.requeue_fields |
+| Preemption | the `preempted` event's payload | rank zero (runtime/preemption.py) | (events.Preempted reads it) |
+| Progress | progress.json | rank zero (runtime/progress.py) | lifecycle.summarize, attempts |
 | Local/SlurmProbeDetails | (in memory) what a backend's probe saw | backends/ | status --json, cli, dependencies |
 """
 
@@ -156,6 +157,19 @@ class Preemption(Record):
     signal_to_saved_s: float | None = None
     save_s: float | None = None
     checkpoint_bytes: int | None = None  # rank zero's view of the checkpoint's size
+
+
+@dataclass(frozen=True)
+class Progress(Record):
+    """progress.json: where rank zero is (kept current by runtime/progress.py, at most 20 times a second)."""
+
+    stage: str = ""
+    global_step: int = 0
+    epoch: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    world_size: int | None = None
+    time: float | None = None
+    pid: int | None = None
 
 
 @dataclass(frozen=True)

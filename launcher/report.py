@@ -11,8 +11,9 @@ from launcher import backends, config, dependencies
 from launcher.attempts import grace_warning
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
+from launcher.events import Restarted, Started
 from launcher.ledger import ledger
-from launcher.lifecycle import Event, State, last_event
+from launcher.lifecycle import State, last_event
 from launcher.rundir import RunDir
 from launcher.stalls import STALL_REPORT_S, describe_stall, find_stall
 
@@ -28,11 +29,12 @@ def frozen_config(run: RunDir) -> JobConfig | None:
 def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     """(the --json dict, the lines `launch status` prints)."""
     info = backends.status(run)
-    events, cfg, now, beats = run.read_events(), frozen_config(run), time.time(), run.read_heartbeats()
+    events, cfg, now, beats = run.history(), frozen_config(run), time.time(), run.read_heartbeats()
     waiting = dependencies.waiting_for(run) if info.state == State.PENDING else []
     warning = grace_warning(events, cfg.cluster.signal_grace_s) if cfg else None
     book = ledger(events, now)
-    since = float((last_event(events, Event.STARTED) or {}).get("t", 0))
+    started = last_event(events, Started)
+    since = (started.at if started else None) or 0.0
     after = min(STALL_REPORT_S, cfg.job.stall_timeout_s) if cfg else STALL_REPORT_S
     stalled = find_stall(beats, now, since, after) if info.state == State.RUNNING else None
     slowest = max((b.slowest_step_s for b in beats), default=0.0)
@@ -42,8 +44,8 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     lines = [f"run       {info.run_id} ({info.job})", f"state     {info.state}"]
     lines += [f"waiting   for {line}" for line in waiting]
     lines.append(f"progress  step {info.global_step}, epoch {info.epoch}, restarts {info.restarts}")
-    lines += [f"restart   #{e.get('restart')} after {e.get('elapsed_s')} s: {e.get('cause')}"
-              for e in events if e.get("event") == Event.RESTARTED]  # job.restart_on: each one and its cause
+    lines += [f"restart   #{e.restart} after {e.elapsed_s} s: {e.cause}"
+              for e in events if isinstance(e, Restarted)]  # job.restart_on: each one and its cause
     lines += [f"  {key:<14} {value:.6g}" for key, value in sorted(info.metrics.items())]
     for label, text in (("error", info.error), ("note", info.note), ("warning", warning),
                         ("stalled", describe_stall(stalled) if stalled else None)):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from launcher.errors import LaunchError
+from launcher.events import EventRecord, typed
 from launcher.records import Heartbeat
 
 
@@ -355,6 +356,10 @@ class RunDir:
                     with contextlib.suppress(json.JSONDecodeError):
                         events.append(json.loads(line[start:]))
         return events
+
+    def history(self) -> list[EventRecord]:
+        """events.jsonl as typed records (launcher/events.py): what launch's own readers use."""
+        return typed(self.read_events())
 
     def read_progress(self) -> dict[str, Any]:
         try:

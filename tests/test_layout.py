@@ -4,9 +4,12 @@ size, the one-way imports, and event names spelled only in lifecycle.py. Pure an
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
+
+from launcher import events, records
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "launcher"
 MODULES = sorted(LAUNCHER.rglob("*.py"))
@@ -107,7 +110,8 @@ def string_keyed_reads(tree: ast.AST, keys: set[str]) -> list[tuple[int, str]]:
     """`x["key"]` and `x.get("key")` reads of any of `keys`."""
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in keys:
+        if (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and isinstance(node.slice, ast.Constant)
+                and node.slice.value in keys):
             found.append((node.lineno, node.slice.value))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
               and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys):
@@ -122,8 +126,46 @@ def test_records_are_read_by_field_not_by_string_key() -> None:
 
 
 def test_the_string_key_check_finds_what_it_looks_for() -> None:
-    src = 'a = beat["beat_at"]\nb = rec.get("slurm_step")\nc = beat.beat_at\n'
+    src = 'a = beat["beat_at"]\nb = rec.get("slurm_step")\nc = beat.beat_at\nfields["beat_at"] = 1\n'
     assert string_keyed_reads(ast.parse(src), RECORD_ONLY_KEYS) == [(1, "beat_at"), (2, "slurm_step")]
+
+
+# Field names of the event payloads (launcher/events.py) and progress.json that mean nothing else
+# in launch (the shared ones, such as "step" or "epoch", are also checkpoint and config keys).
+SHARED_KEYS = {"event", "time", "t", "backend", "profile", "step", "lr", "lr_key", "batch_size", "global_step",
+               "epoch", "world_size", "metrics", "run_id", "code", "here", "pid", "host", "rank", "error", "output",
+               "checkpoint", "count", "signal", "kind", "note", "stage", "attempt", "when", "run_dir", "sweep", "point"}
+
+
+def test_events_are_read_as_typed_records() -> None:
+    """Every reader in launch takes `RunDir.history()` (events.py's dataclasses, which have no
+    string keys to read), never the raw `read_events()`; and no payload field is read by string."""
+    raw = {str(p.relative_to(LAUNCHER)) for p in MODULES if p.name != "rundir.py" and "read_events(" in p.read_text()}
+    assert not raw
+    typed = set().union(*({f.name for f in dataclasses.fields(cls)} for cls in
+                          [*events.PAYLOADS.values(), events.Dependency, records.Progress]))
+    keys = typed - SHARED_KEYS
+    assert {"signal_to_exit_s", "step_reached", "save_s", "interrupted", "cause"} <= keys
+    reads = {str(p.relative_to(LAUNCHER)): found for p in MODULES if p.name not in ("events.py", "records.py")
+             if (found := string_keyed_reads(ast.parse(p.read_text()), keys))}
+    assert not reads
+
+
+def test_every_event_field_a_writer_records_is_typed() -> None:
+    """A key an `add_event` call writes that its payload class does not name would be read back
+    as nothing: each call's keyword names are fields of its event's class."""
+    missing = {}
+    for path in MODULES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_event"
+                    and node.args and isinstance(node.args[0], ast.Attribute) and node.args[0].value.id == "Event"):
+                continue
+            cls = events.PAYLOADS[events.Event[node.args[0].attr]]
+            names = {f.name for f in dataclasses.fields(cls)}
+            extra = {k.arg for k in node.keywords if k.arg is not None} - names
+            if extra:
+                missing[f"{path.relative_to(LAUNCHER)}:{node.lineno}"] = sorted(extra)
+    assert not missing
 
 
 def test_only_the_compat_door_imports_submitit() -> None:

@@ -144,8 +144,8 @@ def _probe(jid: str | None, state: str | None, nodes: str = "") -> Probe:
 def _recorded_end(run: RunDir) -> bool:
     """Whether the run's own history already says it ended (no need to ask scontrol why)."""
     state = None
-    for ev in run.read_events():
-        state = STATE_OF_EVENT.get(ev.get("event"), state)
+    for ev in run.history():
+        state = STATE_OF_EVENT.get(ev.event, state)
     return state in TERMINAL_STATES
 
 

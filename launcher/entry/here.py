@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config import load_resolved
-from launcher.lifecycle import Event, names, this_attempt
+from launcher.events import Event
+from launcher.lifecycle import names, this_attempt
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, queue_state
 
@@ -61,7 +62,7 @@ def main(argv: list[str]) -> int:
             script = subprocess.Popen(["bash", str(run.batch_script)], stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL, cwd=cfg.run.workdir or None, env=env)
             code = script.wait()
-        attempt = names(this_attempt(run.read_events()))
+        attempt = names(this_attempt(run.history()))
         if Event.CANCEL_REQUESTED in attempt:  # launch cancel: the ranks saved; the run ends here
             run.add_event(Event.CANCELLED, slurm_job_id=current_job_id())
             return 0

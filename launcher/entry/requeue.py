@@ -20,7 +20,8 @@ from typing import Any
 from launcher.attempts import dead_ranks
 from launcher.config import load_resolved
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event, last_event, this_attempt
+from launcher.events import CancelRequested, Event, Stalled
+from launcher.lifecycle import last_event, this_attempt
 from launcher.records import SlurmJob
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, queue_state
@@ -39,8 +40,8 @@ def requeue_on_slurm(run: RunDir, shorten_hold: bool = True, **fields: Any) -> N
     the requeue instead of 121 s."""
     job_id = current_job_id()
     # Only a cancel of this job counts: a run resumed after `launch cancel` is a new job.
-    this_job = [e for e in run.read_events() if e.get("slurm_job_id") == job_id]
-    if not job_id or any(e.get("event") == Event.CANCEL_REQUESTED for e in this_job):
+    this_job = [e for e in run.history() if e.slurm_job_id == job_id]
+    if not job_id or any(isinstance(e, CancelRequested) for e in this_job):
         return
     # A requeue ends this batch script (SIGTERM, then SIGKILL after KillWait): ignore the SIGTERM
     # for the moment it takes to record the requeue.
@@ -77,9 +78,9 @@ def suspect_nodes(run: RunDir, since: float) -> list[str]:
     """The nodes that may have died with this attempt: those of the ranks that ended without a
     Python error and of the rank the watcher found stalled (a lost node's ranks do both)."""
     nodes = {str(d.host) for d in dead_ranks(run, since) if d.host and d.host != "?"}
-    stalled = last_event(this_attempt(run.read_events()), Event.STALLED)
-    if stalled and stalled.get("host"):
-        nodes.add(str(stalled["host"]))
+    stalled = last_event(this_attempt(run.history()), Stalled)
+    if stalled and stalled.host and stalled.host != "?":
+        nodes.add(stalled.host)
     return sorted(nodes)
 
 

@@ -20,7 +20,8 @@ from typing import Any
 from launcher.attempts import grace_warning, record_end, record_not_requeued, requeue_fields
 from launcher.config import load_resolved
 from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
-from launcher.lifecycle import Event, last_event, names, this_attempt
+from launcher.events import Event, Preempted, Started
+from launcher.lifecycle import last_event, names, this_attempt
 from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, node_name
@@ -54,14 +55,14 @@ def main(argv: list[str]) -> int:
                       restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
         return 0
     if what == "ended":
-        events = run.read_events()
+        events = run.history()
         attempt = names(this_attempt(events))
         if Event.CANCEL_REQUESTED in attempt:  # launch cancel records the end once the job is gone
             print(f"[launch] run {run.run_id} cancelled", flush=True)
             return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
-            requeue(run, **requeue_fields(last_event(this_attempt(events), Event.PREEMPTED) or {}))
-            events = run.read_events()
+            requeue(run, **requeue_fields(last_event(this_attempt(events), Preempted)))
+            events = run.history()
             attempt = names(this_attempt(events))
         if Event.PREEMPTED in attempt and Event.REQUEUED in attempt:
             print(f"[launch] run {run.run_id} preempted: saved, and back in the queue", flush=True)
@@ -72,8 +73,8 @@ def main(argv: list[str]) -> int:
         if Event.PREEMPTED in attempt:
             record_not_requeued(run, int(argv[2]))
             return 0
-        started = last_event(events, Event.STARTED) or {}
-        t0 = float(started.get("t", time.time()))
+        started = last_event(events, Started)
+        t0 = (started.at if started else None) or time.time()
         cfg = load_resolved(run.config)
         exit_code, here = int(argv[2]), bool(os.environ.get("LAUNCH_HERE"))
         lost = lost_nodes(run, t0) if exit_code != 0 else []
@@ -89,7 +90,7 @@ def main(argv: list[str]) -> int:
                 replace_job(run, lost)
             else:
                 requeue(run)
-            if Event.REQUEUE_FAILED in names(this_attempt(run.read_events())):
+            if Event.REQUEUE_FAILED in names(this_attempt(run.history())):
                 what = "the job without the lost node was refused" if lost else "the requeue was refused"
                 run.add_event(Event.FAILED, exit_code=exit_code or 1, rank=None,
                               error=f"{ending.summary}, but {what}; continue with: launch resume {run.path}")

@@ -21,7 +21,8 @@ from typing import Any
 from launcher import dependencies
 from launcher.attempts import grace_warning, record_end, requeue_fields
 from launcher.config import load_resolved
-from launcher.lifecycle import Event, this_attempt
+from launcher.events import Event, Preempted
+from launcher.lifecycle import this_attempt
 from launcher.processes import processes_of, wait_gone
 from launcher.records import Plan
 from launcher.rundir import RunDir
@@ -123,12 +124,12 @@ def main(argv: list[str]) -> int:
             run.add_event(Event.CANCELLED, elapsed_s=elapsed)
             say(f"run {run.run_id} cancelled after {elapsed} s")
             return 0
-        preempted = [e for e in this_attempt(run.read_events()) if e.get("event") == Event.PREEMPTED]
+        preempted = [e for e in this_attempt(run.history()) if isinstance(e, Preempted)]
         if preempted and all(c == 0 for c in codes):
             # As SLURM would requeue the job: start the same ranks again; they resume.
             run.add_event(Event.REQUEUED, **requeue_fields(preempted[-1]))
-            say(f"run {run.run_id} preempted at step {preempted[-1].get('step')}: restarting")
-            warning = grace_warning(run.read_events(), cfg.cluster.signal_grace_s)
+            say(f"run {run.run_id} preempted at step {preempted[-1].step}: restarting")
+            warning = grace_warning(run.history(), cfg.cluster.signal_grace_s)
             if warning:
                 say(f"warning: {warning}")
             continue

@@ -140,7 +140,17 @@ def submit(job: Path, runs: Path, *extra: str) -> Path:
 
 def wait_end(run_dir: Path, timeout: float = 300) -> dict:
     wait_for(lambda: count(run_dir, "finished") + count(run_dir, "failed") > 0, timeout, "the run to end", run_dir)
+    assert_events_typed(run_dir)
     return json.loads(run_launch("status", str(run_dir), "--json").stdout)
+
+
+def assert_events_typed(run_dir: Path) -> None:
+    """Every key the run's events hold is a field of its event's class (launcher/events.py): a
+    key launch writes but does not type would be read back as nothing."""
+    from launcher.events import unknown_keys
+
+    untyped = [(e["event"], sorted(keys)) for e in events(run_dir) if (keys := unknown_keys(e))]
+    assert not untyped, f"{run_dir}: event keys without a field: {untyped}"
 
 
 def read_checkpoint(path: Path) -> dict:
