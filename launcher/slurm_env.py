@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -22,12 +23,25 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
 
 
+def queue_rows(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """What squeue shows of these jobs, in one call: each job still in the queue's state (PENDING,
+    RUNNING, COMPLETING, ...) and node list, by job id (an array's tasks one a row, `-r`). None if
+    squeue refused: an old squeue refuses a list holding a job it no longer knows. The one place
+    squeue's output is read."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(job_ids)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        return None
+    rows = [line.split("|") for line in out.stdout.split() if line.count("|") == 2]
+    return {jid: (state, nodes) for jid, state, nodes in rows if state}
+
+
 def queue_row(job_id: str) -> tuple[str | None, str]:
-    """The job's state as squeue shows it (PENDING, RUNNING, COMPLETING, ...) and its node list;
-    (None, "") once it has left the queue or squeue cannot say."""
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%N"], capture_output=True, text=True)
-    rows = [line.split("|", 1) for line in out.stdout.split() if "|" in line] if out.returncode == 0 else []
-    return (rows[0][0], rows[0][1]) if rows else (None, "")
+    """The job's state as squeue shows it and its node list; (None, "") once it has left the
+    queue or squeue cannot say."""
+    rows = queue_rows([job_id]) or {}
+    state, nodes = rows.get(job_id) or next(iter(rows.values()), (None, ""))  # an array's id: its first task
+    return state, nodes
 
 
 def queue_state(job_id: str) -> str | None:

@@ -396,7 +396,7 @@ def test_a_requeue_slurm_already_did_is_recorded_as_a_requeue(tmp_path, monkeypa
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text("#!/bin/sh\nexit 1\n")
-    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '%s' '{squeue_says}|n1'\n")
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nprintf '%s' '77|{squeue_says}|n1'\n")  # -o %i|%T|%N
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")

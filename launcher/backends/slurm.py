@@ -30,7 +30,7 @@ from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, St
 from launcher.processes import pid_runs
 from launcher.records import SlurmJob, SlurmProbeDetails
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.slurm_env import queue_row
+from launcher.slurm_env import queue_row, queue_rows
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -225,13 +225,11 @@ class SlurmBackend:
         wanted = sorted({jid for jid in ids if jid})
         if not wanted:
             return [_probe(None, None) for _ in runs]
-        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T|%N", "-j", ",".join(wanted)], capture_output=True,
-                             text=True)
-        if out.returncode != 0:  # an old squeue refuses a list holding a job it no longer knows
+        rows = queue_rows(wanted)
+        if rows is None:  # squeue refused the list: one look a run
             return [self.probe(run) for run in runs]
-        rows = [line.split("|") for line in out.stdout.split() if line.count("|") == 2]
-        queued = {row[0]: row[1] for row in rows}
-        nodes = {row[0]: row[2] for row in rows}
+        queued = {jid: state for jid, (state, _) in rows.items()}
+        nodes = {jid: where for jid, (_, where) in rows.items()}
         probes = []
         for run, (jid, runner) in zip(runs, records, strict=True):
             if runner is not None:
