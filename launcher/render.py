@@ -190,7 +190,7 @@ def sbatch_directives(cfg: JobConfig, array: bool = False) -> list[tuple[str, st
 
 
 def render_sbatch(cfg: JobConfig, array: bool = False) -> str:
-    """The batch script `launch submit` hands to sbatch (through submitit), top to bottom.
+    """The batch script `launch submit` hands to sbatch, top to bottom.
 
     srun mode: one task per GPU (or CPU process), Lightning's SLURM environment.
     torchrun mode: one task per node running `torchrun --nnodes N --nproc-per-node G`, with a

@@ -2,10 +2,12 @@
 version it was written for is checked before a submission (as runtime/lightning_compat.py does for
 Lightning). Importing this module does not import submitit: `render` (pure text) uses the command.
 
-What launch takes from submitit: the job folder, the pickled call each task runs (and its runner,
-`python -m submitit.core._submit FOLDER`), per-task output files, sbatch's job id. What it does not:
-submitit's batch-script generator (it cannot express the torchrun mode, the profile's signal or the
-event hooks around srun), `job.result()` (can block forever), `sacct` (fails without accounting).
+What launch takes from submitit: the job folder's layout, the pickled call each task runs (and its
+runner, `python -m submitit.core._submit FOLDER`), per-task output files. What it does not: its
+executor (launch submits its own rendered script with `sbatch --hold` and releases the job once
+the pickled call is in place: backends/slurm.py's one submission path), submitit's batch-script
+generator (it cannot express the torchrun mode, the profile's signal or the event hooks around
+srun), `job.result()` (can block forever), `sacct` (fails without accounting).
 """
 
 from __future__ import annotations
@@ -33,26 +35,6 @@ def task_command(python: str, folder: str) -> str:
     """The command submitit runs in every task: its executor's `_submitit_command_str`, character for
     character (tests/test_render.py compares the two), so that a rendered script runs submitit's task."""
     return " ".join([shlex.quote(python), f"-u -m {TASK_RUNNER}", shlex.quote(folder)])
-
-
-def executor(folder: str, python: str, script: str, expected_command: str, exclude: tuple[str, ...]) -> Any:
-    """A submitit SlurmExecutor that submits `script` (launch's rendered batch script) in place of the
-    one it would generate, with `--exclude` on sbatch's command line (so the script stays exactly
-    what `launch render` prints). It overrides two private hooks of SlurmExecutor."""
-    import submitit
-
-    check_version()
-
-    class LaunchSlurmExecutor(submitit.SlurmExecutor):
-        def _make_submission_command(self, submission_file_path: Path) -> list[str]:
-            return ["sbatch", *([f"--exclude={','.join(exclude)}"] if exclude else []), str(submission_file_path)]
-
-        def _make_submission_file_text(self, command: str, uid: str) -> str:
-            if command != expected_command:
-                raise RuntimeError(f"submitit's task command changed: {command!r} != {expected_command!r}")
-            return script
-
-    return LaunchSlurmExecutor(folder=folder, python=python)
 
 
 def dump_task(call: Any, argument: Any, path: Path) -> None:

@@ -1,23 +1,24 @@
-"""The SLURM backend: submission through submitit; state from squeue/scontrol and events.jsonl.
+"""The SLURM backend: one submission path (sbatch --hold of the rendered script, then release);
+state from squeue/scontrol and events.jsonl.
 
-submitit does what it is good at: the job folder, the pickled call every task runs, per-task
-stdout files and sbatch's job id. The batch script itself is ours (render.render_sbatch), so
-that what is submitted is exactly what `launch render` prints; submitit's own script generator
-cannot express the torchrun mode, the profile's signal, or the event hooks around srun.
+The batch script is ours (render.render_sbatch), so that what is submitted is exactly what
+`launch render` prints; submitit's own script generator cannot express the torchrun mode, the
+profile's signal, or the event hooks around srun. submitit does what it is good at: the job
+folder's layout, the pickled call every task runs (submitit_compat.dump_task), per-task stdout
+files. A job, a job array and a replacement job without a lost node are all submitted held, and
+released once every task's pickled call is in place.
 sacct is never used: it fails on clusters without accounting storage.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import os
-import shlex
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,27 @@ def _recorded_end(run: RunDir) -> bool:
     return state in TERMINAL_STATES
 
 
+def sbatch_held(script: Path, exclude: Sequence[str] = (), what: str = "the job") -> str:
+    """Submit a rendered batch script on hold (it waits for `release`): its job id. The one way
+    launch submits to SLURM: the script is exactly what `launch render` prints (`--exclude` goes on
+    sbatch's command line), and no task starts before the call it runs is in place."""
+    out = subprocess.run(["sbatch", "--parsable", "--hold", *([f"--exclude={','.join(exclude)}"] if exclude else []),
+                          str(script)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise LaunchError(f"sbatch refused {what}: {' '.join((out.stderr or out.stdout).split())[:500]}")
+    return out.stdout.strip().split(";")[0]
+
+
+def release(job_id: str, prepare: Callable[[], None]) -> None:
+    """`prepare` (the pickled calls, the records), then let the held job start; cancel it if either fails."""
+    try:
+        prepare()
+        subprocess.run(["scontrol", "release", job_id], check=True, capture_output=True, text=True)
+    except BaseException:
+        subprocess.run(["scancel", job_id], capture_output=True)
+        raise
+
+
 class SlurmBackend:
     name = "slurm"
     arrays = True
@@ -159,18 +181,22 @@ class SlurmBackend:
             self._start_here(cfg, run, placement.inside)
             return
         exclude = placement.exclude
-        executor = submitit_compat.executor(render.submitit_folder(cfg), shlex.quote(cfg.run.python),
-                                            render.render_sbatch(cfg), render.submitit_command(cfg), exclude)
-        per_node = cfg.procs_per_node if cfg.cluster.launch_mode == "srun" else 1
-        executor.update_parameters(nodes=cfg.resources.nodes, ntasks_per_node=per_node)
+        run.submitit.mkdir(exist_ok=True)
+        script = run.submitit / f".submission-{os.getpid()}.sh"
+        atomic_write_text(script, render.render_sbatch(cfg))  # what `launch render` prints, fresh (a resume's too)
         try:
-            with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; we report it once
-                job = executor.submit(task_entry(cfg), cfg.run.dir)
-        except Exception as err:  # submitit wraps sbatch's refusal in several exception types
-            text = " ".join(str(err).split())
-            raise LaunchError(f"sbatch refused the job: {text[:500]}") from None
-        atomic_write_text(run.slurm_record, SlurmJob(str(job.job_id)).dumps())
-        run.add_event(Event.QUEUED, slurm_job_id=str(job.job_id), **({"excluded_nodes": list(exclude)} if exclude else {}))
+            jid = sbatch_held(script, exclude)
+        except LaunchError:
+            script.unlink(missing_ok=True)
+            raise
+
+        def before_release() -> None:
+            script.replace(run.submitit / f"{jid}_submission.sh")  # where submitit keeps a job's script
+            submitit_compat.dump_task(task_entry(cfg), cfg.run.dir, run.submitit / f"{jid}_submitted.pkl")
+            atomic_write_text(run.slurm_record, SlurmJob(jid).dumps())
+            run.add_event(Event.QUEUED, slurm_job_id=jid, **({"excluded_nodes": list(exclude)} if exclude else {}))
+
+        release(jid, before_release)
 
     def submit_many(self, cfgs: list[JobConfig], runs: list[RunDir], folder: Path) -> str:
         """Submit a sweep's runs as one job array; each run keeps its own directory and job id
@@ -178,21 +204,17 @@ class SlurmBackend:
         require_tools(cfgs[0])
         script = folder / "array.sbatch"
         atomic_write_text(script, render.render_sbatch_array(cfgs, str(folder)))
-        out = subprocess.run(["sbatch", "--parsable", "--hold", str(script)], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise LaunchError(f"sbatch refused the job array: {' '.join((out.stderr or out.stdout).split())[:500]}")
-        array_id = out.stdout.strip().split(";")[0]
-        try:
+        array_id = sbatch_held(script, what="the job array")
+
+        def before_release() -> None:
             for i, (cfg, run) in enumerate(zip(cfgs, runs, strict=True)):
                 jid = f"{array_id}_{i}"
                 run.submitit.mkdir(exist_ok=True)
                 submitit_compat.dump_task(task_entry(cfg), cfg.run.dir, run.submitit / f"{jid}_submitted.pkl")
                 atomic_write_text(run.slurm_record, SlurmJob(jid, array_job_id=array_id).dumps())
                 run.add_event(Event.QUEUED, slurm_job_id=jid)
-            subprocess.run(["scontrol", "release", array_id], check=True, capture_output=True, text=True)
-        except BaseException:
-            subprocess.run(["scancel", array_id], capture_output=True)
-            raise
+
+        release(array_id, before_release)
         return array_id
 
     def _start_here(self, cfg: JobConfig, run: RunDir, allocation: str) -> None:
