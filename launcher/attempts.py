@@ -99,8 +99,33 @@ class Ending:
     summary: str
 
 
+SAME_STEP = 2  # steps: two failures this close are at the same step (progress.json trails by a write)
+VERB = {"Hung": "hung", "Stalled": "stalled", "Died": "died"}
+
+
+def restart_loop(earlier: Sequence[Restarted], err: RankError | None, reached: int | None, allowed: int) -> str | None:
+    """Why restarting again would loop, or None: the last `allowed` attempts (this one and the
+    restarted ones before it) failed the same way (the same error type on the same rank) at the
+    same step, and this one got no further than the one before. A lost node is never a loop (the
+    next job runs without it); a run that progresses between failures keeps its restarts."""
+    if allowed < 2 or err is None or err.type == "NodeLost" or reached is None or len(earlier) < allowed - 1:
+        return None
+    before = earlier[len(earlier) - (allowed - 1):]
+    if not all(e.error_type == err.type and e.rank == err.rank and e.step_reached is not None
+               and abs(e.step_reached - reached) <= SAME_STEP for e in before):
+        return None
+    if reached > before[-1].step_reached + SAME_STEP:  # type: ignore[operator]
+        return None
+    who = f"rank {err.rank}" if err.rank is not None else "the run"
+    verb = VERB.get(err.type, f"failed with {err.type}")
+    where = "a hang in the job" if err.type in ("Hung", "Stalled") else "a fault in the job or its data"
+    return (f"{who} {verb} at step {reached} in {allowed} attempts in a row: {where}, not in the cluster; "
+            "restarts stopped (job.max_identical_failures)")
+
+
 def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
-               restart_on: str = "never", max_restarts: int = 0, lost_nodes: Sequence[str] = ()) -> Ending:
+               restart_on: str = "never", max_restarts: int = 0, lost_nodes: Sequence[str] = (),
+               max_identical_failures: int = 0) -> Ending:
     """Append `finished`, `restarted` or `failed` for an attempt whose ranks exited with `exit_code`.
 
     Finished means the ranks exited 0 AND rank zero recorded that training completed. A failure
@@ -139,11 +164,16 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     earlier = [e for e in events if isinstance(e, Restarted)]
     kind = failure_kind(err) if (err or exit_code) else "code"
     reached = progress.global_step if progress else None  # how far this attempt got (the ledger's recomputed steps)
-    if restart_on != "never" and (restart_on == "any" or kind == "infrastructure") and len(earlier) < max_restarts:
+    covered = restart_on != "never" and (restart_on == "any" or kind == "infrastructure")
+    loop = restart_loop(earlier, err, reached, max_identical_failures) if covered else None
+    if covered and not loop and len(earlier) < max_restarts:
         run.add_event(Event.RESTARTED, restart=len(earlier) + 1, cause=message, kind=kind, exit_code=exit_code,
-                      rank=err.rank if err else None, elapsed_s=elapsed_s, step_reached=reached)
+                      rank=err.rank if err else None, error_type=err.type if err else None, elapsed_s=elapsed_s,
+                      step_reached=reached)
         return Ending(False, True, f"failed after {elapsed_s} s ({message}): restart {len(earlier) + 1} of "
                                    f"{max_restarts} (job.restart_on = {restart_on!r})")
+    if loop:
+        message = f"{loop}: {message}"
     if earlier:
         message += f"; after {len(earlier)} restart(s): " + "; ".join(e.cause[:200] for e in earlier)
     run.add_event(Event.FAILED, elapsed_s=elapsed_s, exit_code=exit_code or 1,

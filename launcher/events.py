@@ -154,6 +154,7 @@ class Restarted(EventRecord):
     kind: str = ""  # attempts.failure_kind: "infrastructure" or "code"
     exit_code: int | None = None
     rank: int | None = None
+    error_type: str | None = None  # the cause's type (Hung, Died, Stalled, ValueError...): restart loops
     elapsed_s: float | None = None
     step_reached: int | None = None  # how far the failed attempt got (the ledger's recomputed steps)
 

@@ -127,6 +127,25 @@ def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(
     assert "Timeout (0:00:" in text and "in training_step" in text, text[-2000:]  # where rank 1 was stuck
 
 
+def test_a_hang_in_the_job_stops_its_restarts_and_a_hang_that_passes_restarts_and_completes(tmp_path: Path) -> None:
+    """Issue 28: rank 1 hangs at the same step in every attempt (no checkpoint before it): a
+    restart repeats it, so the run fails after 2 attempts naming the loop, not after 3 restarts.
+    The same model hanging in its first attempt only restarts and completes. (Run side by side.)"""
+    runs = {}
+    for name, args in (("loop", ""), ("once", f', once_marker = "{tmp_path / "hung-once"}"')):
+        job = write_job(tmp_path, name, model="HangingMLP", args=args, timeout=8, steps=6)
+        job.write_text(job.read_text().replace('restart_on = "never"', 'restart_on = "infrastructure"'))
+        runs[name] = submit(job, tmp_path / "runs")
+    _, looped = wait_for_failure(runs["loop"], within=240)
+    wait_for(lambda: ended(runs["once"]), 240, "the once-hung run to end", runs["once"])
+    recovered = status(runs["once"])
+    names = [e["event"] for e in RunDir(runs["loop"]).read_events()]
+    assert names.count("started") == 2 and names.count("restarted") == 1 and names[-1] == "failed", names
+    assert looped["state"] == "failed" and looped["error"].startswith(
+        "rank 1 hung at step 2 in 2 attempts in a row: a hang in the job, not in the cluster; restarts stopped"), looped
+    assert recovered["state"] == "completed" and recovered["global_step"] == 6 and recovered["restarts"] == 1, recovered
+
+
 # --------------------------------------------------------------------------- torn writes
 
 

@@ -101,6 +101,11 @@ class JobSection:
     # native code, a hang, a lost peer (collective or connection errors); "any": also a Python
     # exception in the job's code (which would usually fail again); "never".
     restart_on: Literal["infrastructure", "any", "never"] = "infrastructure"
+    # Restarts stop when this many attempts in a row fail the same way (the same error on the same
+    # rank) at the same step, none getting further: a hang or crash in the job or its data, which
+    # a restart repeats. Restarts that make progress keep their budget. 0: never stop for it.
+    max_identical_failures: int = bounded(2, Bound(lambda v: not _number(v) or v == 0 or v >= 2,
+                                                   "{value}: use 0 (off) or 2 or more"))
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
     # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
     stall_timeout_s: int = bounded(120, at_least(10, "{value}: must be at least 10 seconds"))

@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
         exit_code, here = int(argv[2]), bool(os.environ.get("LAUNCH_HERE"))
         lost = lost_nodes(run, t0) if exit_code != 0 else []
         restart_on = "never" if lost and here else cfg.job.restart_on  # an allocation cannot swap a node
-        ending = record_end(run, exit_code, t0, round(time.time() - t0, 1), restart_on, cfg.job.max_restarts, lost)
+        ending = record_end(run, exit_code, t0, round(time.time() - t0, 1), restart_on, cfg.job.max_restarts, lost,
+                            cfg.job.max_identical_failures)
         print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
         if ending.restarting and not lost and not here:  # every node answers: keep the allocation, the next step resumes
             run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)

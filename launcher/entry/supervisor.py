@@ -134,7 +134,8 @@ def main(argv: list[str]) -> int:
                 say(f"warning: {warning}")
             continue
         exit_code = next((c for c in codes if c != 0), 0)
-        ending = record_end(run, exit_code, start, elapsed, cfg.job.restart_on, cfg.job.max_restarts)
+        ending = record_end(run, exit_code, start, elapsed, cfg.job.restart_on, cfg.job.max_restarts,
+                            max_identical_failures=cfg.job.max_identical_failures)
         say(f"run {run.run_id} {ending.summary}")
         if ending.restarting:  # it resumes from its newest complete checkpoint
             continue

@@ -132,10 +132,17 @@ class BigPreemptableMLP(PreemptableMLP):
 
 
 class HangingMLP(MLP):
-    """Rank 1 stops making progress in its third training step (a deadlock, a stuck filesystem)."""
+    """Rank 1 stops making progress in its third training step (a deadlock, a stuck filesystem);
+    with `once_marker`, only while that file does not exist (it writes it: one attempt hangs)."""
+
+    def __init__(self, once_marker: str = "", **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.once_marker = once_marker
 
     def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
-        if self.global_rank == 1 and batch_idx == 2:
+        if self.global_rank == 1 and batch_idx == 2 and not (self.once_marker and Path(self.once_marker).exists()):
+            if self.once_marker:
+                Path(self.once_marker).write_text("hung")
             print("rank 1 hangs now", flush=True)
             while True:
                 time.sleep(0.5)
