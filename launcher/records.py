@@ -97,8 +97,9 @@ class Heartbeat(Record):
     beat_at: float = 0.0  # the beat itself: a rank whose loop is stuck keeps beating
     slurm_step: str | None = None  # JOB.STEP, what a stall stops on SLURM
     stepped: bool = False  # past its first training step (a first step may compile for minutes)
+    done: bool = False  # its training (and test) is over: what remains (records, plots, exit) is not watched
 
-    OPTIONAL = ("slurm_step", "stepped")
+    OPTIONAL = ("slurm_step", "stepped", "done")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: fl
     `since`, the attempt's start): a rank without progress for `after_s` (or three of the run's
     slowest steps), if it is past its first step or has stopped beating. A rank that stopped
     beating is named before a rank that beats but waits (for it, usually)."""
-    current = [b for b in beats if b.beat_at >= since]
+    current = [b for b in beats if b.beat_at >= since and not b.done]
     # One limit for every rank (its slowest step is the run's): a stopped rank and the ranks waiting
     # for it go quiet together, and the one that stopped beating is the one to name.
     limit = max([after_s] + [3 * b.slowest_step_s for b in current])

@@ -329,6 +329,17 @@ def beat(rank: int, progress_at: float, beat_at: float, slowest: float = 0.2, st
                      slowest_step_s=slowest, stepped=stepped)
 
 
+def test_a_rank_whose_training_is_over_is_not_stalled() -> None:
+    """After fit and test the rank's heartbeat says done: its last records, plots and exit take
+    what they take (seen on a loaded machine: 11 s after `trained`, with a 10 s stall timeout)."""
+    now = 1000.0
+    quiet = beat(0, now - 60, now - 55)
+    assert stalls.find_stall([quiet], now, since=900.0) is not None
+    done = Heartbeat(**{**quiet.to_json(), "done": True})
+    assert stalls.find_stall([done, beat(1, now - 1, now - 1)], now, since=900.0) is None
+    assert "done" not in beat(0, now, now).to_json() and done.to_json()["done"] is True
+
+
 def test_a_stopped_rank_is_named_before_the_ranks_waiting_for_it() -> None:
     now = 1000.0
     waiting, stopped = beat(0, now - 45, now - 2), beat(1, now - 44, now - 43)  # rank 1 stopped beating

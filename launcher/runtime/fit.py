@@ -15,6 +15,7 @@ from launcher.records import Preemption
 from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, remove_checkpoint
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
+from launcher.runtime.heartbeat import finish_heartbeat
 from launcher.runtime.loggers import rewind_history
 from launcher.runtime.preemption import Preempted, PreemptionHandler
 from launcher.runtime.strategy import guard_evaluation_logging
@@ -105,6 +106,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     except Preempted:
         # Saved. Back in the queue: the batch script's end hook requeues the job (on SLURM), outside
         # the ranks and any container, so no rank needs SLURM's tools; locally the supervisor restarts it.
+        finish_heartbeat(trainer)
         return
     trainer.save_checkpoint(run.last_checkpoint)
     # the end-of-fit metrics (test replaces callback_metrics with its own): both are reported
@@ -112,6 +114,7 @@ def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
     if cfg.job.test_after_fit and is_overridden("test_dataloader", datamodule) and not trainer.interrupted:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(model, datamodule=datamodule, ckpt_path="best" if best else None, weights_only=False)
+    finish_heartbeat(trainer)  # the heartbeat watched fit, the last save and the test; not what follows
     late = None
     if cfg.job.preemptible and signals.is_set():  # a signal, yet no stop: say so, do not drop it silently
         late = (f"a preemption signal (SIG{signals.name()}) came after the last point training could stop at (the last "

@@ -79,6 +79,21 @@ class Heartbeat(Callback):
     def on_save_checkpoint(self, trainer: Trainer, *args: Any) -> None:
         self.progressed(trainer)
 
-    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
-        if stage == "fit":
-            self._stop.set()
+    def finish(self) -> None:
+        """Training (and its test) is over, or stopped for a preemption: the last beat says so, and
+        the rank is no longer watched (a long last save, the records and the exit are not a stall)."""
+        self._stop.set()
+        if self._thread is None:  # fit never started: there is no heartbeat of this rank to end
+            return
+        self._thread.join()
+        self.record = replace(self.record, done=True)
+        try:
+            replace_view(self.path, replace(self.record, beat_at=time.time()).dumps().encode())
+        except OSError:
+            pass
+
+
+def finish_heartbeat(trainer: Trainer) -> None:
+    for callback in trainer.callbacks:
+        if isinstance(callback, Heartbeat):
+            callback.finish()
