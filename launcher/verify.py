@@ -32,8 +32,16 @@ from launcher.submission import resume_run, start_run
 ADVICE = {
     "data": ("the batch (data order or content)",
              "the training data is not positioned or drawn the same after a resume: use a map-style dataset with "
-             "Lightning's default sampler, a stateful loader (torchdata's StatefulDataLoader), and random "
-             "augmentation from the global generators (launch seeds them per sample), not a generator of your own"),
+             "Lightning's default sampler, a stateful loader (torchdata's StatefulDataLoader), or a stream that is a "
+             "function of its epoch (set_epoch), rank and worker, and random augmentation from the global generators "
+             "(launch seeds them per sample, and per epoch, rank and worker of a stream), not a generator of your own"),
+    # The data of two runs from the same start differs before either was stopped.
+    "unseeded": ("the training data ({name}): two runs from the same start drew different batches before anything "
+                 "stopped them",
+                 "it draws from a source launch does not seed (the OS's entropy, the clock, a generator made without a "
+                 "seed, the order of files listed from a directory): draw from torch's, numpy's or Python's global "
+                 "generators (launch seeds them per sample, and per epoch, rank and worker of a stream), or seed your "
+                 "own from torch.initial_seed() where the stream starts"),
     "rng": ("the {name} random generator's state",
             "something draws from it outside the training step, or keeps a generator of its own: draw in the step, "
             "or keep the generator's state in the module's state_dict"),
@@ -125,7 +133,9 @@ def _fingerprints(run: RunDir) -> dict[tuple[int, int], dict[str, Any]]:
     return out
 
 
-def first_divergence(name: str, run: RunDir, reference: RunDir) -> Divergence | None:
+def first_divergence(name: str, run: RunDir, reference: RunDir, first_stop: int) -> Divergence | None:
+    """The first step, rank and piece of state where `run` differs from the reference; a batch that
+    differs before `first_stop` (the run's first preemption or kill) is data no run can repeat."""
     ours, theirs = _fingerprints(run), _fingerprints(reference)
     for key in sorted(theirs):
         step, rank = key
@@ -135,6 +145,8 @@ def first_divergence(name: str, run: RunDir, reference: RunDir) -> Divergence | 
         for field in ORDER:
             if a[field] == b[field]:
                 continue
+            if field == "data" and step < first_stop:
+                return Divergence(name, step, rank, "unseeded", b.get("source", "?"), a[field], b[field])
             if isinstance(b[field], dict):
                 names = sorted(k for k in a[field].keys() | b[field].keys() if a[field].get(k) != b[field].get(k))
                 return Divergence(name, step, rank, field, names[0], a[field].get(names[0]), b[field].get(names[0]))
@@ -194,8 +206,8 @@ def verify(base: JobConfig, runs_dir: Path, job_file: str, preemptions: int, see
                for n, c in configs.items()}
     runs = drive(configs, runs_dir, job_file, say)
     problems = []
-    for name in ("preempted", "killed"):
-        found = first_divergence(name, runs[name], runs["reference"])
+    for name, first_stop in (("preempted", stops[0]), ("killed", kill)):
+        found = first_divergence(name, runs[name], runs["reference"], first_stop)
         if found is None:
             end = final_difference(runs[name], runs["reference"])
             if end:

@@ -254,15 +254,42 @@ def test_a_stateful_iterable_dataset_resumes_exactly_per_rank(tmp_path, sized, w
     assert_same_training(run_dir, baseline)
 
 
-def test_an_iterable_dataset_without_state_is_refused_before_training(tmp_path) -> None:
-    job = tmp_path / "stateless.toml"
-    job.write_text(STREAM_JOB.format(name="stateless", model="PreemptableMLP", sleep=0.0, data=tmp_path / "data",
-                                     extra="", stateful="false", sized="true", workers=0))
+def test_a_plain_stream_with_2_workers_a_rank_at_world_size_3_preempted_twice_is_replayed_bit_for_bit(tmp_path) -> None:
+    """A stream without state (told its epoch by set_epoch, augmenting in the workers) is continued
+    by replay: each rank's workers stream the epoch again and the batches already trained are
+    dropped. 479 digits a rank, two workers: 8 batches an epoch, stopped in epochs 0 and 1."""
+    runs = []
+    for name, sleep in (("plain", 0.0), ("stopped", 0.15)):
+        job = tmp_path / f"{name}.toml"
+        job.write_text(STREAM_JOB.format(name=name, model="PreemptableMLP", sleep=sleep, data=tmp_path / "data",
+                                         extra="", stateful="false", sized="false", workers=2)
+                       .replace("workers = 2 }", 'workers = 2, plain = "epoch" }'))
+        runs.append(submit(job, tmp_path / "runs", "--procs", "3"))
+    baseline, run_dir = runs
+    preempt_at(run_dir, (2, 11))
+    for r in runs:
+        info = wait_end(r)
+        assert info["state"] == "completed" and info["global_step"] == 3 * 8, info
+    stops = [e for e in events(run_dir) if e["event"] == "preempted"]
+    assert [(e["epoch"], e["batch_in_epoch"] > 0) for e in stops] == [(0, True), (1, True)], stops  # mid-epoch
+    console = (run_dir / "logs" / "rank-0.log").read_text()
+    for e in stops:
+        assert (f"replaying the training stream (EpochStream) to where epoch {e['epoch']} stopped: fetching and "
+                f"dropping {e['batch_in_epoch']} batch(es), {e['batch_in_epoch'] * 64} items, on each rank") in console
+    assert_same_training(run_dir, baseline)
+
+
+def test_a_plain_stream_read_by_persistent_workers_is_refused_in_one_line_before_training(tmp_path) -> None:
+    job = tmp_path / "persistent.toml"
+    job.write_text(STREAM_JOB.format(name="persistent", model="PreemptableMLP", sleep=0.0, data=tmp_path / "data",
+                                     extra="", stateful="false", sized="true", workers=1)
+                   .replace("workers = 1 }", 'workers = 1, plain = "epoch", persistent = true }'))
     info = wait_end(submit(job, tmp_path / "runs"))
     assert info["state"] == "failed" and info["global_step"] == 0, info
-    assert "UnresumableData: the training data is an IterableDataset (SizedDigitStream) without state_dict() and " \
-           "load_state_dict(): a preempted run could not continue" in info["error"], info["error"]
-    assert "\n" not in info["error"] and "job.preemptible = false" in info["error"]
+    assert "UnresumableData: the training data is an IterableDataset (EpochStream) without a state launch can keep, " \
+           "read by persistent workers: each keeps its copy of the stream from epoch to epoch" in info["error"], \
+        info["error"]
+    assert "\n" not in info["error"] and "set persistent_workers = False" in info["error"]
     # opting out of preemption runs it
     job.write_text(job.read_text().replace("seed = 4", "seed = 4\npreemptible = false"))
     assert wait_end(submit(job, tmp_path / "runs"))["state"] == "completed"

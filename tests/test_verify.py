@@ -57,3 +57,45 @@ def test_verify_certifies_an_exact_job_and_names_a_model_attribute_outside_the_s
     assert "the model's attribute `seen` (outside its state_dict): 0 here, " in out, out
     assert "in the reference" in out and "self.register_buffer" in out, out
     assert "the killed run first differs at step " in out, out
+
+
+
+STREAM_JOB = """
+[job]
+name = "{name}"
+seed = 6
+
+[model]
+class_path = "mlp"
+init_args = {{ in_features = 64, hidden = 16, lr = 0.02, dropout = 0.25 }}
+
+[data]
+class_path = "tests.helpers.streams.StreamingDigits"
+init_args = {{ data_dir = "{data}", batch_size = 16, plain = "{name}", workers = 1 }}
+"""
+
+
+def start_stream_verify(tmp: Path, name: str) -> subprocess.Popen:
+    job = tmp / f"{name}.toml"
+    job.write_text(STREAM_JOB.format(name=name, data=tmp / name / "data"))
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "verify", str(job), "--runs-dir", str(tmp / "runs"),
+                             "--procs", "1", "--epochs", "2", "--batches", "5", "--preemptions", "1", "--seed", "2"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")})
+
+
+def test_verify_certifies_a_replayed_stream_and_names_one_that_draws_from_an_unseeded_source(tmp_path: Path) -> None:
+    """A plain stream is replayed on resume, which is exact when it streams the same each time: one
+    told its epoch and augmenting from the global generator is certified; one whose augmentation
+    comes from a generator the OS seeds differs between two runs from the same start, before
+    anything stopped them, and verify says that rather than blame the resume. Side by side."""
+    exact, unseeded = start_stream_verify(tmp_path, "epoch"), start_stream_verify(tmp_path, "unseeded")
+    out, err = exact.communicate(timeout=900)
+    assert exact.returncode == 0, out + err[-4000:]
+    assert out.startswith("exact: preempted 1 time(s) and killed once"), out
+    out, err = unseeded.communicate(timeout=900)
+    assert unseeded.returncode == 1, out + err[-4000:]
+    assert out.startswith("NOT exact: the preempted run first differs at step 0 (rank 0): the training data "
+                          "(UnseededStream): two runs from the same start drew different batches before anything "
+                          "stopped them.\n  what to change: it draws from a source launch does not seed"), out
+    assert "the killed run first differs at step 0 (rank 0): the training data (UnseededStream)" in out, out

@@ -75,8 +75,9 @@ class JobSection:
     # How long a rank waits in a collective for the others before the job fails. A rank that
     # exits is noticed at once (torchrun, srun --kill-on-bad-exit); this bounds a rank that hangs.
     collective_timeout_s: int = bounded(600, at_least(1, "{value}: must be at least 1 second"))
-    # Fetch every training sample under its own seed, from (seed, epoch, sample index): random
-    # augmentation, in the workers or not, then draws the same in every attempt (exact resume).
+    # Fetch every training sample under its own seed, from (seed, epoch, sample index), and run
+    # each epoch of a stream (IterableDataset) under its own, from (seed, epoch, rank, worker):
+    # random augmentation, in the workers or not, then draws the same in every attempt.
     seed_per_sample: bool = True
     # DDP keeps one gradient-bucket layout for the whole run, so a resumed attempt sums gradients
     # in the same order (exact resume at 3+ ranks). False: DDP's own rebuild (a few % faster on

@@ -68,6 +68,7 @@ class Fingerprints(Callback):
             "step": int(trainer.global_step),
             "epoch": int(trainer.current_epoch),
             "batch": batch_idx,
+            "source": ", ".join(type(getattr(dl, "dataset", dl)).__name__ for dl in compat.train_dataloaders(trainer)),
             "data": digest_tensors(batch),
             "rng": {
                 "torch": digest_tensors(torch.get_rng_state()),

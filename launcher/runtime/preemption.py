@@ -40,6 +40,7 @@ from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
 from launcher.runtime.strategy import ExactData, stateful
+from launcher.runtime.streams import replays
 
 AGREE_EVERY_S = 1.0  # the stop agreement's period: signal-to-stop latency is at most this plus a step
 AGREE_MAX_STEPS = 1000
@@ -88,7 +89,7 @@ def _load_metric_states(module: LightningModule, states: dict[str, Any], merge: 
 
 def _positionable(loader: Any) -> bool:
     """Whether launch can put this training loader back where a preempted epoch stopped."""
-    if isinstance(getattr(loader, "sampler", None), ResumableDistributedSampler) or stateful(loader):
+    if isinstance(getattr(loader, "sampler", None), ResumableDistributedSampler) or stateful(loader) or replays(loader):
         return True
     return isinstance(getattr(loader, "dataset", None), IterableDataset) and stateful(loader.dataset)
 
@@ -98,10 +99,12 @@ def _data_state(trainer: Trainer, batches: int) -> dict[str, Any]:
     stateful loaders' states, and an iterable dataset's own state."""
     loaders = compat.train_dataloaders(trainer)
     state: dict[str, Any] = {"loaders": [batch_state(dl, batches) for dl in loaders if stateful(dl)]}
-    datasets = [dl.dataset for dl in loaders if not stateful(dl) and isinstance(getattr(dl, "dataset", None),
-                                                                                IterableDataset)]
+    datasets = [dl.dataset for dl in loaders if not stateful(dl) and not replays(dl)
+                and isinstance(getattr(dl, "dataset", None), IterableDataset)]
     if datasets and stateful(datasets[0]):
         state["dataset"] = batch_state(datasets[0], batches)
+    if any(replays(dl) for dl in loaders):
+        state["stream"] = True  # replayed: its position is this rank's shard's
     return state
 
 
@@ -311,7 +314,7 @@ class PreemptionHandler(Callback):
         # of the saved rank it is, modulo the old world size.
         own = [state["ranks"][r] for r in range(old_w) if r % new_w == rank] if new_w <= old_w else \
             [state["ranks"][rank]] if rank < old_w else []
-        if old_w != new_w and any(r.get("data", {}).get("loaders") or "dataset" in r.get("data", {})
+        if old_w != new_w and any(r.get("data", {}).get("loaders") or {"dataset", "stream"} & r.get("data", {}).keys()
                                   for r in state["ranks"]):
             raise RuntimeError(f"the checkpoint was saved by {old_w} ranks and this job has {new_w}: an iterable or "
                                "stateful loader's position belongs to its rank; resume on the run's own world size")
@@ -335,7 +338,7 @@ class PreemptionHandler(Callback):
             return
         if not any(_positionable(dl) for dl in compat.train_dataloaders(trainer)):
             raise RuntimeError("resuming mid-epoch needs a training loader launch can position: a map-style dataset "
-                               "with Lightning's default sampler, a stateful loader, or an iterable dataset with state")
+                               "with Lightning's default sampler, a stateful loader, or an iterable dataset")
         # Lightning does not call on_train_epoch_start for an epoch it resumes part-way.
         # StochasticWeightAveraging sets itself up there (its SWALR scheduler, restored from the
         # checkpoint); the averaging it also does there is skipped for an epoch already averaged.

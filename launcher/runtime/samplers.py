@@ -26,6 +26,10 @@ from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 _MASK = 2**64 - 1
 
 
+class UnresumableData(Exception):
+    """The training data cannot be put back where a preempted run stopped."""
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for one sample of one epoch (splitmix64 over the three)."""
     z = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB + 1) & _MASK
@@ -101,7 +105,7 @@ def _seeded_class(user_class: type) -> type:
         if not isinstance(key, SampleKey):
             return fetch(self, key)
         with _rngs_kept():
-            _seed_all(key.seed)
+            seed_all(key.seed)
             return fetch(self, int(key))
 
     def __getitems__(self: Any, keys: list[Any]) -> Any:
@@ -111,11 +115,11 @@ def _seeded_class(user_class: type) -> type:
             if fetch_batch is not None:
                 # The dataset fetches whole batches itself: the batch runs under its first sample's
                 # seed (a batch is the same in every attempt, so what it draws is too).
-                _seed_all(keys[0].seed)
+                seed_all(keys[0].seed)
                 return fetch_batch(self, [int(k) for k in keys])
             samples = []
             for key in keys:  # one seed per sample
-                _seed_all(key.seed)
+                seed_all(key.seed)
                 samples.append(fetch(self, int(key)))
             return samples
 
@@ -125,18 +129,18 @@ def _seeded_class(user_class: type) -> type:
         plain.__dict__.update(self.__dict__)
         return _seeded_again, (plain,)
 
-    return _methods_subclass(user_class, {"__getitem__": __getitem__, "__getitems__": __getitems__,
+    return methods_subclass(user_class, {"__getitem__": __getitem__, "__getitems__": __getitems__,
                                           "__reduce_ex__": __reduce_ex__})
 
 
-def _methods_subclass(user_class: type, methods: dict[str, Any]) -> type:
+def methods_subclass(user_class: type, methods: dict[str, Any]) -> type:
     """A subclass of the user's class that adds only methods (no fields, empty __slots__, the same
     name), so that an instance can become one in place."""
     namespace = {"__slots__": (), "__module__": user_class.__module__, "__qualname__": user_class.__qualname__}
     return type(user_class.__name__, (user_class,), {**namespace, **methods})
 
 
-def _become(obj: Any, cls: type) -> bool:
+def become(obj: Any, cls: type) -> bool:
     """Swap `obj`'s class for `cls` in place; False for a class whose layout does not allow it."""
     if not hasattr(obj, "__dict__"):
         return False
@@ -147,7 +151,7 @@ def _become(obj: Any, cls: type) -> bool:
     return True
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     # The CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding, which formats
     # the whole Python stack on every call (about 1 ms under Lightning, 64 times a batch: the cause
     # of issue 23's 0.70x). A data pipeline draws from the CPU generator (workers cannot use CUDA);
@@ -163,13 +167,22 @@ def _rngs_kept() -> Iterator[None]:
     if get_worker_info() is not None:
         yield
         return
-    saved = torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+    saved = rng_states()
     try:
         yield
     finally:
-        torch.default_generator.set_state(saved[0])
-        np.random.set_state(saved[1])
-        random.setstate(saved[2])
+        set_rng_states(saved)
+
+
+def rng_states() -> tuple[Any, ...]:
+    """The states of the process's CPU generators a data pipeline draws from (torch, numpy, random)."""
+    return torch.default_generator.get_state(), np.random.get_state(), random.getstate()
+
+
+def set_rng_states(states: tuple[Any, ...]) -> None:
+    torch.default_generator.set_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 
 _SEEDED: dict[type, type] = {}  # the user's class -> its seeded subclass
@@ -190,7 +203,7 @@ def seed_each_sample(dataset: Any) -> bool:
         return False
     if cls not in _SEEDED:
         _SEEDED[cls] = _seeded_class(cls)
-    return _become(dataset, _SEEDED[cls])
+    return become(dataset, _SEEDED[cls])
 
 
 # --------------------------------------------------------------------------- iterable datasets with state
@@ -233,7 +246,7 @@ def record_batch_states(dataset: Any, batch_size: int, first_batch: int = 0) -> 
                 load(self, _end_finished_workers(self, state))
 
             methods["load_state_dict"] = load_state_dict
-        if not _become(dataset, _methods_subclass(cls, methods)):
+        if not become(dataset, methods_subclass(cls, methods)):
             return False
     dataset.__dict__.update(_launch_batch_states={}, _launch_batch_size=batch_size, _launch_first_batch=first_batch)
     return True
@@ -295,7 +308,7 @@ def _ends_on_request(dataset: Any) -> bool:
         return iterate(self)
 
     methods = {"load_state_dict": load_state_dict, "__iter__": __iter__, "_launch_ends_on_request": True}
-    return _become(dataset, _methods_subclass(cls, methods))
+    return become(dataset, methods_subclass(cls, methods))
 
 
 def batch_state(dataset: Any, batches: int) -> Any:

@@ -3,6 +3,7 @@ training data."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -14,7 +15,13 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Itera
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
-from launcher.runtime.samplers import ResumableDistributedSampler, record_batch_states, seed_each_sample
+from launcher.runtime.samplers import (
+    ResumableDistributedSampler,
+    UnresumableData,
+    record_batch_states,
+    seed_each_sample,
+)
+from launcher.runtime.streams import Replay, continue_by_replay
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
 _LOADER_SEEDS = {stage: 1_000_003 * (i + 1) for i, stage in enumerate(RunningStage)}
@@ -31,12 +38,16 @@ _LOADER_SEEDS = {stage: 1_000_003 * (i + 1) for i, stage in enumerate(RunningSta
 EXACT_DDP_KWARGS: dict[str, Any] = {"find_unused_parameters": True}
 
 
-class UnresumableData(Exception):
-    """The training data cannot be put back where a preempted run stopped."""
-
-
 def stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
+def _console(line: str) -> None:
+    print(line, flush=True)
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def _unrecordable(what: str) -> UnresumableData:
@@ -139,8 +150,9 @@ class ExactData:
         return scaled
 
     def _prepare_iterable(self, dataloader: DataLoader) -> None:
-        """An iterable dataset resumes only through its own state: the loader's (torchdata's
-        StatefulDataLoader, any workers) or the dataset's (in the main process, num_workers = 0)."""
+        """An iterable dataset resumes through its own state where launch can keep it: the loader's
+        (torchdata's StatefulDataLoader, any workers) or the dataset's (in the main process,
+        num_workers = 0). Any other stream is continued by replay (streams.py)."""
         dataset = dataloader.dataset
         first = self.resume_position[1] if self.resume_position else 0
         if stateful(dataloader):
@@ -158,13 +170,17 @@ class ExactData:
             if record_batch_states(dataset, dataloader.batch_size or 1, first) or not self.preemptible:
                 return
             raise _unrecordable(f"the training data is an IterableDataset ({type(dataset).__name__}) whose class is one")
-        if self.preemptible:
-            what = "with num_workers > 0 (its state lives in the workers)" if stateful(dataset) else \
-                "without state_dict() and load_state_dict()"
-            raise UnresumableData(
-                f"the training data is an IterableDataset ({type(dataset).__name__}) {what}: a preempted run could not "
-                "continue where it stopped. Give the dataset state_dict()/load_state_dict() (num_workers = 0), or use "
-                "torchdata's StatefulDataLoader, or set job.preemptible = false")
+        trainer = self.lightning_module.trainer
+        epoch = trainer.current_epoch if self.restored_epoch is None else self.restored_epoch
+        self.restored_epoch = None
+        replay = Replay(first_epoch=epoch, current_epoch=lambda: trainer.current_epoch, resume=self.resume_position,
+                        seed=int(os.environ.get("PL_GLOBAL_SEED", "0")), seeded=self.seed_samples,
+                        rank=self.global_rank, say=_console if self.global_rank == 0 else _silent)
+        try:
+            continue_by_replay(dataloader, replay)
+        except UnresumableData:
+            if self.preemptible:
+                raise
 
     def reduce(self, tensor: Any, group: Any = None, reduce_op: Any = "mean") -> Any:
         if (
