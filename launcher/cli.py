@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +11,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from launcher import backends, config, dependencies, sweep
+from launcher import backends, config, sweep
 from launcher.cli_args import build_parser
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
@@ -23,7 +21,14 @@ from launcher.lifecycle import RunStatus, State, last_event
 from launcher.report import status_report
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
-from launcher.submission import fit_allocation, render_preview, render_script, resume_run, start_run
+from launcher.submission import (
+    render_preview,
+    render_script,
+    resolve_submission,
+    resume_stopped,
+    runs_dir_for,
+    start_run,
+)
 from launcher.table import format_table
 
 SMOKE_OVERRIDES = (
@@ -54,13 +59,7 @@ def _request(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> config.Re
 
 
 def _runs_dir(args: argparse.Namespace, cfg: JobConfig | None = None) -> Path:
-    if args.runs_dir:
-        return Path(args.runs_dir)
-    if os.environ.get("LAUNCH_RUNS_DIR"):
-        return Path(os.environ["LAUNCH_RUNS_DIR"])
-    if cfg is not None and cfg.cluster.runs_dir:
-        return Path(cfg.cluster.runs_dir)
-    return Path("runs")
+    return runs_dir_for(args.runs_dir, cfg)
 
 
 def _pump(path: Path, pos: int, out: TextIO) -> int:
@@ -118,13 +117,8 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
         if getattr(args, "after", None):
             raise LaunchError("--here starts the run now, in this allocation: --after cannot hold it (submit without --here)")
         args.nodes = args.nodes or alloc.nodes  # the whole allocation unless asked otherwise
-    cfg = config.resolve(_request(args, extra))
-    if alloc is not None:
-        cfg = fit_allocation(cfg, alloc)
-    runs_dir = _runs_dir(args, cfg)
-    afters = dependencies.parse(getattr(args, "after", None) or [], runs_dir)
-    if afters:
-        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=dependencies.slurm_dependency(cfg, afters)))
+    cfg, runs_dir, afters = resolve_submission(_request(args, extra), args.runs_dir, getattr(args, "after", None) or [],
+                                               alloc)
     if args.dry_run:
         print(render_preview(cfg, runs_dir, args.job), end="")
         print((runs_dir / cfg.job.name / "RUN-ID").resolve())
@@ -213,19 +207,10 @@ def cmd_preempt(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    backend = backends.for_run(run)
-    info = backends.status(run)
-    if backend.still_running(run):
-        if info.terminal:  # recorded as ended, but the cluster still shows its job
-            raise LaunchError(f"{run.path}: {info.state}, but its job is still ending (SLURM state "
-                              f"{info.slurm.slurm_state}); try again once it has left the queue")
-        raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
-    if info.state == State.COMPLETED:
-        raise LaunchError(f"{run.path}: already completed")
     shape = {k: v for k, v in (("nodes", args.nodes), ("procs_per_node", args.procs), ("gpus_per_node", args.gpus))
              if v is not None}
     before = config.load_resolved(run.config).world_size
-    cfg, edited = resume_run(run, info.state, args.code, shape)
+    cfg, edited = resume_stopped(run, args.code, shape)
     if cfg.world_size != before:
         print(f"world size: {before} -> {cfg.world_size} ranks ({cfg.resources.nodes} node(s) x {cfg.procs_per_node}); the "
               "global batch and the sample order are kept, the weights will not be bit-identical to a run on "

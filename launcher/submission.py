@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from launcher import backends, code_snapshot, config, render
+from launcher import backends, code_snapshot, config, dependencies, render
 from launcher.backends.base import Placement
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.lifecycle import Event
+from launcher.lifecycle import Event, State
 from launcher.rundir import RunDir, atomic_write_text
 from launcher.slurm_env import Allocation
 
@@ -74,6 +75,31 @@ def fit_allocation(cfg: JobConfig, alloc: Allocation) -> JobConfig:
     return dataclasses.replace(cfg, resources=res)
 
 
+def runs_dir_for(explicit: str | os.PathLike[str] | None, cfg: JobConfig | None = None) -> Path:
+    """Where runs live: the one asked for, else $LAUNCH_RUNS_DIR, else the profile's, else ./runs."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("LAUNCH_RUNS_DIR"):
+        return Path(os.environ["LAUNCH_RUNS_DIR"])
+    if cfg is not None and cfg.cluster.runs_dir:
+        return Path(cfg.cluster.runs_dir)
+    return Path("runs")
+
+
+def resolve_submission(req: config.Request, runs_dir: str | os.PathLike[str] | None, after: list[str],
+                       alloc: Allocation | None = None) -> tuple[JobConfig, Path, list[dependencies.After]]:
+    """The config a submission runs (fitted to `alloc` for --here, held for the runs in `after`),
+    and its runs directory."""
+    cfg = config.resolve(req)
+    if alloc is not None:
+        cfg = fit_allocation(cfg, alloc)
+    where = runs_dir_for(runs_dir, cfg)
+    afters = dependencies.parse(after, where)
+    if afters:
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, dependency=dependencies.slurm_dependency(cfg, afters)))
+    return cfg, where, afters
+
+
 def start_run(cfg: JobConfig, runs_dir: Path, job_file: str, here: str | None = None, **event_fields: Any) -> RunDir:
     """Prepare the run directory and hand the run to its backend (or, `here`, to srun steps of
     that allocation)."""
@@ -111,6 +137,19 @@ def reshape(cfg: JobConfig, shape: dict[str, int]) -> JobConfig:
         raise LaunchError(f"--nodes {new.resources.nodes}: profile '{cfg.run.profile}' allows at most "
                           f"{new.cluster.max_nodes}")
     return new
+
+
+def resume_stopped(run: RunDir, code: str = "snapshot", shape: dict[str, int] | None = None) -> tuple[JobConfig, list[str]]:
+    """`launch resume`: refuse a run that still runs or has completed, else resume it (resume_run)."""
+    info = backends.status(run)
+    if backends.for_run(run).still_running(run):
+        if info.terminal:  # recorded as ended, but the cluster still shows its job
+            raise LaunchError(f"{run.path}: {info.state}, but its job is still ending (SLURM state "
+                              f"{info.slurm.slurm_state}); try again once it has left the queue")
+        raise LaunchError(f"{run.path}: still {info.state}; cancel it first or let it finish")
+    if info.state == State.COMPLETED:
+        raise LaunchError(f"{run.path}: already completed")
+    return resume_run(run, info.state, code, shape)
 
 
 def resume_run(run: RunDir, previous_state: str, code: str = "snapshot",
