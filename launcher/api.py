@@ -23,7 +23,7 @@ from launcher import backends, config
 from launcher.errors import LaunchError
 from launcher.lifecycle import RunStatus
 from launcher.rundir import RunDir, find_run, list_runs
-from launcher.submission import resolve_submission, resume_stopped, runs_dir_for, start_run
+from launcher.submission import log_path, resolve_submission, resume_stopped, runs_dir_for, start_run
 
 PathLike = str | os.PathLike[str]
 
@@ -73,12 +73,8 @@ class Run:
 
     def logs(self, rank: int | None = None) -> str:
         """The run's console (every rank's lines, as `launch logs` prints them), or one rank's log."""
-        path = backends.for_run(self._run).logs(self._run) if rank is None else self._run.rank_log(rank)
-        if rank is not None and not path.exists():
-            have = sorted(p.stem.removeprefix("rank-") for p in self._run.logs.glob("rank-*.log"))
-            raise LaunchError(f"{self.dir}: no log for rank {rank} (ranks with logs: {', '.join(have) or 'none yet'})")
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
+            return log_path(self._run, rank).read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -106,8 +102,7 @@ class Run:
         runs the submit directory's code instead of the run's snapshot; nodes/procs/gpus reshape it."""
         if code not in ("snapshot", "current"):
             raise LaunchError(f"resume: code={code!r}: allowed: 'snapshot', 'current'")
-        shape = {k: v for k, v in (("nodes", nodes), ("procs_per_node", procs), ("gpus_per_node", gpus)) if v is not None}
-        resume_stopped(self._run, code, shape)
+        resume_stopped(self._run, code, nodes, procs, gpus)
         return self
 
 

@@ -22,6 +22,7 @@ from launcher.report import status_report
 from launcher.rundir import RunDir, atomic_write_text, find_run, list_runs
 from launcher.slurm_env import current_allocation
 from launcher.submission import (
+    log_path,
     render_preview,
     render_script,
     resolve_submission,
@@ -179,10 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    path = backends.for_run(run).logs(run) if args.rank is None else run.rank_log(args.rank)
-    if args.rank is not None and not path.exists():
-        have = sorted(p.stem.removeprefix("rank-") for p in run.logs.glob("rank-*.log"))
-        raise LaunchError(f"{run.path}: no log for rank {args.rank} (ranks with logs: {', '.join(have) or 'none yet'})")
+    path = log_path(run, args.rank)
     if args.follow:
         _follow_or_detach(run, path)
     else:
@@ -207,10 +205,8 @@ def cmd_preempt(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
-    shape = {k: v for k, v in (("nodes", args.nodes), ("procs_per_node", args.procs), ("gpus_per_node", args.gpus))
-             if v is not None}
     before = config.load_resolved(run.config).world_size
-    cfg, edited = resume_stopped(run, args.code, shape)
+    cfg, edited = resume_stopped(run, args.code, args.nodes, args.procs, args.gpus)
     if cfg.world_size != before:
         print(f"world size: {before} -> {cfg.world_size} ranks ({cfg.resources.nodes} node(s) x {cfg.procs_per_node}); the "
               "global batch and the sample order are kept, the weights will not be bit-identical to a run on "

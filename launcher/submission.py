@@ -139,8 +139,22 @@ def reshape(cfg: JobConfig, shape: dict[str, int]) -> JobConfig:
     return new
 
 
-def resume_stopped(run: RunDir, code: str = "snapshot", shape: dict[str, int] | None = None) -> tuple[JobConfig, list[str]]:
-    """`launch resume`: refuse a run that still runs or has completed, else resume it (resume_run)."""
+def log_path(run: RunDir, rank: int | None = None) -> Path:
+    """The run's console (every rank's lines), or one rank's log, which must exist."""
+    if rank is None:
+        return backends.for_run(run).logs(run)
+    path = run.rank_log(rank)
+    if not path.exists():
+        have = sorted(p.stem.removeprefix("rank-") for p in run.logs.glob("rank-*.log"))
+        raise LaunchError(f"{run.path}: no log for rank {rank} (ranks with logs: {', '.join(have) or 'none yet'})")
+    return path
+
+
+def resume_stopped(run: RunDir, code: str = "snapshot", nodes: int | None = None, procs: int | None = None,
+                   gpus: int | None = None) -> tuple[JobConfig, list[str]]:
+    """`launch resume`: refuse a run that still runs or has completed, else resume it (resume_run),
+    on another shape where nodes, procs or gpus are given."""
+    shape = {k: v for k, v in (("nodes", nodes), ("procs_per_node", procs), ("gpus_per_node", gpus)) if v is not None}
     info = backends.status(run)
     if backends.for_run(run).still_running(run):
         if info.terminal:  # recorded as ended, but the cluster still shows its job
