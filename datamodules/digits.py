@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from datamodules import pl
 
 
 class DigitsDataModule(pl.LightningDataModule):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.datasets import MNIST
+
+from datamodules import pl
 
 MEAN, STD = 0.1307, 0.3081
 

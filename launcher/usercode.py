@@ -1,18 +1,100 @@
-"""Where a run's user code is imported from: the run's snapshot of it, else the submit directory.
-Used by every rank and by the one-device tools (tune, predict, export); imports no torch."""
+"""Where a run's user code is imported from (the run's snapshot of it, else the submit directory)
+and which Lightning it uses. Used by every rank and by the one-device tools (tune, predict,
+export); imports no torch itself."""
 
 from __future__ import annotations
 
 import sys
 
 from launcher.config import JobConfig
+from launcher.config.components import LIGHTNING_ENV, mixed_lightning_message
 from launcher.rundir import RunDir
 
 
-def import_user_code(cfg: JobConfig, run: RunDir) -> None:
+def import_user_code(cfg: JobConfig, run: RunDir) -> str:
     """Make the user's modules importable: the run's snapshot of them (taken at submit, or by
-    `launch resume --code current`), ahead of everything; without one, the submit directory."""
+    `launch resume --code current`), ahead of everything; without one, the submit directory.
+    Then choose the Lightning namespace from the job's classes (choose_lightning), before
+    anything of launch imports Lightning; returns it."""
     if run.code.is_dir():
         sys.path.insert(0, str(run.code))
     elif cfg.run.workdir and cfg.run.workdir not in sys.path:
         sys.path.insert(0, cfg.run.workdir)
+    return choose_lightning(cfg)
+
+
+# --------------------------------------------------------------------------- the Lightning namespace
+
+NAMESPACES = {"pytorch_lightning": "lightning_fabric", "lightning.pytorch": "lightning.fabric"}  # -> its Fabric
+DISTRIBUTIONS = {"pytorch_lightning": "pytorch-lightning", "lightning.pytorch": "lightning"}
+OWN_PACKAGES = ("models.", "datamodules.")  # launch's examples follow the job's namespace
+
+
+class MixedLightning(ImportError):
+    """The job's classes come from both Lightning namespaces: no Trainer accepts them together."""
+
+
+def lightning_of(cls: type) -> str | None:
+    """The Lightning namespace `cls` subclasses (from its MRO); None: neither."""
+    for base in getattr(cls, "__mro__", ()):
+        module = getattr(base, "__module__", "") or ""
+        for name in NAMESPACES:
+            if module == name or module.startswith(name + "."):
+                return name
+    return None
+
+
+def lightning_in_use() -> str:
+    """The namespace this process's Lightning comes from (choose_lightning set it)."""
+    import os
+
+    name = os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+    if name not in NAMESPACES:
+        raise ImportError(f"{LIGHTNING_ENV}={name!r}: expected one of {', '.join(NAMESPACES)}")
+    return name
+
+
+def job_classes(cfg: JobConfig) -> list[tuple[str, str]]:
+    """(job file key, class path) of the job's own classes: launch's examples and Lightning's bare
+    callback and logger names, which follow the namespace, left out."""
+    from launcher.config import split_class_path
+
+    named = [("model.class_path", "model", cfg.model.class_path), ("data.class_path", "data", cfg.data.class_path)]
+    for section in ("callbacks", "loggers"):
+        named += [(f"{section}[{i}].class_path", section, c.class_path) for i, c in enumerate(getattr(cfg, section))]
+    out = []
+    for key, section, class_path in named:
+        module, name = split_class_path(section, class_path)
+        if module.startswith(OWN_PACKAGES) or module.startswith(tuple(NAMESPACES)) or not module:
+            continue
+        out.append((key, f"{module}:{name}"))
+    return out
+
+
+def choose_lightning(cfg: JobConfig) -> str:
+    """Choose the Lightning namespace of the job's own classes for everything this process imports
+    after (LAUNCH_LIGHTNING); pytorch_lightning when none says. Their sources are read first, so
+    that launch's examples imported along with them already follow; then the classes themselves
+    decide (a base made at run time shows only there). Two namespaces in one job are refused in one
+    line naming a class of each."""
+    import importlib
+    import os
+
+    from launcher.config.components import declared_lightning
+
+    classes = job_classes(cfg)
+    declared = {declared_lightning(*path.split(":")) for _, path in classes} - {None}
+    if len(declared) == 1:
+        os.environ[LIGHTNING_ENV] = declared.pop()
+    found: dict[str, str] = {}
+    for key, path in classes:
+        module, _, name = path.partition(":")
+        cls = getattr(importlib.import_module(module), name, None)
+        namespace = lightning_of(cls) if isinstance(cls, type) else None
+        if namespace:
+            found.setdefault(namespace, f"{key} {name} ({namespace})")
+    if len(found) > 1:
+        raise MixedLightning(mixed_lightning_message(*found.values()))
+    chosen = next(iter(found), None) or os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+    os.environ[LIGHTNING_ENV] = chosen
+    return chosen

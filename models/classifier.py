@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+
+from models import pl
 
 
 class Classifier(pl.LightningModule):

@@ -26,15 +26,17 @@ REGISTRY: dict[str, dict[str, str]] = {
     "callbacks": {},
     "loggers": {},
 }
-# A bare class name in [[callbacks]] or [[loggers]] is Lightning's own.
-LIGHTNING_MODULE = {"callbacks": "pytorch_lightning.callbacks", "loggers": "pytorch_lightning.loggers"}
+# A bare class name in [[callbacks]] or [[loggers]] is Lightning's own, in the job's namespace
+# (LAUNCH_LIGHTNING: usercode.choose_lightning; pytorch_lightning's names are checked at submission).
+LIGHTNING_MODULE = {"callbacks": "{}.callbacks", "loggers": "{}.loggers"}
+LIGHTNING_ENV = "LAUNCH_LIGHTNING"
 
 
 def split_class_path(section: str, class_path: str) -> tuple[str, str]:
     """'mlp' or 'models.mlp.MLP' or 'models.mlp:MLP' -> ('models.mlp', 'MLP')."""
     class_path = REGISTRY[section].get(class_path, class_path)
     if section in LIGHTNING_MODULE and not re.search(r"[.:]", class_path):
-        return LIGHTNING_MODULE[section], class_path
+        return LIGHTNING_MODULE[section].format(os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"), class_path
     if ":" in class_path:
         module, _, name = class_path.partition(":")
     else:
@@ -60,8 +62,9 @@ def module_source(module: str) -> str | None:
     return None if found is None else found.origin or ""
 
 
-def check_component(section: str, class_path: str, source: str, key: str = "") -> None:
-    """Refuse a class path whose module or class does not exist, without importing torch.
+def check_component(section: str, class_path: str, source: str, key: str = "") -> str | None:
+    """Refuse a class path whose module or class does not exist, without importing torch; return
+    the Lightning namespace the class subclasses, as its source says (declared_lightning).
 
     The module's source is parsed, not executed; classes made at import time are not seen, so
     those pass here and are checked again when the job imports them.
@@ -73,7 +76,7 @@ def check_component(section: str, class_path: str, source: str, key: str = "") -
     module, name = split_class_path(section, class_path)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as in the job, where the submit directory is importable
-    registered = ", ".join(REGISTRY[section]) or f"a class of {LIGHTNING_MODULE[section]}"
+    registered = ", ".join(REGISTRY[section]) or f"a class of {LIGHTNING_MODULE[section].format('pytorch_lightning')}"
     if not module:
         raise ConfigError(source, key, f"{class_path!r} is neither a registered name ({registered}) nor 'module.Class'")
     try:
@@ -83,7 +86,7 @@ def check_component(section: str, class_path: str, source: str, key: str = "") -
     if origin is None:
         raise ConfigError(source, key, f"no module named {module!r} (registered names: {registered})")
     if not origin.endswith(".py"):
-        return
+        return None
     try:
         tree = ast.parse(Path(origin).read_text(encoding="utf-8"), filename=origin)
     except SyntaxError as exc:
@@ -101,4 +104,74 @@ def check_component(section: str, class_path: str, source: str, key: str = "") -
         close = difflib.get_close_matches(name, sorted(defined), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(source, key, f"module {module!r} has no class {name!r}{hint}")
+    return declared_lightning(module, name, origin, tree)
+
+
+# --------------------------------------------------------------------------- the Lightning namespace
+
+NAMESPACE_PREFIXES = {"lightning.pytorch": ("lightning.",), "pytorch_lightning": ("pytorch_lightning.",)}
+LAUNCH_OWN = tuple(str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("models", "datamodules"))
+
+
+def mixed_lightning_message(first: str, second: str) -> str:
+    return (f"the job's classes come from both Lightning namespaces: {first}, {second}; no Trainer takes both: "
+            "import one of `lightning` (import lightning as L) or `pytorch_lightning` everywhere")
+
+
+def declared_lightning(module: str, name: str, origin: str | None = None, tree: object = None,
+                       depth: int = 0) -> str | None:
+    """The Lightning namespace class `name` of `module` subclasses, read from the source (bases
+    followed through imports, into other modules of the project): "lightning.pytorch" (`import
+    lightning as L`), "pytorch_lightning", or None: launch's own examples (they follow the job's)
+    and bases made at run time, which the rank reads from the class itself (usercode.choose_lightning)."""
+    import ast
+
+    try:
+        origin = origin or module_source(module)
+        if not origin or not origin.endswith(".py") or origin.startswith(LAUNCH_OWN) or depth > 8:
+            return None
+        tree = tree or ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (ImportError, ValueError, OSError, SyntaxError):
+        return None
+    package = module if origin.endswith("__init__.py") else module.rpartition(".")[0]
+    names: dict[str, str] = {}  # a module-level name -> the dotted path it was imported as
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}".strip(".")
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{base}.{alias.name}"
+    found = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
+    if found is None:  # imported into this module: follow it
+        target = names.get(name, "")
+        return _namespace_of(target, depth) if target else None
+    for base in found.bases:
+        parts = []
+        while isinstance(base, ast.Attribute):
+            parts.insert(0, base.attr)
+            base = base.value
+        if not isinstance(base, ast.Name):
+            continue
+        if base.id in names:
+            namespace = _namespace_of(".".join([names[base.id], *parts]), depth)
+        elif not parts:  # a class of the same module
+            namespace = declared_lightning(module, base.id, origin, tree, depth + 1)
+        else:
+            namespace = None
+        if namespace:
+            return namespace
+    return None
+
+
+def _namespace_of(dotted: str, depth: int) -> str | None:
+    for namespace, prefixes in NAMESPACE_PREFIXES.items():
+        if dotted.startswith(prefixes) and not dotted.startswith(("lightning.fabric.", "lightning_fabric.")):
+            return namespace
+    module, _, name = dotted.rpartition(".")
+    return declared_lightning(module, name, depth=depth + 1) if module else None
 

@@ -9,16 +9,13 @@ import os
 from datetime import timedelta
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
 from launcher.config import JobConfig, split_class_path
 from launcher.rundir import RunDir
 from launcher.runtime import callbacks as job_callbacks
 from launcher.runtime import trackers
 from launcher.runtime.checkpoint_io import AtomicCheckpointIO
 from launcher.runtime.heartbeat import Heartbeat
+from launcher.runtime.lightning_api import ModelCheckpoint, SLURMEnvironment, TorchElasticEnvironment, Trainer, seed_everything
 from launcher.runtime.lightning_compat import TimedProgressBar, disable_lightning_signal_handling
 from launcher.runtime.loggers import ContinuingCSVLogger, LaunchTensorBoardLogger
 from launcher.runtime.optimizers import install_optimizer
@@ -52,7 +49,7 @@ def user_logger(comp: Any, run: RunDir) -> Any:
 def build_model_and_data(cfg: JobConfig) -> tuple[Any, Any]:
     """The job's LightningModule and DataModule from the config, seeded, with the job file's
     optimizer and memory format: what the ranks train, and what tune and predict load."""
-    pl.seed_everything(cfg.job.seed, workers=True)
+    seed_everything(cfg.job.seed, workers=True)
     datamodule = load_class("data", cfg.data.class_path)(**cfg.data.init_args)
     model = load_class("model", cfg.model.class_path)(**cfg.model.init_args)
     install_optimizer(model, cfg)
@@ -126,7 +123,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         callbacks.append(TimedProgressBar())
     trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
     trainer_args["profiler"] = job_callbacks.profiler(cfg, run)
-    trainer = pl.Trainer(
+    trainer = Trainer(
         accelerator="gpu" if cfg.uses_gpus else "cpu",
         devices=cfg.procs_per_node,
         num_nodes=cfg.resources.nodes,

@@ -7,13 +7,19 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, StochasticWeightAveraging
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import grad_norm, rank_zero_only
-
 from launcher.config import JobConfig, to_dict
 from launcher.rundir import RunDir, atomic_open
+from launcher.runtime.lightning_api import (
+    Callback,
+    EarlyStopping,
+    LearningRateMonitor,
+    LightningModule,
+    StochasticWeightAveraging,
+    TensorBoardLogger,
+    Trainer,
+    grad_norm,
+    rank_zero_only,
+)
 from launcher.runtime.loggers import LaunchTensorBoardLogger
 
 
@@ -129,7 +135,11 @@ def profiler(cfg: JobConfig, run: RunDir) -> Any:
     name = cfg.trainer.profiler
     if name is None:
         return None
-    from pytorch_lightning.profilers import AdvancedProfiler, PyTorchProfiler, SimpleProfiler
+    from launcher.runtime.lightning_api import module
+
+    profilers = module("profilers")
+    AdvancedProfiler, PyTorchProfiler, SimpleProfiler = (profilers.AdvancedProfiler, profilers.PyTorchProfiler,
+                                                          profilers.SimpleProfiler)
 
     cls = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}[name]
     return cls(dirpath=run.profiler, filename="report")

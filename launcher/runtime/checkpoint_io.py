@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from launcher.rundir import atomic_open
+from launcher.runtime.lightning_api import TorchCheckpointIO
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

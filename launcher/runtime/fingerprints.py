@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pytorch_lightning import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
 from launcher.runtime import lightning_compat as compat
+from launcher.runtime.lightning_api import Callback, LightningModule, Trainer
 
 PRIMITIVE = (bool, int, float, str)
 

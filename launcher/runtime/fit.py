@@ -7,8 +7,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.utilities.model_helpers import is_overridden
-
 from launcher.config import JobConfig
 from launcher.lifecycle import Event
 from launcher.records import Preemption
@@ -16,6 +14,7 @@ from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, re
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.heartbeat import finish_heartbeat
+from launcher.runtime.lightning_api import FABRIC, NAME, is_overridden
 from launcher.runtime.loggers import rewind_history
 from launcher.runtime.preemption import Preempted, PreemptionHandler
 from launcher.runtime.strategy import guard_evaluation_logging
@@ -46,7 +45,7 @@ def find_resume_checkpoint(run: RunDir) -> Path | None:
 
 
 def train(cfg: JobConfig, run: RunDir, rank: int) -> None:
-    output.route_logging("pytorch_lightning", "lightning_fabric")
+    output.route_logging(NAME, FABRIC)
     # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
     warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
     # launch asks DDP to look for unused parameters so that its buckets never change layout

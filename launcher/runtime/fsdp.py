@@ -23,8 +23,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from pytorch_lightning.strategies import ModelParallelStrategy
-from pytorch_lightning.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
@@ -36,6 +34,7 @@ from torch.distributed.checkpoint.state_dict import (
 from launcher.rundir import CHECKPOINT_MARKER, SHARDED_META, atomic_open, atomic_write_text, fsync_dir
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
+from launcher.runtime.lightning_api import ModelParallelStrategy, is_overridden
 from launcher.runtime.strategy import ExactData
 
 META = SHARDED_META

@@ -17,10 +17,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from pytorch_lightning import Callback, Trainer
-
 from launcher.records import Heartbeat as HeartbeatRecord
 from launcher.rundir import RunDir, replace_view
+from launcher.runtime.lightning_api import Callback, Trainer
 from launcher.slurm_env import node_name
 from launcher.stalls import HEARTBEAT_S
 

@@ -1,9 +1,11 @@
 """The one door to Lightning's and torchmetrics' private internals.
 
-Every use of an underscore attribute of pytorch_lightning, lightning_fabric or torchmetrics, and
-every subclass that overrides a private method of theirs, is here and nowhere else in launch, so
-that an upgrade breaks in one place that can be listed. Importing this module checks that the
-installed versions are the ones it was written for, and fails with one line when they are not.
+Every use of an underscore attribute of Lightning (either namespace: `pytorch_lightning` with
+`lightning_fabric`, or `lightning.pytorch` with `lightning.fabric`; lightning_api.py says which a
+rank runs) or torchmetrics, and every subclass that overrides a private method of theirs, is here
+and nowhere else in launch, so that an upgrade breaks in one place that can be listed. Importing
+this module checks that the installed versions are the ones it was written for, and fails with one
+line when they are not.
 """
 
 from __future__ import annotations
@@ -14,26 +16,30 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from launcher.usercode import DISTRIBUTIONS, lightning_in_use
+
 # The major.minor versions every touchpoint below was written and tested for (pinned in pyproject;
-# lightning_fabric ships inside the pytorch-lightning distribution).
-WRITTEN_FOR = {"pytorch-lightning": "2.6", "torchmetrics": "1.9"}
+# each Lightning distribution ships its Fabric: lightning_fabric in pytorch-lightning).
+WRITTEN_FOR = {"pytorch-lightning": "2.6", "lightning": "2.6", "torchmetrics": "1.9"}
 
 
 class IncompatibleVersions(RuntimeError):
     """The installed Lightning or torchmetrics is not the one launch's internals were written for."""
 
 
-def version_problem(installed: dict[str, str | None] | None = None) -> str | None:
-    """What differs between the installed versions and WRITTEN_FOR, as one line; None if nothing."""
+def version_problem(installed: dict[str, str | None] | None = None, packages: tuple[str, ...] | None = None) -> str | None:
+    """What differs between the installed versions of `packages` (the ones this rank imports;
+    default all of WRITTEN_FOR) and WRITTEN_FOR, as one line; None if nothing."""
+    packages = packages or tuple(WRITTEN_FOR)
     if installed is None:
         installed = {}
-        for package in WRITTEN_FOR:
+        for package in packages:
             try:
                 installed[package] = version(package)
             except PackageNotFoundError:
                 installed[package] = None
     wrong = [f"{pkg} {installed.get(pkg) or 'missing'} (needs {want}.x)" for pkg, want in WRITTEN_FOR.items()
-             if ".".join(str(installed.get(pkg)).split(".")[:2]) != want]
+             if pkg in packages and ".".join(str(installed.get(pkg)).split(".")[:2]) != want]
     if not wrong:
         return None
     return ("launch's Lightning internals (launcher/runtime/lightning_compat.py) were written for other versions: "
@@ -41,22 +47,24 @@ def version_problem(installed: dict[str, str | None] | None = None) -> str | Non
 
 
 def check_versions() -> None:
-    problem = version_problem()
+    problem = version_problem(packages=(DISTRIBUTIONS[lightning_in_use()], "torchmetrics"))
     if problem:
         raise IncompatibleVersions(problem)
 
 
 check_versions()
 
-import torch  # noqa: E402 - after the version check: a mismatch must be reported, not crash an import
-from lightning_fabric.utilities.logger import _convert_params, _flatten_dict  # noqa: E402
-from pytorch_lightning import Trainer  # noqa: E402
-from pytorch_lightning.callbacks import TQDMProgressBar  # noqa: E402
-from pytorch_lightning.loggers import CSVLogger  # noqa: E402
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter  # noqa: E402
-from pytorch_lightning.loggers.logger import rank_zero_experiment  # noqa: E402
-from pytorch_lightning.utilities.data import _update_dataloader  # noqa: E402
+# after the version check: a mismatch must be reported, not crash an import
+import torch  # noqa: E402
 from torchmetrics import Metric  # noqa: E402
+
+from launcher.runtime.lightning_api import CSVLogger, TQDMProgressBar, Trainer, fabric_module, module  # noqa: E402
+
+_convert_params = fabric_module("utilities.logger")._convert_params
+_flatten_dict = fabric_module("utilities.logger")._flatten_dict
+ExperimentWriter = module("loggers.csv_logs").ExperimentWriter
+rank_zero_experiment = module("loggers.logger").rank_zero_experiment
+_update_dataloader = module("utilities.data")._update_dataloader
 
 # --------------------------------------------------------------------------- the Trainer
 

@@ -7,10 +7,8 @@ import io
 import os
 from typing import Any
 
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only
-
 from launcher.rundir import atomic_write_text
+from launcher.runtime.lightning_api import TensorBoardLogger, rank_zero_only
 from launcher.runtime.lightning_compat import ContinuingCSVLogger, flatten_hparams, purge_tensorboard_from
 
 __all__ = ["ContinuingCSVLogger", "LaunchTensorBoardLogger", "rewind_history"]

@@ -6,9 +6,9 @@ import types
 from typing import Any
 
 import torch
-from pytorch_lightning import LightningModule, Trainer
 
 from launcher.config import JobConfig
+from launcher.runtime.lightning_api import LightningModule, Trainer
 
 
 def make_optimizer(cfg: JobConfig, params: Any) -> torch.optim.Optimizer:

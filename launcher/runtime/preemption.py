@@ -28,9 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from pytorch_lightning import Callback, LightningModule, Trainer
-from pytorch_lightning.callbacks import StochasticWeightAveraging
-from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
@@ -38,6 +35,7 @@ from launcher.records import Preemption
 from launcher.rundir import checkpoint_bytes
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
+from launcher.runtime.lightning_api import Callback, LightningModule, StochasticWeightAveraging, Trainer, TrainerFn
 from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
 from launcher.runtime.strategy import ExactData, stateful
 from launcher.runtime.streams import replays

@@ -8,10 +8,9 @@ import threading
 import time
 from typing import Any
 
-from pytorch_lightning import Callback, LightningModule, Trainer
-
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, replace_view
+from launcher.runtime.lightning_api import Callback, LightningModule, Trainer
 
 
 class RunProgress(Callback):

@@ -7,14 +7,12 @@ import os
 from typing import Any
 
 import torch
-from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
-from pytorch_lightning.strategies import DDPStrategy
-from pytorch_lightning.trainer.states import RunningStage
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
+from launcher.runtime.lightning_api import DDPStrategy, RunningStage, UnrepeatedDistributedSampler
 from launcher.runtime.samplers import (
     ResumableDistributedSampler,
     UnresumableData,

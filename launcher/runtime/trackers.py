@@ -17,10 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.utilities import rank_zero_only
-
 from launcher.config import JobConfig
 from launcher.rundir import RunDir, atomic_write_text
+from launcher.runtime.lightning_api import rank_zero_only
 
 
 class TrackerRecord:
@@ -70,7 +69,9 @@ def from_job_file(cfg: JobConfig, run: RunDir) -> list[Any]:
 
 
 def _wandb(cfg: JobConfig, run: RunDir) -> Any:
-    from pytorch_lightning.loggers import WandbLogger
+    from launcher.runtime.lightning_api import module
+
+    WandbLogger = module("loggers").WandbLogger
 
     class ContinuingWandbLogger(WandbLogger):
         """One W&B run (fixed id, resume="allow"); W&B's step is the global step; nothing sent twice."""
@@ -105,7 +106,9 @@ def _wandb(cfg: JobConfig, run: RunDir) -> Any:
 
 
 def _mlflow(cfg: JobConfig, run: RunDir) -> Any:
-    from pytorch_lightning.loggers import MLFlowLogger
+    from launcher.runtime.lightning_api import module
+
+    MLFlowLogger = module("loggers").MLFlowLogger
 
     class ContinuingMLFlowLogger(MLFlowLogger):
         """One MLflow run: created by the first attempt, its id kept; later attempts log to it."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from launcher.config import load_resolved
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_open, atomic_write_text, checkpoint_complete, sharded_meta
-from launcher.runtime.build import build_model_and_data
 from launcher.tools import one_device_trainer
 from launcher.usercode import import_user_code
 
@@ -58,7 +57,9 @@ def one_file(path: Path, scratch: Path) -> Path:
 
 def predict(run: RunDir, which: str) -> Path:
     import torch
-    from pytorch_lightning.utilities.model_helpers import is_overridden
+
+    from launcher.runtime.build import build_model_and_data
+    from launcher.runtime.lightning_api import is_overridden
 
     cfg = load_resolved(run.config)
     model, datamodule = build_model_and_data(cfg)

@@ -16,7 +16,6 @@ from typing import Any
 from launcher.config import JobConfig, load_resolved, read_toml
 from launcher.lifecycle import Event
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.runtime.build import build_model_and_data
 from launcher.tools import one_device_trainer
 from launcher.usercode import import_user_code
 
@@ -38,7 +37,10 @@ def set_key(table: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def tune(run: RunDir, want_lr: bool, want_batch: bool, max_trials: int) -> dict[str, Any]:
-    from pytorch_lightning.tuner import Tuner
+    from launcher.runtime.build import build_model_and_data
+    from launcher.runtime.lightning_api import module
+
+    Tuner = module("tuner").Tuner
 
     cfg = load_resolved(run.config)
     model, datamodule = build_model_and_data(cfg)
