@@ -109,14 +109,16 @@ class Run:
 def submit(job: PathLike, *, cluster: str | None = None, nodes: int | None = None, gpus: int | None = None,
            procs: int | None = None, set: Mapping[str, Any] | None = None,  # noqa: A002 (the CLI's --set)
            runs_dir: PathLike | None = None, after: Sequence[Run | PathLike] | None = None,
-           cluster_file: PathLike | None = None) -> Run:
-    """`launch submit JOB`: start a run of a job file and return it at once (`Run.wait()` waits).
+           cluster_file: PathLike | None = None, args: Sequence[str] | None = None) -> Run:
+    """`launch submit JOB`: start a run of a job file or a Lightning script (`train.py`, with its
+    command-line `args`) and return it at once (`Run.wait()` waits).
 
     `set` holds dotted keys (`{"trainer.max_epochs": 3}`) as `--set` does; `after` holds runs (or
     their ids, with an optional `:ok` / `:any`) this one waits for."""
     overrides = tuple(f"{key}={_toml(key, value)}" for key, value in (set or {}).items())
     req = config.Request(job_file=str(job), cluster=cluster, cluster_file=str(cluster_file) if cluster_file else None,
-                         nodes=nodes, gpus=gpus, procs=procs, overrides=overrides)
+                         nodes=nodes, gpus=gpus, procs=procs, overrides=overrides,
+                         script_args=tuple(args) if args is not None else None)
     refs = [str(a.dir) if isinstance(a, Run) else str(a) for a in after or ()]
     cfg, where, afters = resolve_submission(req, runs_dir, refs)
     run = start_run(cfg, where, str(job), **({"after": [a.record() for a in afters]} if afters else {}))

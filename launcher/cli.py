@@ -56,6 +56,7 @@ def _request(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> config.Re
         gpus=getattr(args, "gpus", None),
         procs=getattr(args, "procs", None),
         overrides=tuple(extra) + tuple(getattr(args, "set", None) or ()),
+        script_args=getattr(args, "script_args", None),
     )
 
 
@@ -337,7 +338,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # `launch submit train.py --nodes 2 -- --lr 0.1`: what follows the first `--` is the script's
+    script_args = argv[argv.index("--") + 1:] if "--" in argv else None
+    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.script_args = tuple(script_args) if script_args is not None else None
     try:
         return COMMANDS[args.command](args)
     except LaunchError as err:

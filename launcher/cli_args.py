@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_args(p: argparse.ArgumentParser, smoke: bool = False) -> None:
-        p.add_argument("job", help="job file (TOML)")
+        p.add_argument("job", help="job file (TOML), or a Lightning script (.py; its own arguments after --)")
         if not smoke:
             p.add_argument("--cluster", help="profile in cluster.toml (default: local)")
             p.add_argument("--nodes", type=int, help="nodes (local: simulated nodes on this machine)")

@@ -77,6 +77,15 @@ def _imported_roots(path: Path) -> set[str]:
     return names
 
 
+def _imported_roots_beside(script: Path, workdir: Path) -> set[str]:
+    """A script in a subfolder imports its neighbours by bare name (its folder is sys.path[0]): as
+    roots relative to `workdir`, those are `folder.name`; collect() takes the folder's package."""
+    folder = script.parent.resolve()
+    if folder == workdir.resolve():
+        return set()
+    return {folder.relative_to(workdir.resolve()).parts[0]}
+
+
 def collect(workdir: Path, roots: list[str]) -> dict[str, list[Path]]:
     """{top-level name: its Python files} for the roots found in `workdir` and what they import."""
     todo, found = list(roots), {}
@@ -97,15 +106,22 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def take(workdir: Path, class_paths: dict[str, str], dest: Path) -> dict[str, object]:
-    """Copy the job's code from `workdir` into `dest` (replacing it whole); returns the manifest."""
-    found = collect(workdir, class_roots(class_paths))
+def take(workdir: Path, class_paths: dict[str, str], dest: Path, script: str = "") -> dict[str, object]:
+    """Copy the job's code from `workdir` into `dest` (replacing it whole); returns the manifest.
+    A script (under `workdir`) is taken with what it imports from there, at its relative path."""
+    roots = class_roots(class_paths)
+    found: dict[str, list[Path]] = {}
+    path = (workdir / script).resolve() if script else None
+    if path is not None and path.is_relative_to(workdir.resolve()):
+        found["<script>"] = [path]
+        roots += sorted(_imported_roots(path) | _imported_roots_beside(path, workdir))
+    found.update(collect(workdir, roots))
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
     files: dict[str, str] = {}
     try:
         for paths in found.values():
             for src in paths:
-                rel = src.relative_to(workdir).as_posix()
+                rel = src.resolve().relative_to(workdir.resolve()).as_posix()
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, tmp / rel)
                 files[rel] = _digest(tmp / rel)

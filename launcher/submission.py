@@ -36,7 +36,7 @@ def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = Fal
     atomic_write_text(run.config, config.dumps(cfg))
     atomic_write_text(run.script(cfg.cluster.backend), render_script(cfg, array))
     if cfg.job.snapshot_code:
-        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code)
+        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code, script=cfg.job.script)
         event_fields["code"] = {"packages": taken["packages"], "files": len(taken["files"])}
     run.add_event(Event.SUBMITTED, backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
                   **event_fields)
@@ -45,7 +45,7 @@ def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = Fal
 
 def job_class_paths(cfg: JobConfig) -> dict[str, str]:
     """The job's classes by key (model, data, callbacks[i], loggers[i]): what the code snapshot follows."""
-    paths = {"model": cfg.model.class_path, "data": cfg.data.class_path}
+    paths = {s: c.class_path for s, c in (("model", cfg.model), ("data", cfg.data)) if c}
     for section in ("callbacks", "loggers"):
         paths.update({f"{section}[{i}]": c.class_path for i, c in enumerate(getattr(cfg, section))})
     return paths

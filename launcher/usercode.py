@@ -5,6 +5,7 @@ export); imports no torch itself."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from launcher.config import JobConfig
 from launcher.config.components import LIGHTNING_ENV, mixed_lightning_message
@@ -20,7 +21,7 @@ def import_user_code(cfg: JobConfig, run: RunDir) -> str:
         sys.path.insert(0, str(run.code))
     elif cfg.run.workdir and cfg.run.workdir not in sys.path:
         sys.path.insert(0, cfg.run.workdir)
-    return choose_lightning(cfg)
+    return choose_lightning(cfg, run)
 
 
 # --------------------------------------------------------------------------- the Lightning namespace
@@ -44,6 +45,15 @@ def lightning_of(cls: type) -> str | None:
     return None
 
 
+def script_path(cfg: JobConfig, run: RunDir) -> Path:
+    """The job's script as this attempt runs it: the run's snapshot of it, else the submitted file."""
+    script = Path(cfg.job.script)
+    if script.is_absolute():
+        return script
+    snapshot = run.code / script
+    return snapshot if snapshot.is_file() else Path(cfg.run.workdir or ".") / script
+
+
 def lightning_in_use() -> str:
     """The namespace this process's Lightning comes from (choose_lightning set it)."""
     import os
@@ -59,7 +69,7 @@ def job_classes(cfg: JobConfig) -> list[tuple[str, str]]:
     callback and logger names, which follow the namespace, left out."""
     from launcher.config import split_class_path
 
-    named = [("model.class_path", "model", cfg.model.class_path), ("data.class_path", "data", cfg.data.class_path)]
+    named = [(f"{s}.class_path", s, c.class_path) for s, c in (("model", cfg.model), ("data", cfg.data)) if c]
     for section in ("callbacks", "loggers"):
         named += [(f"{section}[{i}].class_path", section, c.class_path) for i, c in enumerate(getattr(cfg, section))]
     out = []
@@ -71,7 +81,7 @@ def job_classes(cfg: JobConfig) -> list[tuple[str, str]]:
     return out
 
 
-def choose_lightning(cfg: JobConfig) -> str:
+def choose_lightning(cfg: JobConfig, run: RunDir) -> str:
     """Choose the Lightning namespace of the job's own classes for everything this process imports
     after (LAUNCH_LIGHTNING); pytorch_lightning when none says. Their sources are read first, so
     that launch's examples imported along with them already follow; then the classes themselves
@@ -82,6 +92,14 @@ def choose_lightning(cfg: JobConfig) -> str:
 
     from launcher.config.components import declared_lightning
 
+    if cfg.job.script:  # nothing to look at but the script's imports
+        from launcher.config.components import script_lightning
+
+        namespace, seen = script_lightning(script_path(cfg, run))
+        if len(seen) > 1:
+            raise MixedLightning(mixed_lightning_message(*seen.values()))
+        os.environ[LIGHTNING_ENV] = namespace or os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+        return os.environ[LIGHTNING_ENV]
     classes = job_classes(cfg)
     declared = {declared_lightning(*path.split(":")) for _, path in classes} - {None}
     if len(declared) == 1:

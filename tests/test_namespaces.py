@@ -105,4 +105,5 @@ def test_the_sources_name_the_namespace_through_every_way_of_importing_it(tmp_pa
                 "Qualified": "pytorch_lightning", "New": "lightning.pytorch", "Callback": "lightning.pytorch",
                 "Ours": None, "NotLightning": None, "Base": "lightning.pytorch"}
     assert {name: declared_lightning("proj.lit", name) for name in expected} == expected
-    assert declared_lightning("models.mlp", "MLP") is None and declared_lightning("datamodules.digits", "DigitsDataModule") is None
+    assert declared_lightning("models.mlp", "MLP") is None
+    assert declared_lightning("datamodules.digits", "DigitsDataModule") is None

@@ -72,7 +72,7 @@ def validate(cfg: JobConfig, src: Sources) -> None:
         raise err("lr_scheduler.name", "a scheduler from the job file needs [optimizer] name (adam, adamw or sgd)")
     if sched.name == "plateau" and not sched.monitor:
         raise err("lr_scheduler.monitor", "the plateau scheduler needs the metric it watches, e.g. 'val_loss'")
-    named: list[tuple[str, ComponentSection]] = [("model", cfg.model), ("data", cfg.data)]
+    named: list[tuple[str, ComponentSection]] = [(s, c) for s, c in (("model", cfg.model), ("data", cfg.data)) if c]
     named += [(f"{s}[{i}]", c) for s in ("callbacks", "loggers") for i, c in enumerate(getattr(cfg, s))]
     for section, comp in named:
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):

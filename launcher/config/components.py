@@ -175,3 +175,36 @@ def _namespace_of(dotted: str, depth: int) -> str | None:
     module, _, name = dotted.rpartition(".")
     return declared_lightning(module, name, depth=depth + 1) if module else None
 
+
+def script_lightning(script: Path) -> tuple[str | None, dict[str, str]]:
+    """The Lightning namespace a script imports, read from it and from the modules beside it that
+    it imports (its folder is its sys.path[0]): (namespace or None, {namespace: "file imports
+    module"} for each one seen; two mean a mix)."""
+    import ast
+
+    found: dict[str, str] = {}
+    todo, seen = [script], set()
+    while todo and len(seen) < 100:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                namespace = _namespace_of(module + ".", 0) if module.split(".")[0] in ("lightning", "pytorch_lightning") else None
+                if namespace:
+                    found.setdefault(namespace, f"{path.name} imports {module}")
+                top = script.parent / module.split(".")[0]
+                todo += [f for f in (top.with_suffix(".py"), top / "__init__.py") if f.is_file()]
+    return (next(iter(found)) if len(found) == 1 else None), found
+

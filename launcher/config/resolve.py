@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config.checks import check_path, validate
-from launcher.config.components import check_component, mixed_lightning_message
+from launcher.config.components import check_component, mixed_lightning_message, script_lightning
 from launcher.config.files import read_toml
 from launcher.config.profiles import detect_local_gpus, find_cluster_file, load_profiles
 from launcher.config.schema import DEFAULT_PROFILE, JobConfig
@@ -38,6 +38,7 @@ class Request:
     gpus: int | None = None
     procs: int | None = None
     overrides: tuple[str, ...] = ()
+    script_args: tuple[str, ...] | None = None  # after `--`: a script's arguments (job.args)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -106,7 +107,9 @@ def resolve(req: Request) -> JobConfig:
     """Job file + profile + flags -> one validated JobConfig (run section still empty)."""
     job_path = Path(req.job_file)
     job_src = str(job_path)
-    job_raw = read_toml(job_path)
+    job_raw = script_job(job_path) if job_path.suffix == ".py" else read_toml(job_path)
+    if req.script_args is not None:
+        job_raw.setdefault("job", {})["args"] = list(req.script_args)
     check_keys(JobConfig, job_raw, job_src)
     if "run" in job_raw:
         raise ConfigError(job_src, "run", "is filled in by launch at submission; remove it")
@@ -141,8 +144,13 @@ def resolve(req: Request) -> JobConfig:
     except ConfigError as err:
         raise ConfigError(src.of(err.key), err.key, err.message) from None
     cfg = _fill_resources(cfg, src)
+    for section in ("model", "data"):
+        if getattr(cfg, section) is None and not cfg.job.script:
+            raise ConfigError(job_src, section, "missing required key (table), or job.script to run a script instead")
+    if cfg.job.script:
+        cfg = _check_script(cfg, src)
     validate(cfg, src)
-    named = [(s, f"{s}.class_path", getattr(cfg, s).class_path) for s in ("model", "data")]
+    named = [(s, f"{s}.class_path", getattr(cfg, s).class_path) for s in ("model", "data") if getattr(cfg, s)]
     named += [(s, f"{s}[{i}].class_path", c.class_path) for s in ("callbacks", "loggers") for i, c in enumerate(getattr(cfg, s))]
     namespaces: dict[str, str] = {}  # Lightning namespace -> the first class from it
     for section, key, class_path in named:
@@ -150,6 +158,34 @@ def resolve(req: Request) -> JobConfig:
         if namespace and namespaces.setdefault(namespace, f"{key} {class_path} ({namespace})") and len(namespaces) > 1:
             raise ConfigError(src.of(key), key, mixed_lightning_message(*namespaces.values()))
     return cfg
+
+
+def script_job(path: Path) -> dict[str, Any]:
+    """`launch submit train.py`: the job file a script stands for (named after it; the rest defaults)."""
+    if not path.is_file():
+        raise ConfigError(str(path), "script", "no such file")
+    return {"job": {"name": re.sub(r"[^A-Za-z0-9._+-]", "-", path.stem) or "script", "script": str(path)}}
+
+
+def _check_script(cfg: JobConfig, src: Sources) -> JobConfig:
+    """The script exists (relative to the submit directory, or absolute), and no [model]/[data]
+    besides; kept relative to the submit directory when it is under it (the code snapshot's place)."""
+    script = Path(cfg.job.script)
+    full = script if script.is_absolute() else Path.cwd() / script
+    if not full.is_file():
+        raise ConfigError(src.of("job.script"), "job.script", f"{cfg.job.script!r}: no such file")
+    if script.suffix != ".py":
+        raise ConfigError(src.of("job.script"), "job.script", f"{cfg.job.script!r}: a Python script (.py) is expected")
+    for section in ("model", "data"):
+        if getattr(cfg, section) is not None:
+            raise ConfigError(src.of(f"{section}.class_path"), section,
+                              "a job runs either a script (job.script) or [model] and [data]; remove one")
+    _, namespaces = script_lightning(full)
+    if len(namespaces) > 1:
+        raise ConfigError(src.of("job.script"), "job.script", mixed_lightning_message(*namespaces.values()))
+    if full.resolve().is_relative_to(Path.cwd().resolve()):
+        script = full.resolve().relative_to(Path.cwd().resolve())
+    return dataclasses.replace(cfg, job=dataclasses.replace(cfg.job, script=script.as_posix()))
 
 
 def _fill_resources(cfg: JobConfig, src: Sources) -> JobConfig:

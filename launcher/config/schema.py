@@ -110,6 +110,11 @@ class JobSection:
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
     # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
     stall_timeout_s: int = bounded(120, at_least(10, "{value}: must be at least 10 seconds"))
+    # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS`
+    # writes these two): every rank runs it unchanged, and every Trainer it builds is launch's
+    # (docs/scripts.md). The path is relative to the submit directory.
+    script: str = ""
+    args: list[str] = field(default_factory=list)  # the script's command-line arguments (its sys.argv[1:])
 
 
 @dataclass(frozen=True)
@@ -344,8 +349,8 @@ class RunSection:
 @dataclass(frozen=True)
 class JobConfig:
     job: JobSection
-    model: ComponentSection
-    data: ComponentSection
+    model: ComponentSection | None = None  # required, unless job.script names a script
+    data: ComponentSection | None = None  # required, unless job.script names a script
     trainer: TrainerSection = field(default_factory=TrainerSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)

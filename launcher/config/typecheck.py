@@ -126,6 +126,10 @@ def check_keys(cls: type, table: dict[str, Any], source: str, prefix: str = "") 
         if name not in known:
             raise unknown_key(cls, name, source, key)
         tp = hints[name]
+        union = typing.get_origin(tp) in (Union, types.UnionType)
+        options = [t for t in typing.get_args(tp) if t is not type(None)] if union else []
+        if len(options) == 1 and dataclasses.is_dataclass(options[0]):
+            tp = options[0]  # an optional table ([model] of a script's job): its keys as a table's
         if dataclasses.is_dataclass(tp) and isinstance(value, dict):
             check_keys(tp, value, source, key)
         else:

@@ -62,6 +62,19 @@ def build_model_and_data(cfg: JobConfig) -> tuple[Any, Any]:
 
 def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> Any:
     """The Trainer every rank runs: launch's DDP, atomic checkpoints, one run's loggers."""
+    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
+    trainer = Trainer(**{**trainer_args, **launch_trainer_args(cfg, run, extra_callbacks)})
+    disable_lightning_signal_handling(trainer)
+    return trainer
+
+
+def launch_trainer_args(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any], checkpointing: bool = True,
+                        user_callbacks: tuple[Any, ...] = (), progress_bar: bool | None = None) -> dict[str, Any]:
+    """The Trainer arguments launch owns: devices, nodes, its strategy, its checkpoints (a
+    ModelCheckpoint per [checkpoint] unless `checkpointing` is False), the run's loggers and
+    callbacks (`user_callbacks`: a script's own, placed where a job file's [[callbacks]] go), the
+    run directory, the profiler. A job file's [trainer] adds the rest; a script's own Trainer(...)
+    arguments do (runtime/script.py)."""
     if not cfg.uses_gpus:
         # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (to keep CUDA out of forked
         # workers). With CUDA never initialised, as in a CPU run, every torch.cuda.is_available()
@@ -87,7 +100,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         strategy = LaunchDDPStrategy(fixed_buckets=cfg.job.fixed_ddp_buckets, checkpoint_io=AtomicCheckpointIO(),
                                      **common)
     ck = cfg.checkpoint
-    checkpoint = ModelCheckpoint(
+    checkpoint = [] if not checkpointing else [ModelCheckpoint(
         dirpath=run.checkpoints,
         filename=ck.filename,
         monitor=ck.monitor,
@@ -98,7 +111,7 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         # A preemptible job's step-interval checkpoint is launch's full-state one (checkpoints/
         # resume.ckpt, at a boundary it resumes exactly from); ModelCheckpoint keeps the epoch ends.
         every_n_train_steps=None if cfg.job.preemptible else ck.every_n_train_steps,
-    )
+    )]
     loggers: list[Any] = []
     if cfg.logging.tensorboard:
         loggers.append(LaunchTensorBoardLogger(save_dir=run.path, name="tensorboard", version="",
@@ -107,9 +120,10 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
     loggers += trackers.from_job_file(cfg, run) + [user_logger(comp, run) for comp in cfg.loggers]
     gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
-    callbacks: list[Any] = [*gates, checkpoint, RunProgress(run), Heartbeat(run),
+    callbacks: list[Any] = [*gates, *checkpoint, RunProgress(run), Heartbeat(run),
                             *job_callbacks.from_job_file(cfg, run, bool(loggers)),
                             *(load_class("callbacks", c.class_path)(**c.init_args) for c in cfg.callbacks),
+                            *user_callbacks,
                             *extra_callbacks]
     if cfg.job.fingerprints:  # after the preemption handler: it records the state a resumed batch starts from
         from launcher.runtime.fingerprints import Fingerprints
@@ -119,19 +133,8 @@ def build_trainer(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any]) -> An
         from launcher.runtime.fingerprints import KillDrill
 
         callbacks.append(KillDrill(run, cfg.job.drill_kill_at_step))
-    if cfg.trainer.enable_progress_bar:
+    if cfg.trainer.enable_progress_bar if progress_bar is None else progress_bar:
         callbacks.append(TimedProgressBar())
-    trainer_args = {k: v for k, v in vars(cfg.trainer).items() if v is not None}
-    trainer_args["profiler"] = job_callbacks.profiler(cfg, run)
-    trainer = Trainer(
-        accelerator="gpu" if cfg.uses_gpus else "cpu",
-        devices=cfg.procs_per_node,
-        num_nodes=cfg.resources.nodes,
-        strategy=strategy,
-        logger=loggers or False,
-        callbacks=callbacks,
-        default_root_dir=run.path,
-        **trainer_args,
-    )
-    disable_lightning_signal_handling(trainer)
-    return trainer
+    return {"accelerator": "gpu" if cfg.uses_gpus else "cpu", "devices": cfg.procs_per_node,
+            "num_nodes": cfg.resources.nodes, "strategy": strategy, "logger": loggers or False, "callbacks": callbacks,
+            "default_root_dir": run.path, "profiler": job_callbacks.profiler(cfg, run)}

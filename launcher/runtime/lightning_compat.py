@@ -81,6 +81,11 @@ def disable_lightning_signal_handling(trainer: Trainer) -> None:
     trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
 
 
+def checkpoint_step_interval(checkpoint: Any) -> int:
+    """A ModelCheckpoint's every_n_train_steps (0: none)."""
+    return int(checkpoint._every_n_train_steps or 0)
+
+
 def accumulating(trainer: Trainer) -> bool:
     """Whether the batch that just ended only accumulated gradients (no optimizer step)."""
     return trainer.fit_loop.epoch_loop._should_accumulate()

@@ -54,7 +54,10 @@ def _main(run: RunDir, rank: int) -> int:
         if cfg.job.preemptible:
             signals.install(signals.preemption_signals(cfg.cluster.signal))
         import_user_code(cfg, run)  # and the Lightning namespace, before anything of launch imports it
-        from launcher.runtime.fit import train
+        if cfg.job.script:
+            from launcher.runtime.script import run_script as train
+        else:
+            from launcher.runtime.fit import train
 
         train(cfg, run, rank)
         close_process_group()

@@ -38,6 +38,10 @@ class LitMLP(L.LightningModule):
         self.log("val_loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log("val_acc", self.val_acc)
 
+    def test_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self.net(x), y), sync_dist=True)
+
     def configure_optimizers(self):  # noqa: ANN201
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.8)
@@ -65,6 +69,9 @@ class LitDigits(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
 
 
 class Jittered(TensorDataset):
