@@ -60,6 +60,13 @@ def _request(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> config.Re
     )
 
 
+def _job_file_only(cfg: JobConfig, command: str) -> None:
+    """smoke, verify, tune, predict and sweep build the job's model and data themselves."""
+    if cfg.job.script:
+        raise LaunchError(f"launch {command} takes a job file naming [model] and [data]; {cfg.job.script} is a script "
+                          "(launch submit runs it; docs/scripts.md)")
+
+
 def _runs_dir(args: argparse.Namespace, cfg: JobConfig | None = None) -> Path:
     return runs_dir_for(args.runs_dir, cfg)
 
@@ -154,6 +161,7 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.gpus is None:
         args.gpus = 0
     args.procs = args.procs if args.gpus == 0 else None
+    _job_file_only(config.resolve(_request(args)), "smoke")
     return cmd_submit(args, SMOKE_OVERRIDES)
 
 
@@ -230,6 +238,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                  "trainer.enable_progress_bar=false", f"checkpoint.every_n_train_steps={args.every}",
                  "job.fingerprints=true", "job.preemptible=true")
     cfg = config.resolve(_request(args, overrides))
+    _job_file_only(cfg, "verify")
     if cfg.cluster.backend != "local":
         raise LaunchError(f"verify runs on this machine: profile {cfg.run.profile!r} is {cfg.cluster.backend}; "
                           "use a local profile (the default)")
@@ -254,6 +263,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.gpus:
         args.gpus = 1
     cfg = config.resolve(_request(args))
+    _job_file_only(cfg, "tune")
     # Without a GPU there is no memory limit for the batch-size finder to find: only on request.
     want_lr = args.lr or not args.batch_size
     want_batch = args.batch_size or (not args.lr and cfg.uses_gpus)
@@ -282,6 +292,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     run = find_run(args.run, _runs_dir(args))
     cfg = config.load_resolved(run.config)
+    _job_file_only(cfg, "predict")
     code = _tool("predict", [str(run.path), args.ckpt], cfg)
     if code != 0:
         raise LaunchError(f"{run.path}: predict failed (exit {code}); see the output above")
@@ -313,7 +324,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     def resolve_point(overrides: tuple[str, ...]) -> JobConfig:
         args.set = [*base, *overrides]
-        return config.resolve(_request(args))
+        cfg = config.resolve(_request(args))
+        _job_file_only(cfg, "sweep")
+        return cfg
 
     p = sweep.plan(found, resolve_point, args.job, args.metric, args.mode, args.no_array)
     return sweep.run_sweep(p, _runs_dir(args, p.configs[0]), args.job)

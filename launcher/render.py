@@ -83,10 +83,12 @@ def shell_line(cmd: NodeCommand) -> str:
 
 def code_comment(cfg: JobConfig) -> str:
     """Where the ranks import the user's code from (no user text: a path could hold a newline)."""
+    script = ("\n# every rank runs the job's script with its arguments (job.script, job.args in "
+              "$LAUNCH_RUN_DIR/config.toml), its Trainer launch's") if cfg.job.script else ""
     if cfg.job.snapshot_code:
         return ("# user code: imported from $LAUNCH_RUN_DIR/code, the snapshot taken at submit "
-                "(launch resume --code current replaces it)")
-    return "# user code: imported live from the submit directory (job.snapshot_code = false)"
+                "(launch resume --code current replaces it)" + script)
+    return "# user code: imported live from the submit directory (job.snapshot_code = false)" + script
 
 
 def render_local(cfg: JobConfig) -> str:

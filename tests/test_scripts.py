@@ -23,25 +23,35 @@ from tests.helpers.runs import (
 )
 
 SCRIPT = "tests/scripts/train_lit.py"
+CLI = "tests/scripts/cli_lit.py"
 STEPS = 15  # 1,437 training digits over 3 ranks, batches of 32
+SHAPE = ("--procs", "3", "--set", "checkpoint.every_n_train_steps=5")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """The plain script's uninterrupted run: the reference of the script and of the LightningCLI
+    project, which trains the same model on the same data with the same seed."""
+    tmp = tmp_path_factory.mktemp("script-baseline")
+    run_dir = submit(REPO / SCRIPT, tmp / "runs", *SHAPE, "--", "--epochs", "3")
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
+    return run_dir
 
 
 @pytest.mark.multiprocess
-def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(tmp_path: Path) -> None:
+def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(baseline, tmp_path) -> None:
     """The script (`import lightning as L`; a jittering worker, dropout, noise; its own Trainer with
     devices=1) at 3 ranks, stopped twice mid-epoch by preemptions, then rank 1 SIGKILLed: restarted
     by itself from the periodic checkpoint. Bit for bit its uninterrupted run, and its
     `trainer.test(ckpt_path="best")` after fit finds the run's best checkpoint."""
-    common = ("--runs-dir", str(tmp_path / "runs"), "--procs", "3", "--set", "checkpoint.every_n_train_steps=5")
-    baseline = submit(REPO / SCRIPT, tmp_path / "runs", *common[2:], "--", "--epochs", "3")
-    run_dir = submit(REPO / SCRIPT, tmp_path / "runs", *common[2:], "--", "--epochs", "3", "--sleep", "0.15")
+    run_dir = submit(REPO / SCRIPT, tmp_path / "runs", *SHAPE, "--", "--epochs", "3", "--sleep", "0.15")
     preempt_at(run_dir, (4, STEPS + 5))
     kill_at = max(2 * STEPS + 3, progress_step(run_dir) + 8)  # a periodic checkpoint since the last resume
     wait_for(lambda: progress_step(run_dir) >= kill_at, 240, f"step {kill_at}", run_dir)
     os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    for r in (baseline, run_dir):
-        info = wait_end(r, timeout=400)
-        assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
     stops = [e for e in events(run_dir) if e["event"] == "preempted"]
     assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
     (restart,) = [e for e in events(run_dir) if e["event"] == "restarted"]
@@ -54,6 +64,25 @@ def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_b
     assert len(tested) == 1, tested  # the script's test, after fit, from the best checkpoint
     assert (run_dir / "code" / SCRIPT).is_file()  # snapshotted with the code it imports
     assert (run_dir / "code" / "tests" / "helpers" / "lit.py").is_file()
+
+
+@pytest.mark.multiprocess
+def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_the_script_trains(baseline,
+                                                                                                  tmp_path) -> None:
+    """`launch submit cli_lit.py -- --config cli_lit.yaml --model.step_sleep 0.15` (LightningCLI,
+    run=False: it builds the Trainer from its config, every argument given, and the script calls fit
+    and test): stopped twice mid-epoch (every attempt's SaveConfigCallback writes its config.yaml
+    again), it ends bit for bit where the plain script's uninterrupted run does."""
+    run_dir = submit(REPO / CLI, tmp_path / "runs", *SHAPE, "--", "--config", "tests/scripts/cli_lit.yaml",
+                     "--model.step_sleep", "0.15")
+    preempt_at(run_dir, (5, STEPS + 4))
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
+    stops = [e for e in events(run_dir) if e["event"] == "preempted"]
+    assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
+    console = (run_dir / "console.log").read_text()
+    assert "in the script: launch sets it" not in console  # LightningCLI's defaults are not choices to report
+    assert_same_training(run_dir, baseline)
 
 
 @pytest.mark.multiprocess

@@ -18,6 +18,7 @@ After the script: the run's record; a script that ends without calling `fit` fai
 from __future__ import annotations
 
 import functools
+import inspect
 import runpy
 import sys
 from pathlib import Path
@@ -63,10 +64,14 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
             said.add(text)
             print(f"[launch] {text}", flush=True)
 
+    defaults = {k: p.default for k, p in inspect.signature(original_init).parameters.items()}
+
+    @functools.wraps(original_init)  # its signature: LightningCLI builds its trainer options from it
     def init(self: Any, **kwargs: Any) -> None:
         for key, why in OWNED.items():
-            if key in kwargs:
-                say(f"Trainer({key}={kwargs.pop(key)!r}) in the script: launch sets it from {why}")
+            # LightningCLI passes every argument, most at its default: only a choice is reported
+            if key in kwargs and (value := kwargs.pop(key)) != defaults.get(key):
+                say(f"Trainer({key}={value!r}) in the script: launch sets it from {why}")
         callbacks = kwargs.pop("callbacks", None) or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         own_checkpoints = [cb for cb in callbacks if isinstance(cb, api.ModelCheckpoint)]
@@ -89,9 +94,15 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
             say("Trainer(logger=False) in the script: launch still writes the run's metrics.csv and tensorboard/")
         elif loggers not in (None, True):
             ours["logger"] = [*(ours["logger"] or []), *(loggers if isinstance(loggers, (list, tuple)) else [loggers])]
-        original_init(self, **kwargs, **ours)
+        for cb in callbacks:
+            if type(cb).__name__ == "SaveConfigCallback" and not getattr(cb, "overwrite", True):
+                cb.overwrite = True  # LightningCLI's config.yaml: every attempt writes the same one again
+        if ours.get("profiler") is None and kwargs.get("profiler") is not None:
+            ours.pop("profiler")  # the script's own profiler, unless the job file names one
+        original_init(self, **{**kwargs, **ours})
         disable_lightning_signal_handling(self)
 
+    @functools.wraps(original_fit)
     def fit(self: Any, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None, datamodule: Any = None,
             ckpt_path: Any = None, weights_only: Any = None) -> None:
         if fitted:
@@ -114,6 +125,7 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
         launch wrote hold the data position and RNG states (numpy's among them), which torch's
         weights-only loading refuses; from the run's own directory they load in full."""
 
+        @functools.wraps(evaluations[name])
         def run_evaluation(self: Any, *args: Any, ckpt_path: Any = None, weights_only: Any = None, **kwargs: Any) -> Any:
             own = ckpt_path in ("best", "last") or (ckpt_path is not None and run.checkpoints in Path(ckpt_path).parents)
             if weights_only is None and own:
