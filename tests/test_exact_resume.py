@@ -149,9 +149,17 @@ def test_every_process_killed_twice_at_random_resumes_from_the_periodic_checkpoi
     print(f"seed {seed}: kills after steps {kills}")
     run_dir = submit(write(tmp_path, "w4", sleep=0.15, extra="\n[checkpoint]\nevery_n_minutes = 0.02\n"), tmp_path / "runs",
                      *WORLD)
+    periodic = run_dir / "checkpoints" / "resume.ckpt"
+
+    def saved_since_start() -> bool:
+        """A periodic checkpoint taken by this attempt: the first is due 1.2 s in and taken at the
+        next agreement, which fast steps can outrun (a kill before it restarts from scratch)."""
+        started = [e["t"] for e in events(run_dir) if e["event"] == "training_started"][-1]
+        return periodic.is_file() and periodic.stat().st_mtime > started
+
     for n, target in enumerate(kills, start=1):
-        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1, 300,
-                 f"step {target}", run_dir)
+        wait_for(lambda t=target, k=n: progress_step(run_dir) >= t and count(run_dir, "resumed") == k - 1
+                 and saved_since_start(), 300, f"step {target} and a periodic checkpoint", run_dir)
         kill_every_process(run_dir)
         killed_at = progress_step(run_dir)
         result = run_launch("resume", str(run_dir), "--runs-dir", str(tmp_path / "runs"))
