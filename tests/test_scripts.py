@@ -86,12 +86,18 @@ def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_
 
 
 @pytest.mark.multiprocess
-def test_a_script_that_ends_without_training_fails_in_one_line(tmp_path: Path) -> None:
-    info = wait_end(submit(REPO / SCRIPT, tmp_path / "runs", "--procs", "1", "--", "--no-fit"))
-    assert info["state"] == "failed" and "\n" not in info["error"], info
-    assert info["error"].endswith(f"ScriptError: {SCRIPT} ended without calling Trainer.fit: there is no training for "
-                                  "launch to keep alive (does it train only under a condition, or from another entry "
-                                  "point?)"), info["error"]
+def test_a_script_that_ends_without_training_fails_in_one_line(tmp_path: Path, monkeypatch) -> None:
+    """Submitted through the Python API, its command line in `args`."""
+    import launcher
+
+    monkeypatch.chdir(REPO)
+    run = launcher.submit(SCRIPT, procs=1, args=["--no-fit"], runs_dir=tmp_path / "runs")
+    assert run.job == "train_lit"  # named after the script
+    info = run.wait(timeout=300)
+    assert info.state.value == "failed" and "\n" not in info.error, info
+    assert info.error.endswith(f"ScriptError: {SCRIPT} ended without calling Trainer.fit: there is no training for "
+                               "launch to keep alive (does it train only under a condition, or from another entry "
+                               "point?)"), info.error
 
 
 def test_a_missing_or_mixed_script_is_refused_at_submission_in_one_line(tmp_path: Path) -> None:
