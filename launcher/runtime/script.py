@@ -84,8 +84,8 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
                     "every_n_minutes, and at a preemption), which also hold the data position and every RNG")
         disabled = kwargs.get("enable_checkpointing") is False
         if disabled:
-            say("Trainer(enable_checkpointing=False) in the script: no ModelCheckpoint, and no last.ckpt best or "
-                "epoch checkpoints; launch's own (preemption, periodic) still keep the run alive")
+            say("Trainer(enable_checkpointing=False) in the script: no ModelCheckpoint (no best or epoch checkpoints; "
+                "last.ckpt is still written at the end); launch's own (preemption, periodic) still keep the run alive")
         ours = launch_trainer_args(cfg, run, session.callbacks, checkpointing=not (disabled or own_checkpoints),
                                    user_callbacks=tuple(callbacks),
                                    progress_bar=kwargs.get("enable_progress_bar", True) is not False)
