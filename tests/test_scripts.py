@@ -11,12 +11,14 @@ import pytest
 
 from tests.helpers.launch import REPO, run_launch
 from tests.helpers.runs import (
+    assert_same_tensors,
     assert_same_training,
     events,
     metric_rows,
     preempt_at,
     progress_step,
     rank_pid,
+    read_checkpoint,
     submit,
     wait_end,
     wait_for,
@@ -83,6 +85,25 @@ def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_
     console = (run_dir / "console.log").read_text()
     assert "in the script: launch sets it" not in console  # LightningCLI's defaults are not choices to report
     assert_same_training(run_dir, baseline)
+
+
+@pytest.mark.multiprocess
+def test_a_lightning_cli_subcommand_preempted_twice_trains_what_the_script_trains(baseline, tmp_path) -> None:
+    """`-- fit --config cli_lit.yaml --trainer.max_epochs 3 --model.step_sleep 0.15`: LightningCLI's
+    own `fit` subcommand (the CLI calls fit; no test follows, so the plain script's test row is the
+    one row the reference has beyond it)."""
+    run_dir = submit(REPO / CLI, tmp_path / "runs", *SHAPE, "--", "fit", "--config", "tests/scripts/cli_lit.yaml",
+                     "--trainer.max_epochs", "3", "--model.step_sleep", "0.15")
+    preempt_at(run_dir, (3, STEPS + 6))
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
+    stops = [e for e in events(run_dir) if e["event"] == "preempted"]
+    assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
+    ours, reference = (read_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run_dir, baseline))
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
+        assert_same_tensors(ours[key], reference[key], key)
+    trained = [{k: v for k, v in r.items() if k != "test_loss"} for r in metric_rows(baseline) if not r["test_loss"]]
+    assert metric_rows(run_dir) == trained
 
 
 @pytest.mark.multiprocess
