@@ -128,6 +128,8 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
         args.nodes = args.nodes or alloc.nodes  # the whole allocation unless asked otherwise
     cfg, runs_dir, afters = resolve_submission(_request(args, extra), args.runs_dir, getattr(args, "after", None) or [],
                                                alloc)
+    if extra:  # smoke's [trainer] limits: a script's Trainer takes its arguments from the script
+        _job_file_only(cfg, "smoke")
     if args.dry_run:
         print(render_preview(cfg, runs_dir, args.job), end="")
         print((runs_dir / cfg.job.name / "RUN-ID").resolve())
@@ -161,7 +163,6 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     if args.gpus is None:
         args.gpus = 0
     args.procs = args.procs if args.gpus == 0 else None
-    _job_file_only(config.resolve(_request(args)), "smoke")
     return cmd_submit(args, SMOKE_OVERRIDES)
 
 
@@ -353,9 +354,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `launch submit train.py --nodes 2 -- --lr 0.1`: what follows the first `--` is the script's
-    script_args = argv[argv.index("--") + 1:] if "--" in argv else None
-    args = build_parser().parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    args.script_args = tuple(script_args) if script_args is not None else None
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = build_parser().parse_args(argv[:cut])
+    args.script_args = tuple(argv[cut + 1:]) if cut < len(argv) else None
     try:
         return COMMANDS[args.command](args)
     except LaunchError as err:

@@ -11,6 +11,7 @@ from typing import Any
 from launcher import backends, code_snapshot, config, dependencies, render
 from launcher.backends.base import Placement
 from launcher.config import JobConfig
+from launcher.config.components import job_components
 from launcher.errors import LaunchError
 from launcher.lifecycle import Event, State
 from launcher.rundir import RunDir, atomic_write_text
@@ -36,19 +37,18 @@ def prepare_run(cfg: JobConfig, runs_dir: Path, job_file: str, array: bool = Fal
     atomic_write_text(run.config, config.dumps(cfg))
     atomic_write_text(run.script(cfg.cluster.backend), render_script(cfg, array))
     if cfg.job.snapshot_code:
-        taken = code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code, script=cfg.job.script)
+        taken = take_snapshot(cfg, run)
         event_fields["code"] = {"packages": taken["packages"], "files": len(taken["files"])}
     run.add_event(Event.SUBMITTED, backend=cfg.cluster.backend, profile=cfg.run.profile, world_size=cfg.world_size,
                   **event_fields)
     return cfg, run
 
 
-def job_class_paths(cfg: JobConfig) -> dict[str, str]:
-    """The job's classes by key (model, data, callbacks[i], loggers[i]): what the code snapshot follows."""
-    paths = {s: c.class_path for s, c in (("model", cfg.model), ("data", cfg.data)) if c}
-    for section in ("callbacks", "loggers"):
-        paths.update({f"{section}[{i}]": c.class_path for i, c in enumerate(getattr(cfg, section))})
-    return paths
+def take_snapshot(cfg: JobConfig, run: RunDir) -> dict[str, object]:
+    """The job's code (its classes' modules, or its script, and what they import from the submit
+    directory) copied into the run, at submit and by `launch resume --code current`."""
+    return code_snapshot.take(Path(cfg.run.workdir), {key: comp.class_path for _, key, comp in job_components(cfg)},
+                              run.code, script=cfg.job.script)
 
 
 def fit_allocation(cfg: JobConfig, alloc: Allocation) -> JobConfig:
@@ -187,7 +187,7 @@ def resume_run(run: RunDir, previous_state: str, code: str = "snapshot",
     edited: list[str] = []
     if code == "current":
         before = code_snapshot.manifest(run.code)
-        edited = code_snapshot.changed(before, code_snapshot.take(Path(cfg.run.workdir), job_class_paths(cfg), run.code))
+        edited = code_snapshot.changed(before, take_snapshot(cfg, run))
         fields.update(code="current", code_changed=edited[:100])
     elif run.code.is_dir():
         fields["code"] = "snapshot"

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from launcher.config import JobConfig
-from launcher.config.components import LIGHTNING_ENV, mixed_lightning_message
+from launcher.config.components import (
+    LIGHTNING_ENV,
+    NAMESPACES,
+    job_components,
+    lightning_in_use,
+    mixed_lightning_message,
+)
 from launcher.rundir import RunDir
 
 
@@ -26,8 +32,6 @@ def import_user_code(cfg: JobConfig, run: RunDir) -> str:
 
 # --------------------------------------------------------------------------- the Lightning namespace
 
-NAMESPACES = {"pytorch_lightning": "lightning_fabric", "lightning.pytorch": "lightning.fabric"}  # -> its Fabric
-DISTRIBUTIONS = {"pytorch_lightning": "pytorch-lightning", "lightning.pytorch": "lightning"}
 OWN_PACKAGES = ("models.", "datamodules.")  # launch's examples follow the job's namespace
 
 
@@ -54,30 +58,16 @@ def script_path(cfg: JobConfig, run: RunDir) -> Path:
     return snapshot if snapshot.is_file() else Path(cfg.run.workdir or ".") / script
 
 
-def lightning_in_use() -> str:
-    """The namespace this process's Lightning comes from (choose_lightning set it)."""
-    import os
-
-    name = os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
-    if name not in NAMESPACES:
-        raise ImportError(f"{LIGHTNING_ENV}={name!r}: expected one of {', '.join(NAMESPACES)}")
-    return name
-
-
-def job_classes(cfg: JobConfig) -> list[tuple[str, str]]:
-    """(job file key, class path) of the job's own classes: launch's examples and Lightning's bare
-    callback and logger names, which follow the namespace, left out."""
+def job_classes(cfg: JobConfig) -> list[tuple[str, str, str]]:
+    """(job file key, module, class name) of the job's own classes: launch's examples and
+    Lightning's bare callback and logger names, which follow the namespace, left out."""
     from launcher.config import split_class_path
 
-    named = [(f"{s}.class_path", s, c.class_path) for s, c in (("model", cfg.model), ("data", cfg.data)) if c]
-    for section in ("callbacks", "loggers"):
-        named += [(f"{section}[{i}].class_path", section, c.class_path) for i, c in enumerate(getattr(cfg, section))]
     out = []
-    for key, section, class_path in named:
-        module, name = split_class_path(section, class_path)
-        if module.startswith(OWN_PACKAGES) or module.startswith(tuple(NAMESPACES)) or not module:
-            continue
-        out.append((key, f"{module}:{name}"))
+    for section, key, comp in job_components(cfg):
+        module, name = split_class_path(section, comp.class_path)
+        if module and not module.startswith(OWN_PACKAGES) and not module.startswith(tuple(NAMESPACES)):
+            out.append((f"{key}.class_path", module, name))
     return out
 
 
@@ -98,21 +88,20 @@ def choose_lightning(cfg: JobConfig, run: RunDir) -> str:
         namespace, seen = script_lightning(script_path(cfg, run))
         if len(seen) > 1:
             raise MixedLightning(mixed_lightning_message(*seen.values()))
-        os.environ[LIGHTNING_ENV] = namespace or os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+        os.environ[LIGHTNING_ENV] = namespace or lightning_in_use()
         return os.environ[LIGHTNING_ENV]
     classes = job_classes(cfg)
-    declared = {declared_lightning(*path.split(":")) for _, path in classes} - {None}
+    declared = {declared_lightning(module, name) for _, module, name in classes} - {None}
     if len(declared) == 1:
         os.environ[LIGHTNING_ENV] = declared.pop()
     found: dict[str, str] = {}
-    for key, path in classes:
-        module, _, name = path.partition(":")
+    for key, module, name in classes:
         cls = getattr(importlib.import_module(module), name, None)
         namespace = lightning_of(cls) if isinstance(cls, type) else None
         if namespace:
             found.setdefault(namespace, f"{key} {name} ({namespace})")
     if len(found) > 1:
         raise MixedLightning(mixed_lightning_message(*found.values()))
-    chosen = next(iter(found), None) or os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+    chosen = next(iter(found), None) or lightning_in_use()
     os.environ[LIGHTNING_ENV] = chosen
     return chosen

@@ -9,8 +9,9 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from launcher.config.components import job_components
 from launcher.config.profiles import detect_local_gpus
-from launcher.config.schema import ComponentSection, JobConfig, bounds_of
+from launcher.config.schema import JobConfig, bounds_of
 from launcher.errors import ConfigError, LaunchError
 
 if TYPE_CHECKING:
@@ -72,11 +73,9 @@ def validate(cfg: JobConfig, src: Sources) -> None:
         raise err("lr_scheduler.name", "a scheduler from the job file needs [optimizer] name (adam, adamw or sgd)")
     if sched.name == "plateau" and not sched.monitor:
         raise err("lr_scheduler.monitor", "the plateau scheduler needs the metric it watches, e.g. 'val_loss'")
-    named: list[tuple[str, ComponentSection]] = [(s, c) for s, c in (("model", cfg.model), ("data", cfg.data)) if c]
-    named += [(f"{s}[{i}]", c) for s in ("callbacks", "loggers") for i, c in enumerate(getattr(cfg, s))]
-    for section, comp in named:
+    for _, key, comp in job_components(cfg):
         if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", comp.class_path):
-            raise err(f"{section}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
+            raise err(f"{key}.class_path", f"{comp.class_path!r}: use a registered name or 'package.module.Class'")
     for tracker, package in (("wandb", "wandb"), ("mlflow", "mlflow")):
         # Checked where launch runs (unless the nodes use another interpreter); never imported here.
         if getattr(cfg.logging, tracker) is not None and prof.python is None and importlib.util.find_spec(package) is None:

@@ -8,8 +8,12 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from launcher.errors import ConfigError
+
+if TYPE_CHECKING:
+    from launcher.config.schema import ComponentSection, JobConfig
 
 # Registered short names for the examples that ship with launch; anything else is an import path.
 REGISTRY: dict[str, dict[str, str]] = {
@@ -30,13 +34,32 @@ REGISTRY: dict[str, dict[str, str]] = {
 # (LAUNCH_LIGHTNING: usercode.choose_lightning; pytorch_lightning's names are checked at submission).
 LIGHTNING_MODULE = {"callbacks": "{}.callbacks", "loggers": "{}.loggers"}
 LIGHTNING_ENV = "LAUNCH_LIGHTNING"
+NAMESPACES = {"pytorch_lightning": "lightning_fabric", "lightning.pytorch": "lightning.fabric"}  # -> its Fabric
+DISTRIBUTIONS = {"pytorch_lightning": "pytorch-lightning", "lightning.pytorch": "lightning"}
+
+
+def lightning_in_use() -> str:
+    """The namespace this process's Lightning comes from (usercode.choose_lightning set it)."""
+    name = os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"
+    if name not in NAMESPACES:
+        raise ImportError(f"{LIGHTNING_ENV}={name!r}: expected one of {', '.join(NAMESPACES)}")
+    return name
+
+
+def job_components(cfg: JobConfig) -> list[tuple[str, str, ComponentSection]]:
+    """(section, key, entry) of the job's classes: model, data (absent for a script's job),
+    callbacks[i], loggers[i]; `key` names it in a job file ("model", "callbacks[0]")."""
+    named = [(s, s, c) for s, c in (("model", cfg.model), ("data", cfg.data)) if c is not None]
+    for section in ("callbacks", "loggers"):
+        named += [(section, f"{section}[{i}]", c) for i, c in enumerate(getattr(cfg, section))]
+    return named
 
 
 def split_class_path(section: str, class_path: str) -> tuple[str, str]:
     """'mlp' or 'models.mlp.MLP' or 'models.mlp:MLP' -> ('models.mlp', 'MLP')."""
     class_path = REGISTRY[section].get(class_path, class_path)
     if section in LIGHTNING_MODULE and not re.search(r"[.:]", class_path):
-        return LIGHTNING_MODULE[section].format(os.environ.get(LIGHTNING_ENV) or "pytorch_lightning"), class_path
+        return LIGHTNING_MODULE[section].format(lightning_in_use()), class_path
     if ":" in class_path:
         module, _, name = class_path.partition(":")
     else:
@@ -109,7 +132,6 @@ def check_component(section: str, class_path: str, source: str, key: str = "") -
 
 # --------------------------------------------------------------------------- the Lightning namespace
 
-NAMESPACE_PREFIXES = {"lightning.pytorch": ("lightning.",), "pytorch_lightning": ("pytorch_lightning.",)}
 LAUNCH_OWN = tuple(str(Path(__file__).resolve().parents[2] / pkg) for pkg in ("models", "datamodules"))
 
 
@@ -168,10 +190,19 @@ def declared_lightning(module: str, name: str, origin: str | None = None, tree: 
     return None
 
 
+def namespace_named(dotted: str) -> str | None:
+    """The Lightning namespace a dotted name lies in: `lightning` and `lightning.*` are
+    lightning.pytorch's, `pytorch_lightning.*` pytorch_lightning's; Fabric's and others, none."""
+    top = dotted.split(".")[0]
+    if top not in ("lightning", "pytorch_lightning") or dotted.startswith("lightning.fabric"):
+        return None
+    return "pytorch_lightning" if top == "pytorch_lightning" else "lightning.pytorch"
+
+
 def _namespace_of(dotted: str, depth: int) -> str | None:
-    for namespace, prefixes in NAMESPACE_PREFIXES.items():
-        if dotted.startswith(prefixes) and not dotted.startswith(("lightning.fabric.", "lightning_fabric.")):
-            return namespace
+    """Of an imported base class: its name's namespace, else its own bases' (read from its module)."""
+    if namespace := namespace_named(dotted):
+        return namespace
     module, _, name = dotted.rpartition(".")
     return declared_lightning(module, name, depth=depth + 1) if module else None
 
@@ -201,8 +232,7 @@ def script_lightning(script: Path) -> tuple[str | None, dict[str, str]]:
             else:
                 continue
             for module in modules:
-                namespace = _namespace_of(module + ".", 0) if module.split(".")[0] in ("lightning", "pytorch_lightning") else None
-                if namespace:
+                if namespace := namespace_named(module):
                     found.setdefault(namespace, f"{path.name} imports {module}")
                 top = script.parent / module.split(".")[0]
                 todo += [f for f in (top.with_suffix(".py"), top / "__init__.py") if f.is_file()]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config.checks import check_path, validate
-from launcher.config.components import check_component, mixed_lightning_message, script_lightning
+from launcher.config.components import check_component, job_components, mixed_lightning_message, script_lightning
 from launcher.config.files import read_toml
 from launcher.config.profiles import detect_local_gpus, find_cluster_file, load_profiles
 from launcher.config.schema import DEFAULT_PROFILE, JobConfig
@@ -150,12 +150,11 @@ def resolve(req: Request) -> JobConfig:
     if cfg.job.script:
         cfg = _check_script(cfg, src)
     validate(cfg, src)
-    named = [(s, f"{s}.class_path", getattr(cfg, s).class_path) for s in ("model", "data") if getattr(cfg, s)]
-    named += [(s, f"{s}[{i}].class_path", c.class_path) for s in ("callbacks", "loggers") for i, c in enumerate(getattr(cfg, s))]
     namespaces: dict[str, str] = {}  # Lightning namespace -> the first class from it
-    for section, key, class_path in named:
-        namespace = check_component(section, class_path, src.of(key), key)
-        if namespace and namespaces.setdefault(namespace, f"{key} {class_path} ({namespace})") and len(namespaces) > 1:
+    for section, name, comp in job_components(cfg):
+        key = f"{name}.class_path"
+        namespace = check_component(section, comp.class_path, src.of(key), key)
+        if namespace and namespaces.setdefault(namespace, f"{key} {comp.class_path} ({namespace})") and len(namespaces) > 1:
             raise ConfigError(src.of(key), key, mixed_lightning_message(*namespaces.values()))
     return cfg
 

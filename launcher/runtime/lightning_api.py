@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from launcher.usercode import NAMESPACES, lightning_in_use
+from launcher.config.components import NAMESPACES, lightning_in_use
 
 NAME = lightning_in_use()
 FABRIC = NAMESPACES[NAME]

@@ -16,7 +16,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from launcher.usercode import DISTRIBUTIONS, lightning_in_use
+from launcher.config.components import DISTRIBUTIONS, lightning_in_use
 
 # The major.minor versions every touchpoint below was written and tested for (pinned in pyproject;
 # each Lightning distribution ships its Fabric: lightning_fabric in pytorch-lightning).
