@@ -76,7 +76,7 @@ class FitSession:
 
     def __init__(self, cfg: JobConfig, run: RunDir, rank: int) -> None:
         self.cfg, self.run, self.rank = cfg, run, rank
-        self.resume: Path | None = None
+        self.resume: Path | str | None = None  # a checkpoint file, or a script's fit(ckpt_path="last"/"best"/...)
         self.rewound: dict[str, Any] = {}
         ck = cfg.checkpoint
         self.handler = PreemptionHandler(
@@ -94,7 +94,7 @@ class FitSession:
     def _on_resume(self, trainer: Any, mid_epoch: bool) -> None:
         if trainer.global_rank == 0:
             self.run.add_event(Event.RESUMED, global_step=int(trainer.global_step), epoch=int(trainer.current_epoch),
-                               mid_epoch=mid_epoch, checkpoint=self.resume.name if self.resume else None, **self.rewound)
+                               mid_epoch=mid_epoch, checkpoint=Path(self.resume).name if self.resume else None, **self.rewound)
 
     def _rewind(self, trainer: Any, logged_steps: int | None) -> None:
         """History after the checkpoint (a crash's lost steps) goes: they are trained again."""
@@ -118,10 +118,11 @@ class FitSession:
         """Fit from launch's newest checkpoint (else `ckpt_path`); False: preempted, and saved.
         `fit`: the Trainer's own fit (a script's Trainer has launch's in its place)."""
         self.prepare(model, data.get("datamodule"))
-        self.resume = find_resume_checkpoint(self.run) or (Path(ckpt_path) if ckpt_path else None)
+        # a script's own ckpt_path as given: Lightning reads "last", "best", "hpc", "registry" by name
+        self.resume = find_resume_checkpoint(self.run) or ckpt_path
         if self.rank == 0:
             self.run.add_event(Event.TRAINING_STARTED, world_size=self.cfg.world_size,
-                               resume_from=self.resume.name if self.resume else None)
+                               resume_from=Path(self.resume).name if self.resume else None)
         if self.cfg.performance.compile:
             # The network's forward only (state_dict keys unchanged); training_step, its logging and
             # torchmetrics stay eager. Compiling the module's call, as torch.compile(model) or
