@@ -110,8 +110,9 @@ def submit(job: PathLike, *, cluster: str | None = None, nodes: int | None = Non
            procs: int | None = None, set: Mapping[str, Any] | None = None,  # noqa: A002 (the CLI's --set)
            runs_dir: PathLike | None = None, after: Sequence[Run | PathLike] | None = None,
            cluster_file: PathLike | None = None, args: Sequence[str] | None = None) -> Run:
-    """`launch submit JOB`: start a run of a job file or a Lightning script (`train.py`, with its
-    command-line `args`) and return it at once (`Run.wait()` waits).
+    """`launch submit JOB`: start a run of a job file, a LightningCLI config naming its classes
+    (`config.yaml`) or a Lightning script (`train.py`, with its command-line `args`) and return it
+    at once (`Run.wait()` waits).
 
     `set` holds dotted keys (`{"trainer.max_epochs": 3}`) as `--set` does; `after` holds runs (or
     their ids, with an optional `:ok` / `:any`) this one waits for."""

@@ -61,7 +61,7 @@ def _request(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> config.Re
 
 
 def _job_file_only(cfg: JobConfig, command: str) -> None:
-    """smoke, verify, tune, predict and sweep build the job's model and data themselves."""
+    """tune and predict build the job's model and data themselves."""
     if cfg.job.script:
         raise LaunchError(f"launch {command} takes a job file naming [model] and [data]; {cfg.job.script} is a script "
                           "(launch submit runs it; docs/scripts.md)")
@@ -128,8 +128,6 @@ def cmd_submit(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
         args.nodes = args.nodes or alloc.nodes  # the whole allocation unless asked otherwise
     cfg, runs_dir, afters = resolve_submission(_request(args, extra), args.runs_dir, getattr(args, "after", None) or [],
                                                alloc)
-    if extra:  # smoke's [trainer] limits: a script's Trainer takes its arguments from the script
-        _job_file_only(cfg, "smoke")
     if args.dry_run:
         print(render_preview(cfg, runs_dir, args.job), end="")
         print((runs_dir / cfg.job.name / "RUN-ID").resolve())
@@ -239,7 +237,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
                  "trainer.enable_progress_bar=false", f"checkpoint.every_n_train_steps={args.every}",
                  "job.fingerprints=true", "job.preemptible=true")
     cfg = config.resolve(_request(args, overrides))
-    _job_file_only(cfg, "verify")
     if cfg.cluster.backend != "local":
         raise LaunchError(f"verify runs on this machine: profile {cfg.run.profile!r} is {cfg.cluster.backend}; "
                           "use a local profile (the default)")
@@ -324,10 +321,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = tuple(args.set or ())
 
     def resolve_point(overrides: tuple[str, ...]) -> JobConfig:
-        args.set = [*base, *overrides]
+        options = [o for o in overrides if o.startswith(sweep.SCRIPT_AXIS)]
+        args.set = [*base, *(o for o in overrides if o not in options)]
         cfg = config.resolve(_request(args))
-        _job_file_only(cfg, "sweep")
-        return cfg
+        if options and not cfg.job.script:
+            raise LaunchError(f"--grid/--random {options[0].split('=')[0]}: an axis over a script's arguments "
+                              f"(args.NAME); {args.job} runs no script (use its keys, e.g. model.init_args.lr)")
+        return sweep.with_script_options(cfg, options) if options else cfg
 
     p = sweep.plan(found, resolve_point, args.job, args.metric, args.mode, args.no_array)
     return sweep.run_sweep(p, _runs_dir(args, p.configs[0]), args.job)

@@ -8,6 +8,7 @@ each run keeps its own directory, events and job id (ARRAYID_INDEX).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import itertools
 import json
@@ -74,6 +75,30 @@ def points(grid: list[str], draws: list[str], count: int | None, seed: int) -> l
     if not found:
         raise LaunchError("a sweep needs --grid KEY=V1,V2 and/or --random KEY=LOW:HIGH --count N")
     return found
+
+
+SCRIPT_AXIS = "args."  # --grid args.lr=0.01,0.1: the script's --lr 0.01, then --lr 0.1
+
+
+def with_script_options(cfg: JobConfig, options: list[str]) -> JobConfig:
+    """A point's `args.NAME=VALUE` as the script's `--NAME VALUE` (LightningCLI: args.model.lr ->
+    --model.lr): replacing the option where job.args already gives it, else appended."""
+    args = list(cfg.job.args)
+    for item in options:
+        key, _, value = item.partition("=")
+        flag = "--" + key.removeprefix(SCRIPT_AXIS)
+        text = str(config.parse_override(f"v={value}")[1])
+        text = {"True": "true", "False": "false"}.get(text, text)
+        for i, arg in enumerate(args):
+            if arg == flag and i + 1 < len(args):
+                args[i + 1] = text
+                break
+            if arg.startswith(flag + "="):
+                args[i] = f"{flag}={text}"
+                break
+        else:
+            args += [flag, text]
+    return dataclasses.replace(cfg, job=dataclasses.replace(cfg.job, args=args))
 
 
 def as_override(key: str, value: Any) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -54,3 +55,25 @@ def digits_job(write, tmp_path: Path):
         return write(f"{name}.toml", text)
 
     return _job
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> None:
+    """A real SLURM controller and node daemons on this machine (tests/slurm/cluster.sh), for the
+    session: tests/test_slurm.py, and the SLURM cases of other features."""
+    script = REPO / "tests" / "slurm" / "cluster.sh"
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        pytest.fail(f"could not start the SLURM test cluster:\n{up.stdout}\n{up.stderr}")
+    yield
+    subprocess.run(["bash", str(script), "down"], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def lit_baseline(tmp_path_factory) -> Path:
+    """The plain script's uninterrupted run (tests/helpers/runs.py, lit_reference), once a session:
+    the reference of scripts, LightningCLI projects and configs training the same model on the same
+    data with the same seed, in either namespace (tests/test_scripts.py, tests/test_namespaces.py)."""
+    from tests.helpers.runs import lit_reference
+
+    return lit_reference(tmp_path_factory.mktemp("lit-baseline") / "runs")

@@ -32,7 +32,7 @@ def header(path: Path, key: str) -> list[str]:
 
 
 def cases(folder: str) -> list[Path]:
-    return sorted((CORPUS / folder).glob("*.toml"))
+    return sorted([*(CORPUS / folder).glob("*.toml"), *(CORPUS / folder).glob("*.yaml")])
 
 
 def test_the_corpus_has_at_least_fifty_cases() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from launcher.config.components import declared_lightning
 from tests.helpers.launch import run_launch
-from tests.helpers.runs import assert_same_training, events, preempt_at, submit, wait_end
+from tests.helpers.runs import LIT_SHAPE, LIT_STEPS, assert_same_training, events, preempt_at, submit, wait_end
 
 LIT_JOB = """
 [job]
@@ -32,7 +32,30 @@ log_every_n_steps = 2
 enable_progress_bar = false
 {extra}
 """
-STEPS = 15  # 1,437 training digits over 3 ranks, batches of 32
+STEPS = LIT_STEPS
+# The same job as a LightningCLI config (what `--print_config` writes, shortened): the job file itself
+LIT_CONFIG = """
+seed_everything: 11
+trainer:
+  accelerator: auto
+  devices: auto
+  max_epochs: 3
+  log_every_n_steps: 2
+  enable_progress_bar: false
+  precision: null
+  inference_mode: true
+model:
+  class_path: tests.helpers.lit.LitMLP
+  init_args:
+    dropout: 0.3
+    step_sleep: {sleep}
+data:
+  class_path: tests.helpers.lit.LitDigits
+  init_args:
+    batch_size: 32
+    num_workers: 1
+ckpt_path: null
+"""
 
 
 def write(tmp: Path, name: str, sleep: float = 0.0, data: str = "tests.helpers.lit.LitDigits",
@@ -43,22 +66,30 @@ def write(tmp: Path, name: str, sleep: float = 0.0, data: str = "tests.helpers.l
 
 
 @pytest.mark.multiprocess
-def test_a_lightning_namespace_job_at_world_size_3_preempted_twice_mid_epoch_ends_bit_identical(tmp_path: Path) -> None:
-    """The user's own LightningModule and DataModule (`import lightning as L`; a worker jittering
-    the images, dropout, noise, a stepped schedule), 3 ranks, stopped twice mid-epoch."""
-    runs = [submit(write(tmp_path, name, sleep), tmp_path / "runs", "--procs", "3")
-            for name, sleep in (("plain", 0.0), ("stopped", 0.15))]  # side by side: their start-ups overlap
-    baseline, run_dir = runs
+@pytest.mark.parametrize(("module", "namespace"), [("tests.helpers.lit", "lightning/pytorch/"),
+                                                   ("tests.helpers.lit_pl", "pytorch_lightning/")],
+                         ids=["lightning", "pytorch_lightning"])
+def test_a_job_of_either_namespace_at_world_size_3_preempted_twice_mid_epoch_ends_bit_identical(
+        lit_baseline, tmp_path: Path, module: str, namespace: str) -> None:
+    """The user's own LightningModule and DataModule (`import lightning as L`, or their
+    `pytorch_lightning` twins; a worker jittering the images, dropout, noise, a stepped schedule),
+    3 ranks, stopped twice mid-epoch. Submitted as a LightningCLI config (`launch submit lit.yaml`:
+    the TOML job it stands for, tests/test_cli_config.py), it trains bit for bit what the plain
+    `lightning` script with the same classes, seed and data trains uninterrupted (conftest's
+    lit_baseline), on its own namespace's Trainer."""
+    config = tmp_path / "stopped.yaml"
+    config.write_text(LIT_CONFIG.format(sleep=0.15).replace("tests.helpers.lit.", f"{module}."))
+    run_dir = submit(config, tmp_path / "runs", *LIT_SHAPE)
     preempt_at(run_dir, (4, STEPS + 5))
-    for r in runs:
-        info = wait_end(r, timeout=400)
-        assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
     stops = [e for e in events(run_dir) if e["event"] == "preempted"]
     assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
-    # the ranks ran lightning.pytorch's Trainer, and never imported pytorch_lightning
+    # the ranks ran that namespace's Trainer, and never imported the other
+    other = "pytorch_lightning/" if namespace == "lightning/pytorch/" else "lightning/pytorch/"
     log = (run_dir / "logs" / "rank-0.log").read_text() + (run_dir / "console.log").read_text()
-    assert "lightning/pytorch/" in log and "pytorch_lightning/" not in log, log[-3000:]
-    assert_same_training(run_dir, baseline)
+    assert namespace in log and other not in log, log[-3000:]
+    assert_same_training(run_dir, lit_baseline)
 
 
 def test_a_job_mixing_the_namespaces_in_its_sources_is_refused_at_submission_in_one_line(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ and every Trainer it builds is launch's: exact resume, restarts, the run directo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 
 from tests.helpers.launch import REPO, run_launch
 from tests.helpers.runs import (
+    LIT_SCRIPT,
+    LIT_SHAPE,
+    LIT_STEPS,
     assert_same_tensors,
     assert_same_training,
     events,
@@ -24,25 +28,14 @@ from tests.helpers.runs import (
     wait_for,
 )
 
-SCRIPT = "tests/scripts/train_lit.py"
+SCRIPT = LIT_SCRIPT
 CLI = "tests/scripts/cli_lit.py"
-STEPS = 15  # 1,437 training digits over 3 ranks, batches of 32
-SHAPE = ("--procs", "3", "--set", "checkpoint.every_n_train_steps=5")
-
-
-@pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
-    """The plain script's uninterrupted run: the reference of the script and of the LightningCLI
-    project, which trains the same model on the same data with the same seed."""
-    tmp = tmp_path_factory.mktemp("script-baseline")
-    run_dir = submit(REPO / SCRIPT, tmp / "runs", *SHAPE, "--", "--epochs", "3")
-    info = wait_end(run_dir, timeout=400)
-    assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
-    return run_dir
+CLI_PL = "tests/scripts/cli_pl.py"
+STEPS, SHAPE = LIT_STEPS, LIT_SHAPE
 
 
 @pytest.mark.multiprocess
-def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(baseline, tmp_path) -> None:
+def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(lit_baseline, tmp_path) -> None:
     """The script (`import lightning as L`; a jittering worker, dropout, noise; its own Trainer with
     devices=1) at 3 ranks, stopped twice mid-epoch by preemptions, then rank 1 SIGKILLed: restarted
     by itself from the periodic checkpoint. Bit for bit its uninterrupted run, and its
@@ -60,22 +53,35 @@ def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_b
     assert restart["rank"] == 1 and restart["kind"] == "infrastructure", restart
     console = (run_dir / "console.log").read_text()
     assert "[launch] Trainer(devices=1) in the script: launch sets it from the job's resources" in console
-    assert "lightning/pytorch/" in console and "pytorch_lightning/" not in console
-    assert_same_training(run_dir, baseline)
+    ran_on(run_dir, "lightning/pytorch/")
+    assert_same_training(run_dir, lit_baseline)
     tested = [r for r in metric_rows(run_dir) if r.get("test_loss")]
     assert len(tested) == 1, tested  # the script's test, after fit, from the best checkpoint
     assert (run_dir / "code" / SCRIPT).is_file()  # snapshotted with the code it imports
     assert (run_dir / "code" / "tests" / "helpers" / "lit.py").is_file()
 
 
+NAMESPACES = pytest.mark.parametrize(("cli", "namespace"), [(CLI, "lightning/pytorch/"), (CLI_PL, "pytorch_lightning/")],
+                                     ids=["lightning", "pytorch_lightning"])
+
+
+def ran_on(run_dir: Path, namespace: str) -> None:
+    """The ranks ran that namespace's Trainer and never imported the other's."""
+    other = {"lightning/pytorch/": "pytorch_lightning/", "pytorch_lightning/": "lightning/pytorch/"}[namespace]
+    console = (run_dir / "console.log").read_text()
+    assert namespace in console and other not in console, console[-3000:]
+
+
 @pytest.mark.multiprocess
-def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_the_script_trains(baseline,
-                                                                                                  tmp_path) -> None:
+@NAMESPACES
+def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_the_script_trains(
+        lit_baseline, tmp_path, cli, namespace) -> None:
     """`launch submit cli_lit.py -- --config cli_lit.yaml --model.step_sleep 0.15` (LightningCLI,
     run=False: it builds the Trainer from its config, every argument given, and the script calls fit
-    and test): stopped twice mid-epoch (every attempt's SaveConfigCallback writes its config.yaml
-    again), it ends bit for bit where the plain script's uninterrupted run does."""
-    run_dir = submit(REPO / CLI, tmp_path / "runs", *SHAPE, "--", "--config", "tests/scripts/cli_lit.yaml",
+    and test), in each namespace (cli_pl.py: `pytorch_lightning.cli`): stopped twice mid-epoch
+    (every attempt's SaveConfigCallback writes its config.yaml again), it ends bit for bit where the
+    `lightning` plain script's uninterrupted run does."""
+    run_dir = submit(REPO / cli, tmp_path / "runs", *SHAPE, "--", "--config", "tests/scripts/cli_lit.yaml",
                      "--model.step_sleep", "0.15")
     preempt_at(run_dir, (5, STEPS + 4))
     info = wait_end(run_dir, timeout=400)
@@ -84,26 +90,70 @@ def test_a_lightning_cli_project_with_a_yaml_config_preempted_twice_trains_what_
     assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
     console = (run_dir / "console.log").read_text()
     assert "in the script: launch sets it" not in console  # LightningCLI's defaults are not choices to report
-    assert_same_training(run_dir, baseline)
+    ran_on(run_dir, namespace)
+    assert list(run_dir.rglob("config.yaml")), "LightningCLI's SaveConfigCallback wrote no config.yaml"
+    assert_same_training(run_dir, lit_baseline)
 
 
 @pytest.mark.multiprocess
-def test_a_lightning_cli_subcommand_preempted_twice_trains_what_the_script_trains(baseline, tmp_path) -> None:
+@NAMESPACES
+def test_a_lightning_cli_subcommand_preempted_twice_trains_what_the_script_trains(lit_baseline, tmp_path, cli,
+                                                                                  namespace) -> None:
     """`-- fit --config cli_lit.yaml --trainer.max_epochs 3 --model.step_sleep 0.15`: LightningCLI's
-    own `fit` subcommand (the CLI calls fit; no test follows, so the plain script's test row is the
-    one row the reference has beyond it)."""
-    run_dir = submit(REPO / CLI, tmp_path / "runs", *SHAPE, "--", "fit", "--config", "tests/scripts/cli_lit.yaml",
+    own `fit` subcommand, in each namespace (the CLI calls fit; no test follows, so the plain
+    script's test row is the one row the reference has beyond it). The `pytorch_lightning` one is
+    then cancelled and continued with `launch resume --code current` (the snapshot taken again holds
+    the script, its arguments stand)."""
+    run_dir = submit(REPO / cli, tmp_path / "runs", *SHAPE, "--", "fit", "--config", "tests/scripts/cli_lit.yaml",
                      "--trainer.max_epochs", "3", "--model.step_sleep", "0.15")
     preempt_at(run_dir, (3, STEPS + 6))
+    if cli == CLI_PL:
+        wait_for(lambda: progress_step(run_dir) >= 2 * STEPS + 4, 240, "a step mid-epoch 3", run_dir)
+        cancel = run_launch("cancel", str(run_dir))
+        assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+        resumed = run_launch("resume", str(run_dir), "--code", "current", cwd=REPO)
+        assert resumed.returncode == 0 and "0 file(s) differ" in resumed.stderr, resumed.stderr
+        assert (run_dir / "code" / CLI_PL).is_file()
     info = wait_end(run_dir, timeout=400)
     assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
-    stops = [e for e in events(run_dir) if e["event"] == "preempted"]
-    assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
-    ours, reference = (read_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run_dir, baseline))
+    stops = [e for e in events(run_dir) if e["event"] == "preempted"]  # the cancel saves as a preemption does
+    assert len(stops) == 2 + (cli == CLI_PL) and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
+    ran_on(run_dir, namespace)
+    ours, reference = (read_checkpoint(r / "checkpoints" / "last.ckpt") for r in (run_dir, lit_baseline))
     for key in ("state_dict", "optimizer_states", "lr_schedulers"):
         assert_same_tensors(ours[key], reference[key], key)
-    trained = [{k: v for k, v in r.items() if k != "test_loss"} for r in metric_rows(baseline) if not r["test_loss"]]
+    trained = [{k: v for k, v in r.items() if k != "test_loss"} for r in metric_rows(lit_baseline) if not r["test_loss"]]
     assert metric_rows(run_dir) == trained
+
+
+@pytest.mark.slurm
+def test_a_script_on_three_slurm_nodes_preempted_and_requeued_trains_what_it_trains_here(lit_baseline, slurm_cluster,
+                                                                                        tmp_path) -> None:
+    """The same script on the SLURM test cluster, 3 nodes x 1 rank (srun mode, one CPU a rank as
+    the local reference has), preempted mid-epoch: saved, requeued by the batch script, resumed;
+    bit for bit its uninterrupted run on one machine."""
+    from tests.test_slurm import PROFILES
+
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(PROFILES)
+
+    def launch(*args: str):  # noqa: ANN202
+        return run_launch("--cluster-file", str(cluster), *args, timeout=300)
+
+    result = launch("submit", str(REPO / SCRIPT), "--cluster", "test-wide", "--nodes", "3", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"), "--set", "resources.cpus_per_task=1", *SHAPE[2:],
+                    "--", "--epochs", "3", "--sleep", "0.15")
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    preempt_at(run_dir, (STEPS + 4,), timeout=300, preempt=lambda: launch("preempt", str(run_dir)))
+    wait_for(lambda: any(e["event"] in ("finished", "failed") for e in events(run_dir)), 400, "the end", run_dir)
+    info = json.loads(launch("status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["restarts"] == 1 and info["world_size"] == 3, info
+    (stop,) = [e for e in events(run_dir) if e["event"] == "preempted"]
+    assert 0 < stop["batch_in_epoch"] < STEPS, stop
+    assert [e["event"] for e in events(run_dir)].count("requeued") == 1
+    assert "srun" in (run_dir / "job.sbatch").read_text()
+    assert_same_training(run_dir, lit_baseline)
 
 
 @pytest.mark.multiprocess

@@ -47,16 +47,6 @@ launch_mode = "srun"
 """
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster() -> None:
-    script = REPO / "tests" / "slurm" / "cluster.sh"
-    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True, timeout=600)
-    if up.returncode != 0:
-        pytest.fail(f"could not start the SLURM test cluster:\n{up.stdout}\n{up.stderr}")
-    yield
-    subprocess.run(["bash", str(script), "down"], capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture
 def cluster_file(slurm_cluster, tmp_path: Path) -> Path:
     path = tmp_path / "cluster.toml"

@@ -315,24 +315,34 @@ def test_tune_finds_a_learning_rate_and_a_batch_size_and_writes_them_into_a_job_
 
 
 @pytest.mark.multiprocess
-def test_a_four_point_grid_sweep_makes_four_runs_and_a_sorted_table(tmp_path: Path) -> None:
-    job = write_job(tmp_path, "sweep", epochs=1, extra='[checkpoint]\nmonitor = "val_acc"\nmode = "max"')
-    result = run_launch("sweep", str(job), "--runs-dir", str(tmp_path / "runs"), "--procs", "1",
-                        "--grid", "model.init_args.lr=0.001,0.05", "--grid", "model.init_args.hidden=8,32", timeout=600)
+def test_a_four_point_grid_sweep_of_a_script_makes_four_runs_and_a_sorted_table(tmp_path: Path) -> None:
+    """A plain script's own option (`args.lr`: its `--lr`) crossed with a [trainer] key the job sets
+    over the script's Trainer (`trainer.max_epochs`, replacing its max_epochs=3)."""
+    result = run_launch("sweep", "tests/scripts/train_pl.py", "--runs-dir", str(tmp_path / "runs"), "--procs", "1",
+                        "--set", "checkpoint.monitor='val_acc'", "--set", "checkpoint.mode='max'",
+                        "--set", "trainer.limit_train_batches=6", "--set", "trainer.limit_val_batches=4",
+                        "--grid", "args.lr=0.001,0.05", "--grid", "trainer.max_epochs=1,2", timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    runs = [p for p in (tmp_path / "runs" / "sweep").iterdir() if p.name != "sweeps"]
+    runs = [p for p in (tmp_path / "runs" / "train_pl").iterdir() if p.name != "sweeps"]
     assert len(runs) == 4
-    (table,) = (tmp_path / "runs" / "sweep" / "sweeps").glob("*.csv")
+    (table,) = (tmp_path / "runs" / "train_pl" / "sweeps").glob("*.csv")
     with open(table, newline="") as fh:
         lines = list(csv.DictReader(fh))
     assert len(lines) == 4 and {r["state"] for r in lines} == {"completed"}
-    points = {(float(r["model.init_args.lr"]), int(r["model.init_args.hidden"])) for r in lines}
-    assert points == {(0.001, 8), (0.001, 32), (0.05, 8), (0.05, 32)}
+    points = {(float(r["args.lr"]), int(r["trainer.max_epochs"])) for r in lines}
+    assert points == {(0.001, 1), (0.001, 2), (0.05, 1), (0.05, 2)}
     values = [float(r["val_acc"]) for r in lines]
     assert values == sorted(values, reverse=True) and not math.isclose(values[0], values[-1])
-    for r in lines:  # each run's own record agrees with the table
-        assert status(Path(r["run"]))["metrics"]["val_acc"] == float(r["val_acc"])
+    for r in lines:  # each run's own record agrees with the table; the script got its option
+        run = Path(r["run"])
+        assert status(run)["metrics"]["val_acc"] == float(r["val_acc"])
+        assert status(run)["global_step"] == 6 * int(r["trainer.max_epochs"])
+        frozen = config.load_resolved(run / "config.toml")
+        assert frozen.job.args == ["--lr", str(float(r["args.lr"]))], frozen.job.args
     assert "val_acc" in result.stdout and len(result.stdout.strip().splitlines()) == 5
+    bad = run_launch("sweep", str(write_job(tmp_path, "job")), "--grid", "args.lr=0.1,0.2", cwd=REPO)
+    assert bad.returncode == 2 and bad.stderr.startswith("launch: error: --grid/--random args.lr: an axis over a "
+                                                         "script's arguments"), bad.stderr
 
 
 def test_bad_toolbox_settings_are_refused_in_one_line(tmp_path: Path) -> None:

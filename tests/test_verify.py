@@ -30,27 +30,37 @@ init_args = {{ data_dir = "{data}", batch_size = 16, num_workers = 1 }}
 
 
 def start_verify(tmp: Path, name: str, model: str, procs: int, *args: str) -> subprocess.Popen:
-    job = tmp / f"{name}.toml"
-    job.write_text(JOB.format(name=name, model=model, data=tmp / name / "data"))
+    """`launch verify` of a job file naming `model`, or of the script `model` (a .py path)."""
+    job = Path(model)
+    if job.suffix != ".py":
+        job = tmp / f"{name}.toml"
+        job.write_text(JOB.format(name=name, model=model, data=tmp / name / "data"))
     return subprocess.Popen([sys.executable, "-m", "launcher.cli", "verify", str(job), "--runs-dir", str(tmp / "runs"),
                              "--procs", str(procs), *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")})
 
 
-def test_verify_certifies_an_exact_job_and_names_a_model_attribute_outside_the_state_dict(tmp_path: Path) -> None:
-    """The exact one at 3 ranks (where a summation-order bug would show), the counting one at 1 (its
-    counter is wrong after any resume, at any world size), each rank with a DataLoader worker; side
-    by side (their start-ups overlap)."""
-    exact = start_verify(tmp_path, "exact", "mlp", 3, "--preemptions", "1", "--seed", "3")  # and killed once: 2 stops
+def test_verify_certifies_an_exact_script_and_names_a_model_attribute_outside_the_state_dict(tmp_path: Path) -> None:
+    """The exact one, a plain script in the `pytorch_lightning` namespace (tests/scripts/train_pl.py:
+    its own Trainer, fit and test; verify's [trainer] limits replace its max_epochs), at 3 ranks
+    (where a summation-order bug would show); the counting job at 1 (its counter is wrong after any
+    resume, at any world size); each rank with a DataLoader worker; side by side (their start-ups
+    overlap)."""
+    exact = start_verify(tmp_path, "exact", "tests/scripts/train_pl.py", 3, "--preemptions", "2", "--seed", "3",
+                         "--", "--epochs", "5")  # and killed once
     counting = start_verify(tmp_path, "counting", "tests.helpers.modules.CountingLossMLP", 1, "--preemptions", "1",
                             "--seed", "1")
     out, err = exact.communicate(timeout=900)
     assert exact.returncode == 0, out + err[-4000:]
-    assert out.startswith("exact: preempted 1 time(s) and killed once"), out
+    assert out.startswith("exact: preempted 2 time(s) and killed once"), out
     assert "16 steps x 3 ranks" in out
     assert "preempted at steps" in err and "every process SIGKILLed at step" in err, err
-    runs = sorted((tmp_path / "runs" / "verify" / "exact").iterdir())
+    runs = sorted((tmp_path / "runs" / "verify" / "train_pl").iterdir())
     assert len(runs) == 3 and all((r / "checkpoints" / "last.ckpt").exists() for r in runs)
+    for run in runs:  # on pytorch_lightning's Trainer, never importing lightning.pytorch
+        console = (run / "console.log").read_text()
+        assert "[launch] Trainer(max_epochs=5) in the script: the job's trainer.max_epochs = 2 replaces it" in console
+        assert "pytorch_lightning/" in console and "lightning/pytorch/" not in console, console[-3000:]
 
     out, err = counting.communicate(timeout=900)
     assert counting.returncode == 1, out + err[-4000:]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.config import cli_config
 from launcher.config.checks import check_path, validate
 from launcher.config.components import check_component, job_components, mixed_lightning_message, script_lightning
 from launcher.config.files import read_toml
@@ -107,7 +108,12 @@ def resolve(req: Request) -> JobConfig:
     """Job file + profile + flags -> one validated JobConfig (run section still empty)."""
     job_path = Path(req.job_file)
     job_src = str(job_path)
-    job_raw = script_job(job_path) if job_path.suffix == ".py" else read_toml(job_path)
+    if job_path.suffix == ".py":
+        job_raw = script_job(job_path)
+    elif job_path.suffix in cli_config.SUFFIXES:
+        job_raw = cli_config.cli_config_job(job_path)
+    else:
+        job_raw = read_toml(job_path)
     if req.script_args is not None:
         job_raw.setdefault("job", {})["args"] = list(req.script_args)
     check_keys(JobConfig, job_raw, job_src)

@@ -7,8 +7,10 @@ while the Trainer class of the job's Lightning (lightning_api) is launch's:
   strategy: launch's exact DDP or FSDP as the job says) and the run directory (default_root_dir,
   the run's TensorBoard and metrics.csv besides the script's own loggers, checkpoints/ for its
   ModelCheckpoint), and adds its callbacks (preemption, periodic full-state checkpoints,
-  progress, heartbeats) to the script's. The script's other arguments stand. Where it set one
-  launch owns, rank zero says once, in the console, what launch decided and why.
+  progress, heartbeats) to the script's. The script's other arguments stand, except those the job
+  sets in [trainer] (or --set trainer.KEY=..., as smoke, verify and sweep do): those win. Where
+  the script set one launch owns or the job replaces, rank zero says once, in the console, what
+  launch decided and why.
 - `Trainer.fit`: launch's fit (FitSession): it resumes from the run's newest complete checkpoint
   (the script's `ckpt_path` is used only when the run has none yet), stops exactly on a
   preemption, and writes `last.ckpt`. One fit per run: a second `fit` is refused in one line.
@@ -17,6 +19,7 @@ After the script: the run's record; a script that ends without calling `fit` fai
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import runpy
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.config import JobConfig
+from launcher.config.schema import TrainerSection
 from launcher.rundir import RunDir
 from launcher.runtime import lightning_api as api
 from launcher.runtime.build import launch_trainer_args
@@ -40,6 +44,14 @@ OWNED = {
     "strategy": "launch's strategy (exact-resume DDP, or FSDP with strategy.name = \"fsdp\")",
     "default_root_dir": "the run directory",
 }
+
+
+def job_trainer_args(cfg: JobConfig) -> dict[str, Any]:
+    """The [trainer] values the job sets (those other than their defaults): they replace the
+    script's own Trainer arguments of the same names (the profiler is launch's in any case)."""
+    default = TrainerSection()
+    return {f.name: getattr(cfg.trainer, f.name) for f in dataclasses.fields(TrainerSection)
+            if f.name != "profiler" and getattr(cfg.trainer, f.name) != getattr(default, f.name)}
 
 
 class ScriptError(RuntimeError):
@@ -65,6 +77,7 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
             print(f"[launch] {text}", flush=True)
 
     defaults = {k: p.default for k, p in inspect.signature(original_init).parameters.items()}
+    replaced = job_trainer_args(cfg)
 
     @functools.wraps(original_init)  # its signature: LightningCLI builds its trainer options from it
     def init(self: Any, **kwargs: Any) -> None:
@@ -72,6 +85,10 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
             # LightningCLI passes every argument, most at its default: only a choice is reported
             if key in kwargs and (value := kwargs.pop(key)) != defaults.get(key):
                 say(f"Trainer({key}={value!r}) in the script: launch sets it from {why}")
+        for key, value in replaced.items():
+            if key in kwargs and kwargs[key] != value:
+                say(f"Trainer({key}={kwargs[key]!r}) in the script: the job's trainer.{key} = {value!r} replaces it")
+            kwargs[key] = value
         callbacks = kwargs.pop("callbacks", None) or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         own_checkpoints = [cb for cb in callbacks if isinstance(cb, api.ModelCheckpoint)]

@@ -1,80 +1,22 @@
 """Written the way Lightning's docs teach since 2.0 (`import lightning as L`), not launch's way: a
-user's own model and data module, in the `lightning.pytorch` namespace."""
+user's own model and data module, in the `lightning.pytorch` namespace (their steps: lit_steps.py,
+shared with lit_pl.py's `pytorch_lightning` twins)."""
 
 from __future__ import annotations
 
-import time
-
 import lightning as L
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy
+
+from tests.helpers.lit_steps import DigitsSteps, MLPSteps
 
 
-class LitMLP(L.LightningModule):
-    """Dropout, noise drawn every step, a stepped LR schedule, an exact metric; `step_sleep` seconds
-    a step leaves time to preempt it mid-epoch."""
-
+class LitMLP(MLPSteps, L.LightningModule):
     def __init__(self, hidden: int = 32, dropout: float = 0.3, lr: float = 0.01, step_sleep: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 10))
-        self.val_acc = MulticlassAccuracy(num_classes=10, average="micro")
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:  # noqa: ANN001
-        if self.hparams.step_sleep:
-            time.sleep(self.hparams.step_sleep)
-        x, y = batch
-        loss = F.cross_entropy(self.net(x), y) + 0 * torch.randn(())
-        self.log("train_loss", loss, on_step=True, on_epoch=True, sync_dist=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
-        x, y = batch
-        logits = self.net(x)
-        self.val_acc(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), sync_dist=True)
-        self.log("val_acc", self.val_acc)
-
-    def test_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
-        x, y = batch
-        self.log("test_loss", F.cross_entropy(self.net(x), y), sync_dist=True)
-
-    def configure_optimizers(self):  # noqa: ANN201
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.8)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        self.build()
 
 
-class LitDigits(L.LightningDataModule):
-    """scikit-learn's digits, jittered at random in the loader's worker (randomness in the data)."""
-
+class LitDigits(DigitsSteps, L.LightningDataModule):
     def __init__(self, batch_size: int = 32, num_workers: int = 1) -> None:
         super().__init__()
         self.batch_size, self.num_workers = batch_size, num_workers
-
-    def setup(self, stage: str) -> None:
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.tensor(digits.images, dtype=torch.float32) / 16.0
-        labels = torch.tensor(digits.target)
-        self.train_set = Jittered(images[:1437], labels[:1437])
-        self.val_set = TensorDataset(images[1437:], labels[1437:])
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-
-class Jittered(TensorDataset):
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, label = super().__getitem__(index)
-        return image + 0.05 * torch.randn_like(image), label

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers.launch import run_launch
+from tests.helpers.launch import REPO, run_launch
 
 PREEMPTABLE_JOB = """
 [job]
@@ -227,3 +227,18 @@ def assert_same_training(run: Path, baseline: Path) -> None:
     assert sorted(ours) == sorted(theirs) and len(theirs) >= 4, sorted(theirs)
     for tag in theirs:  # every scalar, every step
         assert ours[tag] == theirs[tag], tag
+
+
+# The user's own model and data (tests/helpers/lit.py, lit_pl.py) at 3 ranks: the plain script's
+# uninterrupted run is the reference of every script, LightningCLI project and LightningCLI config
+# that trains them, in both namespaces (conftest's `lit_baseline`)
+LIT_SCRIPT = "tests/scripts/train_lit.py"
+LIT_STEPS = 15  # 1,437 training digits over 3 ranks, batches of 32
+LIT_SHAPE = ("--procs", "3", "--set", "checkpoint.every_n_train_steps=5")
+
+
+def lit_reference(runs: Path) -> Path:
+    run_dir = submit(REPO / LIT_SCRIPT, runs, *LIT_SHAPE, "--", "--epochs", "3")
+    info = wait_end(run_dir, timeout=400)
+    assert info["state"] == "completed" and info["global_step"] == 3 * LIT_STEPS, info
+    return run_dir

@@ -1,0 +1,25 @@
+"""train_lit.py in the `pytorch_lightning` namespace (`import pytorch_lightning as pl`), as many
+projects written before Lightning 2.0 still read: launch runs it unchanged, on that Trainer."""
+
+import argparse
+
+import pytorch_lightning as pl
+
+from tests.helpers.lit_pl import LitDigits, LitMLP
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.01)
+    args = parser.parse_args()
+
+    pl.seed_everything(11, workers=True)
+    model = LitMLP(dropout=0.3, lr=args.lr)
+    trainer = pl.Trainer(max_epochs=args.epochs, log_every_n_steps=2, enable_progress_bar=False)
+    trainer.fit(model, datamodule=LitDigits(batch_size=32, num_workers=1))
+    trainer.test(model, datamodule=trainer.datamodule, ckpt_path="best")
+
+
+if __name__ == "__main__":
+    main()
