@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.events import Event, EventRecord, Preempted, Requeued, Restarted, Stalled, Trained
-from launcher.lifecycle import last_event, this_attempt
+from launcher.events import Event, EventRecord, Preempted, Requeued, Restarted, Stalled, Started, Trained
+from launcher.lifecycle import last_event, starts, this_attempt
 from launcher.records import AliveMarker, Progress, RankError
 from launcher.rundir import RunDir
 
@@ -138,9 +138,18 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     progress = Progress.read(run.progress)
     last = last_event(events, Trained)
     if exit_code == 0 and last is not None and not last.interrupted:
-        run.add_event(Event.FINISHED, elapsed_s=elapsed_s, global_step=last.global_step)
+        # the run's time, not this attempt's: a run requeued five times took all of it
+        now = time.time()
+        begun = [e.at for e in events if e.event in (Event.SUBMITTED, Event.STARTED) and e.at is not None]
+        run_s = round(now - begun[0], 1) if begun else elapsed_s
+        started = last_event(events, Started)
+        attempt_s = round(now - started.at, 1) if started and started.at is not None else elapsed_s
+        attempts = starts(events)
+        run.add_event(Event.FINISHED, elapsed_s=run_s, global_step=last.global_step, attempt_s=attempt_s,
+                      attempts=attempts)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(last.metrics.items()))
-        return Ending(True, False, f"completed in {elapsed_s} s: step {last.global_step}, {shown}")
+        took = f"{run_s} s" + (f" ({attempts} attempts; the last {attempt_s} s)" if attempts > 1 else "")
+        return Ending(True, False, f"completed in {took}: step {last.global_step}, {shown}")
     err = first_error(run, started_at)
     stalled = last_event(this_attempt(events), Stalled)
     if stalled is not None:  # the supervisor stopped it: that is the cause, whatever the ranks said then

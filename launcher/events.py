@@ -103,13 +103,16 @@ class Started(EventRecord):
     pid: int | None = None
     host: str = "?"
     attempt: int | None = None
-    restart_count: int | None = None  # SLURM_RESTART_COUNT
+    restart_count: int | None = None  # the run's restarts before this attempt (requeues, restarts, resumes)
+    slurm_restart_count: int | None = None  # SLURM_RESTART_COUNT: this SLURM job's own requeues
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingStarted(EventRecord):
     world_size: int | None = None
     resume_from: str | None = None
+    lightning: str | None = None  # the Lightning namespace the ranks run ("lightning.pytorch", "pytorch_lightning")
+    lightning_loaded: list[str] | None = None  # every Lightning namespace imported in rank zero (that one alone)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,8 +192,10 @@ class Trained(EventRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class Finished(EventRecord):
-    elapsed_s: float | None = None
+    elapsed_s: float | None = None  # the whole run: from its submission, every attempt and wait between
     global_step: int | None = None
+    attempt_s: float | None = None  # the last attempt alone
+    attempts: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

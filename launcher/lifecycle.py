@@ -174,5 +174,11 @@ def this_attempt(events: Sequence[Mapping[str, Any] | EventRecord]) -> list[Even
     return history[last_start + 1:]
 
 
+def starts(events: Sequence[Mapping[str, Any] | EventRecord]) -> int:
+    """How many attempts have started: before a new `started`, the run's restarts so far (what
+    `launch status` counts), whichever job, step or process started them."""
+    return sum(isinstance(e, Started) for e in typed(events))
+
+
 def names(events: Sequence[Mapping[str, Any] | EventRecord]) -> list[str]:
     return [e.event for e in typed(events)]

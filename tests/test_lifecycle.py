@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import time
 from pathlib import Path
@@ -214,6 +215,20 @@ def test_record_end_finished_only_when_training_completed(run: RunDir) -> None:
     finished, summary = ending.finished, ending.summary
     assert finished and summary == "completed in 12.5 s: step 10, val_acc 0.75"
     assert run.read_events()[-1]["event"] == "finished"
+
+
+def test_record_end_counts_the_whole_run_not_the_last_attempt(run: RunDir) -> None:
+    """A run submitted 600 s ago, requeued once: `completed in` and the `finished` event say 600 s
+    and 2 attempts, not the last attempt's 12.5 s."""
+    t0 = time.time() - 600
+    run.add_event(Event.SUBMITTED, t=t0)
+    run.add_event(Event.STARTED, t=t0 + 5)
+    run.add_event(Event.STARTED, t=t0 + 580)
+    run.add_event(Event.TRAINED, global_step=10, metrics={"val_acc": 0.75}, interrupted=False)
+    summary = record_end(run, 0, t0 + 580, 20.0).summary
+    assert re.fullmatch(r"completed in 60\d\.\d s \(2 attempts; the last 2\d\.\d s\): step 10, val_acc 0\.75", summary), summary
+    finished = run.read_events()[-1]
+    assert 600 <= finished["elapsed_s"] < 610 and 20 <= finished["attempt_s"] < 30 and finished["attempts"] == 2, finished
 
 
 @pytest.mark.parametrize("exit_code,trained,expected", [

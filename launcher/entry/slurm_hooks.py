@@ -21,7 +21,7 @@ from launcher.attempts import grace_warning, record_end, record_not_requeued, re
 from launcher.config import load_resolved
 from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
 from launcher.events import Event, Preempted, Started
-from launcher.lifecycle import last_event, names, this_attempt
+from launcher.lifecycle import last_event, names, starts, this_attempt
 from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
 from launcher.slurm_env import current_job_id, node_name
@@ -52,7 +52,8 @@ def main(argv: list[str]) -> int:
     what, run = argv[0], RunDir(Path(argv[1]))
     if what == Event.STARTED:  # the hook's verb is the event it records
         run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=node_name(),
-                      restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
+                      restart_count=starts(run.history()),
+                      slurm_restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
         return 0
     if what == "ended":
         events = run.history()

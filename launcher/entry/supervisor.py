@@ -22,7 +22,7 @@ from launcher import dependencies
 from launcher.attempts import grace_warning, record_end, requeue_fields
 from launcher.config import load_resolved
 from launcher.events import Event, Preempted
-from launcher.lifecycle import this_attempt
+from launcher.lifecycle import starts, this_attempt
 from launcher.processes import processes_of, wait_gone
 from launcher.records import Plan
 from launcher.rundir import RunDir
@@ -92,7 +92,7 @@ def main(argv: list[str]) -> int:
     for attempt in itertools.count():
         start = time.time()
         run.add_event(Event.STARTED, backend="local", pid=os.getpid(), host=socket.gethostname(), attempt=attempt,
-                      t=round(start, 3))
+                      restart_count=starts(run.history()), t=round(start, 3))
         say(f"run {run.run_id}: {len(plan.nodes)} torchrun agent(s), logs in {run.logs}"
             + (f" (attempt {attempt + 1})" if attempt else ""))
         agents = spawn(plan)

@@ -14,7 +14,7 @@ from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, re
 from launcher.runtime import output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.heartbeat import finish_heartbeat
-from launcher.runtime.lightning_api import FABRIC, NAME, is_overridden
+from launcher.runtime.lightning_api import FABRIC, NAME, is_overridden, loaded
 from launcher.runtime.loggers import rewind_history
 from launcher.runtime.preemption import Preempted, PreemptionHandler
 from launcher.runtime.strategy import guard_evaluation_logging
@@ -67,6 +67,15 @@ def quiet_lightning_advice() -> None:
     # launch asks DDP to look for unused parameters so that its buckets never change layout
     # (strategy.EXACT_DDP_KWARGS); torch's advice to turn that off for speed is moot here.
     warnings.filterwarnings("ignore", message=r".*find_unused_parameters=True was specified")
+    # launch resumes the data position itself (runtime/samplers.py), exactly: Lightning's warning
+    # that a mid-epoch resume of a plain DataLoader "can cause unreliable results" is not true here
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    # every resume finds the run's own checkpoints/ full, by design
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # launch chooses the cluster environment from how it started the ranks (runtime/build.py)
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
+    # pytorch_lightning's own use of a torch API torch deprecated, once a rank: not the user's to act on
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class FitSession:
@@ -122,7 +131,8 @@ class FitSession:
         self.resume = find_resume_checkpoint(self.run) or ckpt_path
         if self.rank == 0:
             self.run.add_event(Event.TRAINING_STARTED, world_size=self.cfg.world_size,
-                               resume_from=Path(self.resume).name if self.resume else None)
+                               resume_from=Path(self.resume).name if self.resume else None, lightning=NAME,
+                               lightning_loaded=loaded())
         if self.cfg.performance.compile:
             # The network's forward only (state_dict keys unchanged); training_step, its logging and
             # torchmetrics stay eager. Compiling the module's call, as torch.compile(model) or

@@ -11,6 +11,7 @@ lightning_compat its internals, so one copy of launch's code serves both.
 from __future__ import annotations
 
 import importlib
+import sys
 from types import ModuleType
 
 from launcher.config.components import NAMESPACES, lightning_in_use
@@ -22,6 +23,11 @@ FABRIC = NAMESPACES[NAME]
 def module(path: str = "") -> ModuleType:
     """`module("callbacks")`: that module of this rank's Lightning (the package itself for "")."""
     return importlib.import_module(f"{NAME}.{path}" if path else NAME)
+
+
+def loaded() -> list[str]:
+    """The Lightning namespaces imported in this process (a rank imports its own alone)."""
+    return sorted(n for n in NAMESPACES if n in sys.modules)
 
 
 def fabric_module(path: str) -> ModuleType:

@@ -109,11 +109,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         stream.write(tag() + text)
 
 
+# Lightning's info lines that launch makes untrue or that advertise (dropped): an advert at every
+# Trainer, and a note at every save that launch's own checkpoints make on purpose
+MOOT_INFO = ("💡 Tip: For seamless cloud logging", "`weights_only` was not set, defaulting to `False`")
+
+
 class RankLogHandler(logging.Handler):
     """Lightning's log lines: info once (rank zero's console), warnings from every rank, tagged.
 
     Lightning logs some info lines on every rank; on other ranks they go to the rank log only.
     """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.WARNING and str(record.msg).startswith(MOOT_INFO))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

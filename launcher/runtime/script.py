@@ -154,7 +154,7 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
     trainer_class.__init__, trainer_class.fit = init, fit
     for name in evaluations:
         setattr(trainer_class, name, evaluation(name))
-    api.seed_everything(cfg.job.seed, workers=True)  # a script that seeds nothing still draws the same in every rank's attempts
+    api.seed_everything(cfg.job.seed, workers=True, verbose=False)  # a script that seeds nothing still draws the same
     script = script_path(cfg, run)
     argv, path = sys.argv, list(sys.path)
     sys.argv = [str(script), *cfg.job.args]

@@ -242,3 +242,41 @@ def lit_reference(runs: Path) -> Path:
     info = wait_end(run_dir, timeout=400)
     assert info["state"] == "completed" and info["global_step"] == 3 * LIT_STEPS, info
     return run_dir
+
+
+# What must not reach the user of a run launch resumed exactly: warnings launch makes untrue, and
+# third-party adverts (issue 27: the console tells the truth)
+UNTRUE_IN_CONSOLE = (
+    "your dataloader is not resumable",  # Lightning: "can cause unreliable results"
+    "find_unused_parameters=True was specified",  # torch's DDP advice (launch's fixed buckets need it)
+    "`weights_only` was not set",  # Lightning, at every save of launch's own checkpoints
+    "exists and is not empty",  # Lightning, at every resume into the run's checkpoints/
+    "The `srun` command is available",  # Lightning's guess; launch chooses the environment
+    "LeafSpec",  # pytorch_lightning's use of a deprecated torch API
+    "litlogger",  # an advert
+    "Seed set to 0",  # launch's own seeding of a script, before the script's
+)
+
+
+def assert_console_truthful(run_dir: Path, attempts: int) -> None:
+    """The console of a run resumed `attempts - 1` times holds none of UNTRUE_IN_CONSOLE; its last
+    line counts the whole run; every attempt's `started` counts the run's restarts before it."""
+    import re
+
+    console = (run_dir / "console.log").read_text()
+    found = [text for text in UNTRUE_IN_CONSOLE if text in console]
+    assert not found, f"{found} in {run_dir / 'console.log'}"
+    last = [line for line in console.splitlines() if line.startswith("[launch] run ")][-1]
+    took = re.search(r"completed in ([0-9.]+) s \(" + str(attempts) + r" attempts; the last ([0-9.]+) s\)", last)
+    assert took and float(took[1]) > float(took[2]), last
+    started = [e for e in events(run_dir) if e["event"] == "started"]
+    assert [e.get("restart_count") for e in started] == list(range(attempts)), started
+    (finished,) = [e for e in events(run_dir) if e["event"] == "finished"]
+    assert finished["attempts"] == attempts and finished["elapsed_s"] == float(took[1]), finished
+
+
+def ran_on(run_dir: Path, namespace: str) -> None:
+    """The ranks ran that Lightning namespace's Trainer ("lightning.pytorch" or "pytorch_lightning"),
+    in every attempt, and never imported the other (rank zero's `training_started` events)."""
+    started = [e for e in events(run_dir) if e["event"] == "training_started"]
+    assert started and all(e["lightning"] == namespace and e["lightning_loaded"] == [namespace] for e in started), started
