@@ -20,8 +20,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from launcher.config.files import read_document
 from launcher.config.schema import TrainerSection
-from launcher.errors import ConfigError, LaunchError
+from launcher.errors import ConfigError
 
 SUFFIXES = (".yaml", ".yml")
 TOP_KEYS = ("seed_everything", "trainer", "model", "data", "optimizer", "lr_scheduler", "ckpt_path", "weights_only")
@@ -62,17 +63,7 @@ SCHEDULERS = {  # torch's class -> (launch's name, torch's argument -> launch's 
 def read_yaml(path: Path) -> Any:
     import yaml
 
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except FileNotFoundError:
-        raise LaunchError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise LaunchError(f"{path}: is a directory, expected a YAML file") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(str(path), "", f"invalid YAML: {' '.join(str(err).split())}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), "", "invalid YAML: not UTF-8 text") from None
+    return read_document(path, "YAML", yaml.safe_load, yaml.YAMLError, mode="r")
 
 
 def cli_config_job(path: Path) -> dict[str, Any]:
@@ -100,8 +91,6 @@ def cli_config_job(path: Path) -> dict[str, Any]:
         job["optimizer"] = _optimizer(doc["optimizer"], src)
     if doc.get("lr_scheduler") is not None:
         job["lr_scheduler"] = _scheduler(doc["lr_scheduler"], src)
-    for key, comp in _classes(job):
-        _check_nulls(comp, src, key)
     if doc.get("weights_only") is not None:
         raise ConfigError(src, "weights_only", "launch loads its own checkpoints; set it to null")
     if doc.get("ckpt_path") is not None:
@@ -178,39 +167,3 @@ def _scheduler(value: Any, src: str) -> dict[str, Any]:
     launch_name, keys = SCHEDULERS[name]
     return {"name": launch_name, **{keys.get(k, k): v for k, v in args.items()}}
 
-
-def _classes(job: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    found = [(s, job[s]) for s in ("model", "data") if s in job]
-    return found + [(f"{s}[{i}]", c) for s in ("callbacks", "loggers") for i, c in enumerate(job.get(s, []))]
-
-
-def _check_nulls(comp: dict[str, Any], src: str, key: str) -> None:
-    """A null init argument is left out of the frozen job (TOML has no null), so the class's own
-    default applies: refused where the class's __init__ (read, not imported) defaults it to
-    something else, which would then be trained instead of None."""
-    import ast
-
-    from launcher.config.components import module_source, split_class_path
-
-    nulls = [k for k, v in (comp.get("init_args") or {}).items() if v is None]
-    if not nulls or not isinstance(comp.get("class_path"), str):
-        return
-    try:
-        module, name = split_class_path(key.split("[")[0], comp["class_path"])
-        origin = module_source(module) if module else None
-        tree = ast.parse(Path(origin).read_text(encoding="utf-8")) if origin and origin.endswith(".py") else None
-    except (ImportError, ValueError, OSError, SyntaxError, KeyError):
-        return  # the class check that follows says what is wrong with the class path
-    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None) if tree else None
-    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
-    if init is None:
-        return
-    args = init.args.posonlyargs + init.args.args
-    defaults = dict(zip([a.arg for a in args][len(args) - len(init.args.defaults):], init.args.defaults, strict=True))
-    defaults |= {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True) if d is not None}
-    for arg in nulls:
-        default = defaults.get(arg)
-        if default is not None and not (isinstance(default, ast.Constant) and default.value is None):
-            raise ConfigError(src, f"{key}.init_args.{arg}", f"null, where {name} defaults it to "
-                                                             f"{ast.unparse(default)}: a job holds no null (TOML has "
-                                                             "none), so the default would be trained; give a value")

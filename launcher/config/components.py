@@ -7,8 +7,9 @@ import difflib
 import importlib.util
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from launcher.errors import ConfigError
 
@@ -85,9 +86,11 @@ def module_source(module: str) -> str | None:
     return None if found is None else found.origin or ""
 
 
-def check_component(section: str, class_path: str, source: str, key: str = "") -> str | None:
-    """Refuse a class path whose module or class does not exist, without importing torch; return
-    the Lightning namespace the class subclasses, as its source says (declared_lightning).
+def check_component(section: str, class_path: str, source: str, key: str = "",
+                    init_args: Mapping[str, Any] | None = None) -> str | None:
+    """Refuse a class path whose module or class does not exist, without importing torch, and a
+    null init argument over a default that is not None (null_over_default); return the Lightning
+    namespace the class subclasses, as its source says (declared_lightning).
 
     The module's source is parsed, not executed; classes made at import time are not seen, so
     those pass here and are checked again when the job imports them.
@@ -127,7 +130,30 @@ def check_component(section: str, class_path: str, source: str, key: str = "") -
         close = difflib.get_close_matches(name, sorted(defined), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(source, key, f"module {module!r} has no class {name!r}{hint}")
+    null_over_default(tree, name, init_args or {}, source, key.removesuffix(".class_path"))
     return declared_lightning(module, name, origin, tree)
+
+
+def null_over_default(tree: Any, name: str, init_args: Mapping[str, Any], source: str, key: str) -> None:
+    """A null init argument (a LightningCLI config has them; TOML has none) is left out of the
+    frozen job, so the class's own default applies: refused where class `name`'s __init__ (in the
+    parsed module `tree`) defaults it to something else, which would then be trained instead of None."""
+    import ast
+
+    nulls = [k for k, v in init_args.items() if v is None]
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None) if nulls else None
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
+    if init is None:
+        return
+    args = init.args.posonlyargs + init.args.args
+    defaults = dict(zip([a.arg for a in args][len(args) - len(init.args.defaults):], init.args.defaults, strict=True))
+    defaults |= {a.arg: d for a, d in zip(init.args.kwonlyargs, init.args.kw_defaults, strict=True) if d is not None}
+    for arg in nulls:
+        default = defaults.get(arg)
+        if default is not None and not (isinstance(default, ast.Constant) and default.value is None):
+            raise ConfigError(source, f"{key}.init_args.{arg}", f"null, where {name} defaults it to "
+                                                                f"{ast.unparse(default)}: a job holds no null (TOML has "
+                                                                "none), so the default would be trained; give a value")
 
 
 # --------------------------------------------------------------------------- the Lightning namespace

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,18 +14,23 @@ if TYPE_CHECKING:
     from launcher.config.schema import JobConfig
 
 
-def read_toml(path: Path) -> dict[str, Any]:
+def read_document(path: Path, kind: str, load: Callable[[Any], Any], invalid: type[Exception], mode: str = "rb") -> Any:
+    """Load a TOML or YAML file (`kind`); a missing, unreadable or malformed one is one line naming it."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        with open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            return load(fh)
     except FileNotFoundError:
         raise LaunchError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise LaunchError(f"{path}: is a directory, expected a TOML file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(str(path), "", f"invalid TOML: {err}") from None
+        raise LaunchError(f"{path}: is a directory, expected a {kind} file") from None
+    except invalid as err:
+        raise ConfigError(str(path), "", f"invalid {kind}: {' '.join(str(err).split())}") from None
     except UnicodeDecodeError:
-        raise ConfigError(str(path), "", "invalid TOML: not UTF-8 text") from None
+        raise ConfigError(str(path), "", f"invalid {kind}: not UTF-8 text") from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    return read_document(path, "TOML", tomllib.load, tomllib.TOMLDecodeError)
 
 
 def to_dict(cfg: JobConfig) -> dict[str, Any]:

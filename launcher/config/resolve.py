@@ -159,7 +159,7 @@ def resolve(req: Request) -> JobConfig:
     namespaces: dict[str, str] = {}  # Lightning namespace -> the first class from it
     for section, name, comp in job_components(cfg):
         key = f"{name}.class_path"
-        namespace = check_component(section, comp.class_path, src.of(key), key)
+        namespace = check_component(section, comp.class_path, src.of(key), key, comp.init_args)
         if namespace and namespaces.setdefault(namespace, f"{key} {comp.class_path} ({namespace})") and len(namespaces) > 1:
             raise ConfigError(src.of(key), key, mixed_lightning_message(*namespaces.values()))
     return cfg
