@@ -180,6 +180,33 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from launcher.ui.server import serve  # Starlette and uvicorn: only this command imports them
+
+    if not 0 <= args.port <= 65535:
+        raise LaunchError(f"launch ui --port {args.port}: a port is 0 to 65535")
+    try:
+        serve(_runs_dir(args), args.host, args.port, args.token)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from launcher.ui import model
+    from launcher.ui.page import report_page
+
+    run = find_run(args.run, _runs_dir(args))
+    out = Path(args.out) if args.out else run.path / "report.html"
+    if out.is_dir():
+        raise LaunchError(f"launch report --out {out}: a directory; give a file name")
+    if not out.parent.is_dir():
+        raise LaunchError(f"launch report --out {out}: no directory {out.parent}")
+    atomic_write_text(out, report_page(f"launch · {run.job_name} / {run.run_id}", model.run_page(run)))
+    print(out)
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     data, lines = status_report(find_run(args.run, _runs_dir(args)))
     print(json.dumps(data, indent=1) if args.json else "\n".join(lines))
@@ -339,6 +366,8 @@ COMMANDS = {
     "smoke": cmd_smoke,
     "runs": cmd_runs,
     "status": cmd_status,
+    "ui": cmd_ui,
+    "report": cmd_report,
     "logs": cmd_logs,
     "cancel": cmd_cancel,
     "preempt": cmd_preempt,

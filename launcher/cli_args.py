@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--runs-dir", default=argparse.SUPPRESS)
 
+    p = sub.add_parser("ui", help="a local web page over the runs directory (attempts, phases, metrics, errors)")
+    p.add_argument("--runs-dir", default=argparse.SUPPRESS)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: reach it by an SSH tunnel)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--token", help="a secret every request must carry (required to bind other than loopback)")
+
+    p = sub.add_parser("report", help="a run's page as one self-contained HTML file (opens offline)")
+    p.add_argument("run", help="run directory, or run id under the runs dir")
+    p.add_argument("--runs-dir", default=argparse.SUPPRESS)
+    p.add_argument("--out", help="the file to write (default: report.html in the run directory)")
+
     for name, text in (("status", "a run's state and progress"),
                        ("logs", "a run's output"),
                        ("cancel", "stop a run (it saves a checkpoint first)"),

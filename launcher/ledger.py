@@ -91,28 +91,69 @@ def when(event: Mapping[str, Any] | EventRecord) -> float | None:
     return parse(event).at
 
 
-def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> Ledger | None:
-    """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`."""
-    history = typed(events)
-    timed = [(t, e) for e in history if (t := e.at) is not None]
+@dataclass(frozen=True)
+class Segment:
+    """One piece of the run's wall time in one phase: [start, end) in seconds since the epoch."""
+
+    phase: str
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def segments(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> list[Segment]:
+    """The run's wall time cut into phases, in order (empty before it was submitted): the ledger's
+    phases are their sums; `launch ui` draws them as the attempts' bars."""
+    timed = [(t, e) for e in typed(events) if (t := e.at) is not None]
     start = next((i for i, (_, e) in enumerate(timed) if isinstance(e, Submitted)), None)
     if start is None:
-        return None
+        return []
     timed = timed[start:]
-    phases = dict.fromkeys(PHASES, 0.0)
-    phase = "queue"
     ended = timed[-1][1].event in ENDS
     ends = [t for t, _ in timed[1:]] + [timed[-1][0] if ended else max(now, timed[-1][0])]
+    cut: list[Segment] = []
+    phase = "queue"
     for i, ((t, e), t_next) in enumerate(zip(timed, ends, strict=True)):
         phase = PHASE_AFTER.get(e.event, phase)
         if isinstance(e, Preempted) and e.save_s:
-            saved = min(float(e.save_s), phases["training"])
-            phases["training"] -= saved
-            phases["checkpoints"] += saved
+            _take_save(cut, float(e.save_s))
         resumed_next = i + 1 < len(timed) and isinstance(timed[i + 1][1], ResumeRequested)
         # an attempt that died without a record (its machine lost): from its last record to the resume
         counted = "unrecorded" if resumed_next and phase not in UNALLOCATED else phase
-        phases[counted] += max(0.0, t_next - t)
+        if cut and cut[-1].phase == counted and cut[-1].end == t:  # one phase across events: one piece
+            cut[-1] = Segment(counted, cut[-1].start, max(t, t_next))
+        else:
+            cut.append(Segment(counted, t, max(t, t_next)))
+    return cut
+
+
+def _take_save(cut: list[Segment], save_s: float) -> None:
+    """A preemption's save happened at the end of the training before its event: that much of the
+    latest training becomes `checkpoints` (at most the training there was)."""
+    for i in range(len(cut) - 1, -1, -1):
+        if save_s <= 0:
+            return
+        seg = cut[i]
+        if seg.phase != "training" or seg.seconds <= 0:
+            continue
+        taken = min(save_s, seg.seconds)
+        split = seg.end - taken
+        cut[i:i + 1] = [Segment("training", seg.start, split), Segment("checkpoints", split, seg.end)]
+        save_s -= taken
+
+
+def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> Ledger | None:
+    """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`."""
+    cut = segments(events, now)
+    if not cut:
+        return None
+    history = typed(events)
+    phases = dict.fromkeys(PHASES, 0.0)
+    for seg in cut:
+        phases[seg.phase] += seg.seconds
     reached, again = None, 0
     for e in history:  # steps trained twice: died after step M, resumed at S < M
         if isinstance(e, Restarted | Failed) and e.step_reached is not None:
@@ -124,6 +165,6 @@ def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> Led
                   + [int(e.step or 0) for e in history if isinstance(e, Preempted)]
                   + [int(e.step_reached or 0) for e in history if isinstance(e, Restarted | Failed)] + [0])
     step_s = phases["training"] / (trained + again) if trained + again else 0.0
-    wall = ends[-1] - timed[0][0]
+    wall = cut[-1].end - cut[0].start
     return Ledger(wall_s=wall, phases=phases, recomputed_s=min(again * step_s, phases["training"]),
                   recomputed_steps=again)

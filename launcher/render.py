@@ -16,6 +16,7 @@ from launcher.rundir import RunDir
 
 # The modules launch starts by name (never imported here): a rank, and the batch script's hooks.
 RANK_MODULE = "launcher.runtime"
+AGENT_MODULE = "launcher.entry.agent"  # torchrun (torch.distributed.run), quiet about a failed rank
 BATCH_HOOKS_MODULE = "launcher.entry.slurm_hooks"
 WATCH_MODULE = "launcher.entry.watch"
 RESTART_IN_ALLOCATION = 3  # the end hook's exit status for "start the next attempt as a new srun step"
@@ -45,11 +46,12 @@ def rank_env(cfg: JobConfig, launch_mode: str) -> dict[str, str]:
 
 
 def torchrun_argv(cfg: JobConfig, node: int, endpoint: str) -> tuple[str, ...]:
-    """The torchrun agent command for one node: c10d rendezvous, no restarts (we own those)."""
+    """The torchrun agent command for one node: c10d rendezvous, no restarts (we own those).
+    `launcher.entry.agent` is torchrun's own main, with a failed rank's traceback made one line."""
     argv = [
         cfg.run.python or "python",
         "-m",
-        "torch.distributed.run",
+        AGENT_MODULE,
         "--nnodes",
         str(cfg.resources.nodes),
         "--nproc-per-node",

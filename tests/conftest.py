@@ -77,3 +77,33 @@ def lit_baseline(tmp_path_factory) -> Path:
     from tests.helpers.runs import lit_reference
 
     return lit_reference(tmp_path_factory.mktemp("lit-baseline") / "runs")
+
+
+@pytest.fixture(scope="session")
+def interrupted_script_run(tmp_path_factory) -> Path:
+    """The plain script at 3 ranks, preempted twice mid-epoch and then rank 1 SIGKILLed (restarted by
+    itself), run to its end once a session: four attempts, for tests/test_scripts.py (bit for bit
+    against `lit_baseline`) and tests/test_ui.py (what the pages show of it)."""
+    import os
+    import signal
+
+    from tests.helpers.runs import (
+        LIT_SCRIPT,
+        LIT_SHAPE,
+        LIT_STEPS,
+        preempt_at,
+        progress_step,
+        rank_pid,
+        submit,
+        wait_end,
+        wait_for,
+    )
+
+    runs = tmp_path_factory.mktemp("interrupted") / "runs"
+    run_dir = submit(REPO / LIT_SCRIPT, runs, *LIT_SHAPE, "--", "--epochs", "3", "--sleep", "0.15")
+    preempt_at(run_dir, (4, LIT_STEPS + 5))
+    kill_at = max(2 * LIT_STEPS + 3, progress_step(run_dir) + 8)  # a periodic checkpoint since the last resume
+    wait_for(lambda: progress_step(run_dir) >= kill_at, 240, f"step {kill_at}", run_dir)
+    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
+    wait_end(run_dir, timeout=400)
+    return run_dir

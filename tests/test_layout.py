@@ -91,6 +91,21 @@ def test_runtime_imports_nothing_from_backends_entry_tools_or_the_cli() -> None:
         assert not wrong, f"runtime/{path.name} imports {sorted(wrong)}"
 
 
+def test_only_the_cli_imports_the_web_page_and_the_page_imports_no_torch() -> None:
+    """launch ui / report's libraries (Starlette, uvicorn, Plotly) stay out of every other command,
+    and the page reads run directories without torch, Lightning or the rank's runtime."""
+    web = ("launcher.ui", "starlette", "uvicorn", "plotly")
+    for path in MODULES:
+        inside = path.is_relative_to(LAUNCHER / "ui")
+        if not inside and path.name != "cli.py":
+            wrong = {n for n in imported(path) if n.startswith(web)}
+            assert not wrong, f"{path.relative_to(LAUNCHER)} imports {sorted(wrong)}"
+        if inside:
+            wrong = {n for n in imported(path) if n.split(".")[0] in ("torch", "lightning", "pytorch_lightning")
+                     or n.startswith(("launcher.runtime", "launcher.entry", "launcher.tools"))}
+            assert not wrong, f"{path.relative_to(LAUNCHER)} imports {sorted(wrong)}"
+
+
 def test_models_and_datamodules_never_import_launcher() -> None:
     # plain Lightning, to be copied into any project
     for folder in ("models", "datamodules"):

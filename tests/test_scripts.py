@@ -4,8 +4,7 @@ and every Trainer it builds is launch's: exact resume, restarts, the run directo
 from __future__ import annotations
 
 import json
-import os
-import signal
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from tests.helpers.runs import (
     preempt_at,
     progress_step,
     ran_on,
-    rank_pid,
     read_checkpoint,
     submit,
     wait_end,
@@ -37,17 +35,14 @@ STEPS, SHAPE = LIT_STEPS, LIT_SHAPE
 
 
 @pytest.mark.multiprocess
-def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(lit_baseline, tmp_path) -> None:
+def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_bit_identical(lit_baseline,
+                                                                                              interrupted_script_run) -> None:
     """The script (`import lightning as L`; a jittering worker, dropout, noise; its own Trainer with
     devices=1) at 3 ranks, stopped twice mid-epoch by preemptions, then rank 1 SIGKILLed: restarted
-    by itself from the periodic checkpoint. Bit for bit its uninterrupted run, and its
-    `trainer.test(ckpt_path="best")` after fit finds the run's best checkpoint."""
-    run_dir = submit(REPO / SCRIPT, tmp_path / "runs", *SHAPE, "--", "--epochs", "3", "--sleep", "0.15")
-    preempt_at(run_dir, (4, STEPS + 5))
-    kill_at = max(2 * STEPS + 3, progress_step(run_dir) + 8)  # a periodic checkpoint since the last resume
-    wait_for(lambda: progress_step(run_dir) >= kill_at, 240, f"step {kill_at}", run_dir)
-    os.kill(rank_pid(run_dir, 1), signal.SIGKILL)
-    info = wait_end(run_dir, timeout=400)
+    by itself from the periodic checkpoint (conftest's `interrupted_script_run`). Bit for bit its
+    uninterrupted run, and its `trainer.test(ckpt_path="best")` after fit finds the run's best checkpoint."""
+    run_dir = interrupted_script_run
+    info = wait_end(run_dir, timeout=10)
     assert info["state"] == "completed" and info["global_step"] == 3 * STEPS, info
     stops = [e for e in events(run_dir) if e["event"] == "preempted"]
     assert len(stops) == 2 and all(0 < e["batch_in_epoch"] < STEPS for e in stops), stops
@@ -55,6 +50,12 @@ def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_b
     assert restart["rank"] == 1 and restart["kind"] == "infrastructure", restart
     console = (run_dir / "console.log").read_text()
     assert "[launch] Trainer(devices=1) in the script: launch sets it from the job's resources" in console
+    # the ranks whose peer vanished say so in one line; their tracebacks are in their own logs
+    lost = re.findall(r"^\[rank (\d)\] lost its peers in a collective \((.*)\): another rank", console, re.M)
+    assert lost and all(rank != "1" and "by peer" in words and ".cc:" not in words for rank, words in lost), lost
+    assert not re.search(r"^\[rank \d\] Traceback", console, re.M) and "ChildFailedError" not in console
+    assert all("Traceback" in (run_dir / "logs" / f"rank-{rank}.log").read_text() for rank, _ in lost)
+    assert_console_truthful(run_dir, attempts=4)
     ran_on(run_dir, "lightning.pytorch")
     assert_same_training(run_dir, lit_baseline)
     tested = [r for r in metric_rows(run_dir) if r.get("test_loss")]

@@ -4,4 +4,6 @@
   preemption, records the outcome).
 - `slurm_hooks`: called by the batch script around srun (records start and end).
 - `slurm_task`: what submitit runs in every SLURM task (a rank, or a node's torchrun agent).
+- `agent`: a node's torchrun agent (torchrun's own main; a failed rank's ChildFailedError traceback
+  becomes one line).
 """

@@ -50,6 +50,10 @@ class RankStream(io.TextIOBase):
             console.write(body if body.endswith("\n") else body + "\n")
             console.flush()
 
+    def write_log_only(self, text: str) -> None:
+        """To the rank log alone (what the console says in one line elsewhere)."""
+        self._log.write(text)
+
     def _tag(self, text: str) -> str:
         out = []
         for line in text.splitlines(keepends=True):
@@ -150,9 +154,14 @@ def route_logging(*logger_names: str) -> None:
         logger.addHandler(RankLogHandler())
 
 
-def report_error(text: str) -> None:
+def report_error(text: str, line: str | None = None) -> None:
+    """A rank's failure: its traceback to the console (tagged) and the rank log; or, given `line`,
+    that one line to the console and the traceback to the rank log only."""
     stream = sys.stderr
-    if isinstance(stream, RankStream):
+    if not isinstance(stream, RankStream):
+        stream.write(text if line is None else f"{line}\n{text}")
+    elif line is None:
         stream.write_tagged(text, tag())
     else:
-        stream.write(text)
+        stream.write_log_only(text)
+        stream.write_tagged(line + "\n", tag())

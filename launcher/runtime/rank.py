@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
 
+from launcher.attempts import ECHO
 from launcher.config import load_resolved
 from launcher.records import AliveMarker, RankError
 from launcher.rundir import RunDir, atomic_write_text
@@ -65,15 +67,28 @@ def _main(run: RunDir, rank: int) -> int:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
         text = traceback.format_exc()
-        output.report_error(text)
-        record = RankError(rank, host_name(), type(exc).__name__,
-                           str(exc).strip().splitlines()[0][:500] if str(exc).strip() else "", text)
+        message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+        echo = ECHO.search(f"{type(exc).__name__}: {message}") is not None
+        if echo:  # gloo's or NCCL's words for a peer that went away: the cause is another rank's
+            message = peer_words(message)
+            output.report_error(text, f"lost its peers in a collective ({message}): another rank ended or hung first; "
+                                      f"the traceback is in logs/rank-{rank}.log")
+        else:
+            output.report_error(text)
+        record = RankError(rank, host_name(), type(exc).__name__, message, text)
         try:
             atomic_write_text(run.error_record(rank), record.dumps(indent=1))
         except OSError:
             pass
         return 1
     return 0
+
+
+def peer_words(message: str) -> str:
+    """gloo's message without its source location and advice: `Read error [127.0.0.1]:25488:
+    Connection reset by peer`."""
+    message = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", message)
+    return message.split(". This is typically caused", 1)[0].rstrip(".")
 
 
 def close_process_group() -> None:

@@ -23,7 +23,7 @@ export SUBMITIT_EXECUTOR=slurm
 # the rendezvous host: the first node of this allocation
 LAUNCH_RDZV_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export LAUNCH_RDZV_ENDPOINT="$LAUNCH_RDZV_HOST:$(( 29400 + (SLURM_JOB_ID + 97 * ${SLURM_RESTART_COUNT:-0}) % 1000 ))"
-# each node's task runs: python -m torch.distributed.run --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint '$LAUNCH_RDZV_ENDPOINT' --rdzv-id RUN --rdzv-conf is_host=<1 on the first node, else 0> --max-restarts 0 -m launcher.runtime /shared/runs/mnist/RUN
+# each node's task runs: python -m launcher.entry.agent --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint '$LAUNCH_RDZV_ENDPOINT' --rdzv-id RUN --rdzv-conf is_host=<1 on the first node, else 0> --max-restarts 0 -m launcher.runtime /shared/runs/mnist/RUN
 # the ranks run in a container (apptainer); the hooks around srun run on the host
 
 /home/me/venv/bin/python -m launcher.entry.slurm_hooks started /shared/runs/mnist/RUN
