@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launcher.runtime RUN_DIR", file=sys.stderr)
         return 2
     run = RunDir(Path(run_path))
+    if not run.config.is_file():  # `--help`, a typo: write nothing (the rank log would make a directory)
+        print(f"usage: python -m launcher.runtime RUN_DIR ({run_path}: no config.toml there)", file=sys.stderr)
+        return 2
     rank, _ = output.rank_from_env()
     output.install(run.rank_log(rank), rank)
     # Removed on every way out of this function; left behind only by a rank that died without a
