@@ -155,7 +155,8 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     if stalled is not None:  # the supervisor stopped it: that is the cause, whatever the ranks said then
         err = RankError(stalled.rank, stalled.host, "Stalled",
                         f"no progress for {stalled.idle_s} s since step {stalled.step} "
-                        f"(job.stall_timeout_s = {stalled.timeout_s}); stopped")
+                        f"({'job.first_step_timeout_s' if stalled.before_first_step else 'job.stall_timeout_s'} = "
+                        f"{stalled.timeout_s}); stopped")
     if lost_nodes:
         on_them = sorted(d.rank for d in dead_ranks(run, started_at) if d.host in lost_nodes)
         err = RankError(on_them[0] if on_them else None, ",".join(lost_nodes), "NodeLost",

@@ -169,6 +169,7 @@ class Stalled(EventRecord):
     idle_s: float | None = None
     step: int | None = None
     timeout_s: float | None = None
+    before_first_step: bool = False  # then timeout_s is job.first_step_timeout_s
 
 
 @dataclass(frozen=True, kw_only=True)

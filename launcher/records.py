@@ -110,10 +110,12 @@ class StalledRank:
     idle_s: float  # since its last progress
     silent_s: float  # since its last beat
     beating: bool  # still beating (waiting, usually for the silent one) or silent (stopped, killed, lost)
+    before_first_step: bool = False  # beating, past a restore or a batch, but not its attempt's first step
 
     def to_json(self) -> dict[str, Any]:
-        """`launch status --json`'s `stalled`: the heartbeat's fields and the three above."""
-        return {**self.beat.to_json(), "idle_s": self.idle_s, "silent_s": self.silent_s, "beating": self.beating}
+        """`launch status --json`'s `stalled`: the heartbeat's fields and the four above."""
+        return {**self.beat.to_json(), "idle_s": self.idle_s, "silent_s": self.silent_s, "beating": self.beating,
+                "before_first_step": self.before_first_step}
 
 
 @dataclass(frozen=True)

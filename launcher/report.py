@@ -36,7 +36,8 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     started = last_event(events, Started)
     since = (started.at if started else None) or 0.0
     after = min(STALL_REPORT_S, cfg.job.stall_timeout_s) if cfg else STALL_REPORT_S
-    stalled = find_stall(beats, now, since, after) if info.state == State.RUNNING else None
+    first = cfg.job.first_step_timeout_s if cfg else None
+    stalled = find_stall(beats, now, since, after, first) if info.state == State.RUNNING else None
     slowest = max((b.slowest_step_s for b in beats), default=0.0)
     data = {**info.as_dict(), "waiting_for": waiting, "warning": warning,
             "stalled": stalled.to_json() if stalled else None,

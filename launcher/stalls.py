@@ -14,12 +14,13 @@ HEARTBEAT_S = 5.0  # how often every rank rewrites heartbeats/rank-N.json
 STALL_REPORT_S = 30.0  # launch status calls a rank stalled after this long without progress (or 3 slow steps)
 
 
-def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: float = STALL_REPORT_S
-               ) -> StalledRank | None:
+def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: float = STALL_REPORT_S,
+               first_step_s: float | None = None) -> StalledRank | None:
     """The stalled rank of a running attempt, from its heartbeats (only those written since
     `since`, the attempt's start): a rank without progress for `after_s` (or three of the run's
-    slowest steps), if it is past its first step or has stopped beating. A rank that stopped
-    beating is named before a rank that beats but waits (for it, usually)."""
+    slowest steps), if it is past its first step or has stopped beating; or, given `first_step_s`,
+    a beating rank that made progress (a restore, a batch) but no first step for that long. A rank
+    that stopped beating is named before a rank that beats but waits (for it, usually)."""
     current = [b for b in beats if b.beat_at >= since and not b.done]
     # One limit for every rank (its slowest step is the run's): a stopped rank and the ranks waiting
     # for it go quiet together, and the one that stopped beating is the one to name.
@@ -33,6 +34,10 @@ def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: fl
         # silent one (stopped, killed, its node lost) whenever it stopped.
         if idle >= limit and (beat.stepped or not beating):
             stuck.append(StalledRank(beat, idle_s=round(idle, 1), silent_s=round(silent, 1), beating=beating))
+        elif first_step_s is not None and idle >= max(limit, first_step_s) and beating and not beat.stepped:
+            # e.g. a DataLoader worker that never started (a fork that deadlocked): it beats, it waits
+            stuck.append(StalledRank(beat, idle_s=round(idle, 1), silent_s=round(silent, 1), beating=True,
+                                     before_first_step=True))
     if not stuck:
         return None
     return sorted(stuck, key=lambda s: (s.beating, -s.idle_s, s.beat.rank))[0]
@@ -40,12 +45,14 @@ def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: fl
 
 def describe_stall(found: StalledRank) -> str:
     heard = "still beating (waiting)" if found.beating else f"no heartbeat for {found.silent_s:.0f} s"
-    return (f"rank {found.beat.rank} ({found.beat.host}) no progress for {found.idle_s:.0f} s, "
+    first = " (before its first step)" if found.before_first_step else ""
+    return (f"rank {found.beat.rank} ({found.beat.host}) no progress for {found.idle_s:.0f} s{first}, "
             f"since step {found.beat.step}; {heard}")
 
 
-def record_stall(run: RunDir, found: StalledRank, timeout_s: int) -> str:
+def record_stall(run: RunDir, found: StalledRank, timeout_s: int, first_step_s: int | None = None) -> str:
     """Record the `stalled` event (the cause the attempt's end then names) and say what stalled."""
+    extra = {"before_first_step": True} if found.before_first_step else {}
     run.add_event(Event.STALLED, rank=found.beat.rank, host=found.beat.host, idle_s=found.idle_s,
-                  step=found.beat.step, timeout_s=timeout_s)
+                  step=found.beat.step, timeout_s=first_step_s if found.before_first_step else timeout_s, **extra)
     return f"stalled: {describe_stall(found)}: stopping the ranks"

@@ -383,6 +383,38 @@ def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_att
     assert stalls.find_stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120).idle_s == 121
 
 
+def test_a_rank_that_beats_without_its_first_step_is_named_after_the_first_step_timeout() -> None:
+    """A resumed attempt whose rank restored its checkpoint (progress) and then never made its
+    first step, still beating: e.g. a DataLoader worker whose fork deadlocked (CPython 3.11.7, a
+    C thread holding the runtime's lock at the fork). Named after job.first_step_timeout_s, not
+    job.stall_timeout_s (a first step may compile for many minutes), and never without a limit."""
+    now = 10_000.0
+    restored = beat(2, now - 1801, now - 1, stepped=False)
+    assert stalls.find_stall([restored], now, since=8000.0, after_s=120) is None  # no first-step limit given
+    assert stalls.find_stall([restored], now, since=8000.0, after_s=120, first_step_s=1900) is None  # compiling
+    found = stalls.find_stall([beat(0, now - 5, now - 1), restored], now, since=8000.0, after_s=120, first_step_s=1800)
+    assert found is not None and found.beat.rank == 2 and found.beating and found.before_first_step
+    assert stalls.describe_stall(found) == ("rank 2 (n2) no progress for 1801 s (before its first step), since step 37; "
+                                            "still beating (waiting)")
+    # a rank past its first step keeps the shorter limit
+    assert not stalls.find_stall([beat(0, now - 121, now - 1)], now, 8000.0, 120, 1800).before_first_step
+    # a rank with no progress at all yet (data being prepared, downloads) is not watched
+    unstarted = Heartbeat(rank=0, host="n0", step=0, progress_at=None, beat_at=now - 1)
+    assert stalls.find_stall([unstarted], now, since=100.0, after_s=120, first_step_s=60) is None
+
+
+def test_a_stall_before_the_first_step_names_its_own_timeout(run: RunDir) -> None:
+    run.add_event(Event.STARTED)
+    found = stalls.find_stall([beat(1, time.time() - 700, time.time() - 1, stepped=False)], time.time(),
+                              since=time.time() - 800, after_s=120, first_step_s=600)
+    assert "before its first step" in stalls.record_stall(run, found, 120, 600)
+    stalled = run.read_events()[-1]
+    assert stalled["timeout_s"] == 600 and stalled["before_first_step"] is True
+    died(run, 1)
+    record_end(run, -9, time.time() - 5, 700.0, "infrastructure", max_restarts=3)
+    assert "(job.first_step_timeout_s = 600); stopped" in run.read_events()[-1]["cause"]
+
+
 def test_a_stalled_attempt_ends_as_a_restartable_stall(run: RunDir) -> None:
     run.add_event(Event.STARTED)
     run.add_event(Event.STALLED, rank=1, host="n1", idle_s=121.0, step=37, timeout_s=120)

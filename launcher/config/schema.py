@@ -110,6 +110,10 @@ class JobSection:
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
     # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
     stall_timeout_s: int = bounded(120, at_least(10, "{value}: must be at least 10 seconds"))
+    # The same for a rank that made progress (a restore, a validation batch) but not yet its
+    # attempt's first training step (starting DataLoader workers, compiling): longer, since a first
+    # step may compile for many minutes.
+    first_step_timeout_s: int = bounded(1800, at_least(10, "{value}: must be at least 10 seconds"))
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS`
     # writes these two): every rank runs it unchanged, and every Trainer it builds is launch's
     # (docs/scripts.md). The path is relative to the submit directory.

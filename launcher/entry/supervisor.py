@@ -101,9 +101,10 @@ def main(argv: list[str]) -> int:
             codes = [a.poll() for a in agents]
             if time.time() >= next_look:  # heartbeats: a rank without progress for job.stall_timeout_s
                 next_look = time.time() + HEARTBEAT_S
-                found = find_stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s)
+                found = find_stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s,
+                                   cfg.job.first_step_timeout_s)
                 if found is not None:
-                    say(record_stall(run, found, cfg.job.stall_timeout_s))
+                    say(record_stall(run, found, cfg.job.stall_timeout_s, cfg.job.first_step_timeout_s))
                     stop(agents, run, STALL_GRACE_S)
                     break
             if cancelled:

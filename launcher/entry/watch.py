@@ -40,17 +40,18 @@ def stop_step(steps: set[str], srun_pid: int) -> None:
 
 def main(argv: list[str]) -> int:
     run, srun_pid = RunDir(Path(argv[0])), int(argv[1])
-    timeout = load_resolved(run.config).job.stall_timeout_s
+    job = load_resolved(run.config).job
+    timeout, first_step = job.stall_timeout_s, job.first_step_timeout_s
     start = time.time()
     while exists(srun_pid):
         time.sleep(min(HEARTBEAT_S, 1.0))
         if time.time() - start < HEARTBEAT_S:
             continue
         beats = run.read_heartbeats()
-        found = find_stall(beats, time.time(), start, timeout)
+        found = find_stall(beats, time.time(), start, timeout, first_step)
         if found is None:
             continue
-        print(f"[launch] {record_stall(run, found, timeout)}", flush=True)
+        print(f"[launch] {record_stall(run, found, timeout, first_step)}", flush=True)
         stop_step({b.slurm_step for b in beats if b.slurm_step and b.beat_at >= start}, srun_pid)
         return 0
     return 0
