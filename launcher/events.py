@@ -45,6 +45,7 @@ class Event(StrEnum):
     PREDICTED = "predicted"  # launch predict wrote predictions
     EXPORTED = "exported"  # launch export wrote a consolidated checkpoint
     TUNED = "tuned"  # launch tune wrote a tuned job file
+    CHECKPOINT_INTERVAL = "checkpoint_interval"  # rank zero chose the periodic checkpoint's interval (auto)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -250,6 +251,13 @@ class Tuned(EventRecord):
     batch_size: int | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointInterval(EventRecord):
+    every_s: float = 0.0
+    save_s: float | None = None  # what a periodic save blocked training (rank zero, timed)
+    why: str = ""
+
+
 PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.SUBMITTED: Submitted, Event.QUEUED: Queued, Event.STARTED: Started,
     Event.TRAINING_STARTED: TrainingStarted, Event.FIRST_STEP: FirstStep, Event.PREEMPTED: Preempted,
@@ -257,7 +265,7 @@ PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.STALLED: Stalled, Event.RESUMED: Resumed, Event.TRAINED: Trained, Event.FINISHED: Finished,
     Event.FAILED: Failed, Event.CANCEL_REQUESTED: CancelRequested, Event.CANCELLED: Cancelled,
     Event.RESUME_REQUESTED: ResumeRequested, Event.PREDICTED: Predicted, Event.EXPORTED: Exported,
-    Event.TUNED: Tuned,
+    Event.TUNED: Tuned, Event.CHECKPOINT_INTERVAL: CheckpointInterval,
 }
 assert set(PAYLOADS) == set(Event), "every event has its payload class"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from launcher import backends, config, dependencies
 from launcher.attempts import grace_warning
+from launcher.checkpoint_interval import FIRST_S
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.events import Restarted, Started
+from launcher.events import CheckpointInterval, Restarted, Started
 from launcher.ledger import ledger
 from launcher.lifecycle import State, last_event
 from launcher.rundir import RunDir
@@ -24,6 +25,17 @@ def frozen_config(run: RunDir) -> JobConfig | None:
         return config.load_resolved(run.config)
     except (LaunchError, OSError):
         return None
+
+
+def checkpoint_interval(cfg: JobConfig, events: list) -> str:
+    """How often the periodic checkpoint is taken, and why (auto: rank zero's last choice)."""
+    ck = cfg.checkpoint
+    steps = f"every {ck.every_n_train_steps} steps; " if ck.every_n_train_steps else ""
+    if ck.every_n_minutes != "auto":
+        return steps + (f"every {ck.every_n_minutes:g} min (checkpoint.every_n_minutes)" if ck.every_n_minutes
+                        else "not by time (checkpoint.every_n_minutes = 0)")
+    chosen = last_event(events, CheckpointInterval)
+    return steps + "auto, " + (chosen.why if chosen else f"every {FIRST_S / 60:.0f} min until a save has been timed")
 
 
 def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
@@ -55,6 +67,8 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     if slowest:  # job.stall_timeout_s must be well above it
         lines.append(f"steps     the slowest took {slowest:.2f} s (a rank without progress for job.stall_timeout_s "
                      "is stalled)")
+    if cfg and cfg.job.preemptible:  # the periodic full-state checkpoint: the interval and why
+        lines.append(f"ckpt      {checkpoint_interval(cfg, events)}")
     if book:
         lines.append(f"time      {book.line()}")
     lines.append(f"dir       {info.run_dir}")

@@ -56,6 +56,11 @@ def test_a_plain_script_at_world_size_3_preempted_twice_and_a_rank_killed_ends_b
     assert not re.search(r"^\[rank \d\] Traceback", console, re.M) and "ChildFailedError" not in console
     assert all("Traceback" in (run_dir / "logs" / f"rank-{rank}.log").read_text() for rank, _ in lost)
     assert_console_truthful(run_dir, attempts=4)
+    # checkpoint.every_n_minutes = "auto": rank zero timed its periodic saves and chose the interval
+    chosen = [e for e in events(run_dir) if e["event"] == "checkpoint_interval"]
+    assert chosen and all(60 <= e["every_s"] <= 3600 and e["save_s"] > 0 for e in chosen), chosen
+    assert f"[launch] periodic checkpoint {chosen[0]['why']}" in console
+    assert "ckpt      every 5 steps; auto, every " in run_launch("status", str(run_dir)).stdout
     ran_on(run_dir, "lightning.pytorch")
     assert_same_training(run_dir, lit_baseline)
     tested = [r for r in metric_rows(run_dir) if r.get("test_loss")]

@@ -95,8 +95,7 @@ class JobSection:
     # each of these optimizer steps
     drill_preempt_at_steps: list[int] = field(default_factory=list)
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
-    # Automatic restart from the newest complete checkpoint after a failed attempt, at most
-    # max_restarts times a run.
+    # Automatic restart from the newest complete checkpoint after a failed attempt, at most this often
     max_restarts: int = bounded(3, NOT_NEGATIVE)
     # What is restarted. "infrastructure": a rank killed by a signal or out of memory, a crash in
     # native code, a hang, a lost peer (collective or connection errors); "any": also a Python
@@ -110,9 +109,8 @@ class JobSection:
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
     # and it restarts as an infrastructure failure. Longer than the slowest step (status shows it).
     stall_timeout_s: int = bounded(120, at_least(10, "{value}: must be at least 10 seconds"))
-    # The same for a rank that made progress (a restore, a validation batch) but not yet its
-    # attempt's first training step (starting DataLoader workers, compiling): longer, since a first
-    # step may compile for many minutes.
+    # The same before an attempt's first training step, once a rank made progress (a restore, a
+    # validation batch): longer, since a first step may compile for many minutes.
     first_step_timeout_s: int = bounded(1800, at_least(10, "{value}: must be at least 10 seconds"))
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS`
     # writes these two): every rank runs it unchanged, and every Trainer it builds is launch's
@@ -174,10 +172,11 @@ class CheckpointSection:
     save_last: bool = True  # last.ckpt is written at the end of fit in any case
     filename: str | None = None
     every_n_epochs: int | None = None
-    # launch's periodic full-state checkpoint (checkpoints/resume.ckpt): every N optimizer steps
-    # and/or every N minutes (0: off), at the first batch boundary it can resume exactly from
+    # launch's periodic full-state checkpoint (checkpoints/resume.ckpt): every N optimizer steps and/or
+    # every N minutes (0: off; "auto": from the run's save time and failure rate, Young/Daly), at the
+    # first batch boundary it can resume exactly from
     every_n_train_steps: int | None = bounded(None, AT_LEAST_ONE)
-    every_n_minutes: float = bounded(30.0, NOT_NEGATIVE)
+    every_n_minutes: float | Literal["auto"] = bounded("auto", NOT_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -301,6 +300,7 @@ class ClusterProfile:
     gpu_bind: str | None = None  # srun --gpu-bind for GPU runs, e.g. "closest" (srun mode: one GPU a rank)
     max_time: str | None = None  # limits, checked before submission
     max_nodes: int | None = None
+    node_mtbf_hours: float = bounded(1000.0, POSITIVE)  # a node's mean time between failures (auto checkpoints)
     partition: str | None = None  # required for backend = "slurm"
     account: str | None = None
     qos: str | None = None

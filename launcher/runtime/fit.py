@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from launcher.checkpoint_interval import AutoInterval
 from launcher.config import JobConfig
 from launcher.lifecycle import Event
 from launcher.records import Preemption
@@ -91,9 +92,16 @@ class FitSession:
         self.handler = PreemptionHandler(
             signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint), self._on_preempt,
             self._on_resume, periodic_path=str(run.periodic_checkpoint), every_n_steps=ck.every_n_train_steps,
-            every_n_minutes=ck.every_n_minutes, rewind=self._rewind, drill_steps=cfg.job.drill_preempt_at_steps,
-            background=cfg.strategy.async_checkpoints)
+            every_n_minutes=0.0 if ck.every_n_minutes == "auto" else ck.every_n_minutes, rewind=self._rewind,
+            drill_steps=cfg.job.drill_preempt_at_steps, background=cfg.strategy.async_checkpoints,
+            auto=AutoInterval(cfg.cluster.node_mtbf_hours, cfg.resources.nodes) if ck.every_n_minutes == "auto" else None,
+            on_interval=self._on_interval)
         self.callbacks: list[Any] = [self.handler] if cfg.job.preemptible else []
+
+    def _on_interval(self, every_s: float, save_s: float, why: str) -> None:
+        """Rank zero chose the periodic checkpoint's interval (checkpoint.every_n_minutes = "auto")."""
+        self.run.add_event(Event.CHECKPOINT_INTERVAL, every_s=round(every_s, 1), save_s=round(save_s, 4), why=why)
+        print(f"[launch] periodic checkpoint {why}", flush=True)
 
     def _on_preempt(self, trainer: Any, info: Preemption) -> None:
         if trainer.global_rank == 0:

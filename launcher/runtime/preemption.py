@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch.utils.data import IterableDataset
 from torchmetrics import Metric
 
+from launcher.checkpoint_interval import CHANGE, AutoInterval
 from launcher.records import Preemption
 from launcher.rundir import checkpoint_bytes
 from launcher.runtime import lightning_compat as compat
@@ -143,7 +144,8 @@ class PreemptionHandler(Callback):
 
     def __init__(self, signal_numbers: list[int], checkpoint_path: str, on_preempt: Any, on_resume: Any,
                  periodic_path: str | None = None, every_n_steps: int | None = None, every_n_minutes: float = 0.0,
-                 rewind: Any = None, drill_steps: list[int] | None = None, background: bool = False) -> None:
+                 rewind: Any = None, drill_steps: list[int] | None = None, background: bool = False,
+                 auto: AutoInterval | None = None, on_interval: Any = None) -> None:
         self.signals = signal_numbers
         self.checkpoint_path = checkpoint_path
         self.on_preempt = on_preempt  # called on every rank with (trainer, Preemption) after the save
@@ -155,7 +157,13 @@ class PreemptionHandler(Callback):
         # whatever a crash interrupts, the newest checkpoint's history is on disk.
         self.periodic_path = periodic_path
         self.every_n_steps = every_n_steps
-        self.every_n_s = every_n_minutes * 60.0
+        # checkpoint.every_n_minutes = "auto": the interval follows rank zero's timed periodic saves
+        # (launcher/checkpoint_interval.py); `on_interval(every_s, save_s, why)` on rank zero when it moves
+        self.auto, self.on_interval = auto, on_interval
+        self.every_n_s = auto.seconds(None) if auto is not None else float(every_n_minutes) * 60.0
+        self._save_s: float | None = None
+        self._dump_s = 0.0
+        self._announced: float | None = None
         self.background = background  # the periodic checkpoint is written in the background (strategy.async_checkpoints)
         self.rewind = rewind  # called on rank zero with (trainer, logged_steps) before a resumed fit logs
         self._schedule_periodic(0)
@@ -210,7 +218,9 @@ class PreemptionHandler(Callback):
         """The periodic checkpoint's state, now (every rank: the RNG and metric states are gathered);
         written at the next batch's start."""
         self._saving_batch = (trainer.current_epoch, batch_idx + 1)
+        started = time.perf_counter()
         self._to_write = compat.dump_checkpoint(trainer)
+        self._dump_s = time.perf_counter() - started
         self._schedule_periodic(trainer.global_step)
 
     def _schedule_periodic(self, step: int) -> None:
@@ -223,11 +233,24 @@ class PreemptionHandler(Callback):
         checkpoint, self._to_write = self._to_write, None
         if trainer.global_rank == 0:
             flush_loggers(trainer)  # the steps up to this checkpoint's are on disk before it is
+        started = time.perf_counter()
         in_background = getattr(trainer.strategy, "save_checkpoint_in_background", None)
         if self.background and in_background is not None:
             in_background(checkpoint, self.periodic_path)
         else:
             trainer.strategy.save_checkpoint(checkpoint, self.periodic_path)
+        if self.auto is not None and trainer.global_rank == 0:
+            self._timed_save(self._dump_s + time.perf_counter() - started)
+
+    def _timed_save(self, blocked_s: float) -> None:
+        """A periodic save blocked training this long: the auto interval follows (up at once, down
+        slowly), announced when it moves by more than CHANGE."""
+        self._save_s = blocked_s if self._save_s is None else max(blocked_s, 0.8 * self._save_s)
+        self.every_n_s = self.auto.seconds(self._save_s)
+        if self._announced is None or abs(self.every_n_s - self._announced) > CHANGE * self._announced:
+            self._announced = self.every_n_s
+            if self.on_interval is not None:
+                self.on_interval(self.every_n_s, self._save_s, self.auto.why(self._save_s))
 
     def _stop(self, trainer: Trainer, batch_idx: int) -> None:
         started = time.time()
