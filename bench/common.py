@@ -136,7 +136,7 @@ class HookTimedCNN(TimedCNN):
             ddp._pre_forward = self._timed("DDP pre/post forward (bucket bookkeeping)", ddp._pre_forward)
             ddp._post_forward = self._timed("DDP pre/post forward (bucket bookkeeping)", ddp._post_forward)
         # per-sample seeding runs inside the loader's fetch (num_workers = 0: on the training thread)
-        samplers._seed_all = self._timed("per-sample seeding (data fetch)", samplers._seed_all)
+        samplers.seed_all = self._timed("per-sample seeding (data fetch)", samplers.seed_all)
         samplers._rngs_kept = _timed_context(self, "per-sample seeding (data fetch)", samplers._rngs_kept)
         # off the training thread: the progress writer and the heartbeat's file write
         progress.RunProgress._write = self._timed("[thread] progress.json writes", progress.RunProgress._write)
