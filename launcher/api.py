@@ -10,7 +10,6 @@ Imports no torch (the ranks do); user mistakes raise `launcher.LaunchError` with
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -80,11 +79,7 @@ class Run:
 
     def metrics(self) -> list[dict[str, int | float | str | None]]:
         """The rows of metrics.csv, each a dict: integers and floats as numbers, an empty cell None."""
-        try:
-            with open(self._run.metrics_csv, newline="", encoding="utf-8") as fh:
-                return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(fh)]
-        except FileNotFoundError:
-            return []
+        return [{key: _number(value) for key, value in row.items()} for row in self._run.read_metrics()]
 
     def preempt(self) -> str:
         """Send the profile's preemption signal (what `launch preempt` does); returns what was done."""

@@ -145,9 +145,11 @@ def _take_save(cut: list[Segment], save_s: float) -> None:
         save_s -= taken
 
 
-def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float) -> Ledger | None:
-    """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`."""
-    cut = segments(events, now)
+def ledger(events: Sequence[Mapping[str, Any] | EventRecord], now: float,
+           cut: Sequence[Segment] | None = None) -> Ledger | None:
+    """The ledger of a run's events (None before it was submitted); a run not ended runs to `now`.
+    `cut`: the events' segments at `now`, when the caller has them already."""
+    cut = segments(events, now) if cut is None else cut
     if not cut:
         return None
     history = typed(events)

@@ -7,6 +7,7 @@ one whole line per write, and a torn last line is ignored when reading.
 from __future__ import annotations
 
 import contextlib
+import csv
 import datetime as dt
 import json
 import os
@@ -360,6 +361,14 @@ class RunDir:
     def history(self) -> list[EventRecord]:
         """events.jsonl as typed records (launcher/events.py): what launch's own readers use."""
         return typed(self.read_events())
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        """metrics.csv's rows as the CSV holds them (an empty cell is ""); none before the first."""
+        try:
+            with open(self.metrics_csv, newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+        except FileNotFoundError:
+            return []
 
     def read_progress(self) -> dict[str, Any]:
         try:

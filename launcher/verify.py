@@ -11,7 +11,6 @@ first step and the first piece of state that diverged, with what to change.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import random
@@ -154,14 +153,6 @@ def first_divergence(name: str, run: RunDir, reference: RunDir, first_stop: int)
     return None
 
 
-def _rows(run: RunDir) -> list[dict[str, str]]:
-    try:
-        with open(run.metrics_csv, newline="") as fh:
-            return list(csv.DictReader(fh))
-    except FileNotFoundError:
-        return []
-
-
 def final_difference(run: RunDir, reference: RunDir) -> str | None:
     """What differs at the end, beyond the per-step fingerprints: weights, optimizer and
     scheduler states, and every logged row."""
@@ -176,7 +167,7 @@ def final_difference(run: RunDir, reference: RunDir) -> str | None:
     for part in ("optimizer_states", "lr_schedulers"):
         if digest_tensors(a.get(part)) != digest_tensors(b.get(part)):
             return f"final {part} differ"
-    ours, theirs = _rows(run), _rows(reference)
+    ours, theirs = run.read_metrics(), reference.read_metrics()
     for i, (x, y) in enumerate(zip(ours, theirs, strict=False)):
         if x != y:
             diff = sorted(k for k in x.keys() | y.keys() if x.get(k) != y.get(k))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers.launch import run_launch
+from tests.helpers.runs import metric_rows
 
 pytestmark = pytest.mark.multiprocess
 
@@ -21,13 +21,8 @@ def submit(*args: str, runs: Path, timeout: float = 300) -> tuple[object, Path]:
     return result, run_dir
 
 
-def metrics_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "metrics.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
 def last_value(run_dir: Path, key: str) -> float:
-    return [float(r[key]) for r in metrics_rows(run_dir) if r.get(key)][-1]
+    return [float(r[key]) for r in metric_rows(run_dir) if r.get(key)][-1]
 
 
 def status(run_dir: Path) -> dict:

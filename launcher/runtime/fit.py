@@ -89,12 +89,12 @@ class FitSession:
         self.resume: Path | str | None = None  # a checkpoint file, or a script's fit(ckpt_path="last"/"best"/...)
         self.rewound: dict[str, Any] = {}
         ck = cfg.checkpoint
+        auto = AutoInterval(cfg.cluster.node_mtbf_hours, cfg.resources.nodes) if ck.every_n_minutes == "auto" else None
         self.handler = PreemptionHandler(
             signals.preemption_signals(cfg.cluster.signal), str(run.preempt_checkpoint), self._on_preempt,
             self._on_resume, periodic_path=str(run.periodic_checkpoint), every_n_steps=ck.every_n_train_steps,
-            every_n_minutes=0.0 if ck.every_n_minutes == "auto" else ck.every_n_minutes, rewind=self._rewind,
-            drill_steps=cfg.job.drill_preempt_at_steps, background=cfg.strategy.async_checkpoints,
-            auto=AutoInterval(cfg.cluster.node_mtbf_hours, cfg.resources.nodes) if ck.every_n_minutes == "auto" else None,
+            every_n_minutes=0.0 if auto else ck.every_n_minutes, rewind=self._rewind,
+            drill_steps=cfg.job.drill_preempt_at_steps, background=cfg.strategy.async_checkpoints, auto=auto,
             on_interval=self._on_interval)
         self.callbacks: list[Any] = [self.handler] if cfg.job.preemptible else []
 

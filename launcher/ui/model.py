@@ -7,10 +7,9 @@ the document as text (see page.py).
 
 from __future__ import annotations
 
-import csv
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from launcher.events import (
     Started,
     Submitted,
 )
-from launcher.ledger import PHASES, UNALLOCATED, Segment, ledger, segments
+from launcher.ledger import PHASES, UNALLOCATED, Ledger, Segment, ledger, segments
 from launcher.lifecycle import RunStatus
 from launcher.records import RankError
 from launcher.rundir import RunDir, list_runs
@@ -41,13 +40,14 @@ def runs_table(runs_dir: Path) -> list[dict[str, Any]]:
     """One row a run under `runs_dir`, newest first: what the runs page lists."""
     runs = list_runs(runs_dir)
     now = time.time()
-    rows = [_run_row(run, info, now) for run, info in zip(runs, backends.statuses(runs), strict=True)]
+    rows = []
+    for run, info in zip(runs, backends.statuses(runs), strict=True):
+        events = run.history()
+        rows.append(_run_row(run, info, events, ledger(events, now)))
     return sorted(rows, key=lambda r: r["submitted_t"] or 0.0, reverse=True)
 
 
-def _run_row(run: RunDir, info: RunStatus, now: float) -> dict[str, Any]:
-    events = run.history()
-    book = ledger(events, now)
+def _run_row(run: RunDir, info: RunStatus, events: Sequence[EventRecord], book: Ledger | None) -> dict[str, Any]:
     submitted = next((e for e in events if isinstance(e, Submitted)), None)
     return {
         "run_id": info.run_id, "job": info.job, "state": str(info.state), "terminal": info.terminal,
@@ -65,9 +65,10 @@ def run_page(run: RunDir) -> dict[str, Any]:
     events = run.history()
     cut = segments(events, now)
     origin = cut[0].start if cut else now
-    book = ledger(events, now)
+    book = ledger(events, now, cut)
+    script = run.script(info.backend)
     return {
-        "run": {**_run_row(run, info, now), "dir": str(run.path), "backend": info.backend,
+        "run": {**_run_row(run, info, events, book), "dir": str(run.path), "backend": info.backend,
                 "world_size": info.world_size, "error": info.error, "note": info.note},
         "origin": origin,
         "now": now,
@@ -75,7 +76,7 @@ def run_page(run: RunDir) -> dict[str, Any]:
         "unallocated": list(UNALLOCATED),
         "attempts": attempts(events, cut, origin),
         "ledger": book.as_dict() if book else None,
-        "metrics": metric_series(run.metrics_csv),
+        "metrics": metric_series(run.read_metrics()),
         "boundaries": step_boundaries(events),
         "heartbeats": [{"rank": b.rank, "host": b.host, "step": b.step, "slowest_step_s": b.slowest_step_s,
                         "progress_ago_s": round(now - b.progress_at, 1) if b.progress_at else None,
@@ -83,8 +84,8 @@ def run_page(run: RunDir) -> dict[str, Any]:
                        for b in run.read_heartbeats()],
         "errors": errors(run, events),
         "config": _text(run.config),
-        "script": _text(run.script(info.backend)),
-        "script_name": run.script(info.backend).name,
+        "script": _text(script),
+        "script_name": script.name,
         "events": [{"t": round(e.at - origin, 3) if e.at is not None else None, "event": e.event,
                     "time": e.time} for e in events],
     }
@@ -168,13 +169,8 @@ def step_boundaries(events: Sequence[EventRecord]) -> dict[str, list[dict[str, A
     return {"resumes": resumes, "rewound": rewound}
 
 
-def metric_series(path: Path) -> dict[str, Any]:
-    """metrics.csv as one series a metric: x the step (the row's `step`, else its index)."""
-    try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return {"series": [], "rows": 0}
+def metric_series(rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """metrics.csv's rows as one series a metric: x the step (the row's `step`, else its index)."""
     names = [n for n in (rows[0].keys() if rows else []) if n not in ("step", "epoch")]
     series = []
     for name in names:

@@ -91,8 +91,9 @@ def make_app(runs_dir: Path, token: str | None, loopback: bool) -> Starlette:
     def find(request: Request) -> RunDir | None:
         job, run_id = request.path_params["job"], request.path_params["run_id"]
         path = runs_dir / job / run_id
-        # the two names come from the URL: only a run directory right under runs_dir is served
-        if "/" in job or "/" in run_id or job in ("..", ".") or run_id in ("..", "."):
+        # the two names come from the URL (a path parameter never holds "/"): only a run directory
+        # right under runs_dir is served
+        if job in ("..", ".") or run_id in ("..", "."):
             return None
         return RunDir(path) if (path / "config.toml").is_file() else None
 
