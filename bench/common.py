@@ -128,6 +128,8 @@ class HookTimedCNN(TimedCNN):
             for hook in STEP_HOOKS:
                 if getattr(type(callback), hook) is not getattr(pl.Callback, hook):  # overridden: it does work
                     setattr(callback, hook, self._timed(label, getattr(callback, hook)))
+            if isinstance(callback, heartbeat.Heartbeat):  # the straggler watch's gradient hooks (autograd calls them)
+                callback._gradient = self._timed("Heartbeat gradient hooks (straggler watch)", callback._gradient)
             if isinstance(callback, PreemptionHandler):  # the agreement's all-reduce, apart from the rest
                 callback._agree_to_stop = self._timed("stop agreement (inside PreemptionHandler)",
                                                       callback._agree_to_stop)

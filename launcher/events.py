@@ -46,6 +46,7 @@ class Event(StrEnum):
     EXPORTED = "exported"  # launch export wrote a consolidated checkpoint
     TUNED = "tuned"  # launch tune wrote a tuned job file
     CHECKPOINT_INTERVAL = "checkpoint_interval"  # rank zero chose the periodic checkpoint's interval (auto)
+    STRAGGLER = "straggler"  # a rank's step compute is above the others' by job.straggler_factor (first sighting)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +259,16 @@ class CheckpointInterval(EventRecord):
     why: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Straggler(EventRecord):
+    rank: int | None = None
+    host: str = "?"
+    step: int | None = None
+    factor: float = 0.0  # its step compute over the other ranks' median
+    compute_s: float | None = None
+    median_s: float | None = None
+
+
 PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.SUBMITTED: Submitted, Event.QUEUED: Queued, Event.STARTED: Started,
     Event.TRAINING_STARTED: TrainingStarted, Event.FIRST_STEP: FirstStep, Event.PREEMPTED: Preempted,
@@ -265,7 +276,7 @@ PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.STALLED: Stalled, Event.RESUMED: Resumed, Event.TRAINED: Trained, Event.FINISHED: Finished,
     Event.FAILED: Failed, Event.CANCEL_REQUESTED: CancelRequested, Event.CANCELLED: Cancelled,
     Event.RESUME_REQUESTED: ResumeRequested, Event.PREDICTED: Predicted, Event.EXPORTED: Exported,
-    Event.TUNED: Tuned, Event.CHECKPOINT_INTERVAL: CheckpointInterval,
+    Event.TUNED: Tuned, Event.CHECKPOINT_INTERVAL: CheckpointInterval, Event.STRAGGLER: Straggler,
 }
 assert set(PAYLOADS) == set(Event), "every event has its payload class"
 

@@ -9,7 +9,7 @@ use the fields, never string keys (tests/test_layout.py looks for them).
 | --- | --- | --- | --- |
 | RankError | errors/rank-N.json | a failing rank (runtime/rank.py) | attempts.first_error |
 | AliveMarker | errors/rank-N.alive | every rank, removed on a clean exit | attempts.dead_ranks |
-| Heartbeat | heartbeats/rank-N.json | every rank's heartbeat thread | stalls, status |
+| Heartbeat | heartbeats/rank-N.json | every rank's heartbeat thread | stalls, stragglers, status |
 | Plan | plan.json | the local backend | entry/supervisor.py |
 | SlurmJob | slurm.json | the SLURM backend, entry/requeue.py | backends/slurm.py |
 | Preemption | the `preempted` event's payload | rank zero (runtime/preemption.py) | (events.Preempted reads it) |
@@ -98,8 +98,11 @@ class Heartbeat(Record):
     slurm_step: str | None = None  # JOB.STEP, what a stall stops on SLURM
     stepped: bool = False  # past its first training step (a first step may compile for minutes)
     done: bool = False  # its training (and test) is over: what remains (records, plots, exit) is not watched
+    # the median, over its last training steps, of its own compute per step (its wait for the other
+    # ranks' gradients left out): what names a straggler (launcher/stragglers.py)
+    compute_s: float | None = None
 
-    OPTIONAL = ("slurm_step", "stepped", "done")
+    OPTIONAL = ("slurm_step", "stepped", "done", "compute_s")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,19 @@ class StalledRank:
         """`launch status --json`'s `stalled`: the heartbeat's fields and the four above."""
         return {**self.beat.to_json(), "idle_s": self.idle_s, "silent_s": self.silent_s, "beating": self.beating,
                 "before_first_step": self.before_first_step}
+
+
+@dataclass(frozen=True)
+class StragglingRank:
+    """A rank `stragglers.find_stragglers` names: its heartbeat, and how much slower it computes."""
+
+    beat: Heartbeat
+    factor: float  # its compute_s over median_s
+    median_s: float  # the median compute_s of the other ranks
+
+    def to_json(self) -> dict[str, Any]:
+        """`launch status --json`'s `stragglers`: the heartbeat's fields and the two above."""
+        return {**self.beat.to_json(), "factor": self.factor, "median_s": self.median_s}
 
 
 @dataclass(frozen=True)

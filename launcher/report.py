@@ -12,11 +12,12 @@ from launcher.attempts import grace_warning
 from launcher.checkpoint_interval import FIRST_S
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
-from launcher.events import CheckpointInterval, Restarted, Started
+from launcher.events import CheckpointInterval, Restarted, Started, Straggler
 from launcher.ledger import ledger
-from launcher.lifecycle import State, last_event
+from launcher.lifecycle import State, last_event, this_attempt
 from launcher.rundir import RunDir
 from launcher.stalls import STALL_REPORT_S, describe_stall, find_stall
+from launcher.stragglers import describe_event, describe_straggler, find_stragglers
 
 
 def frozen_config(run: RunDir) -> JobConfig | None:
@@ -50,9 +51,13 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     after = min(STALL_REPORT_S, cfg.job.stall_timeout_s) if cfg else STALL_REPORT_S
     first = cfg.job.first_step_timeout_s if cfg else None
     stalled = find_stall(beats, now, since, after, first) if info.state == State.RUNNING else None
+    factor = cfg.job.straggler_factor if cfg else 0.0
+    straggling = find_stragglers(beats, since, factor) if info.state == State.RUNNING else []
+    seen = [e for e in this_attempt(events) if isinstance(e, Straggler)]  # the attempt's first sightings
     slowest = max((b.slowest_step_s for b in beats), default=0.0)
     data = {**info.as_dict(), "waiting_for": waiting, "warning": warning,
             "stalled": stalled.to_json() if stalled else None,
+            "stragglers": [s.to_json() for s in straggling], "stragglers_seen": [e.to_json() for e in seen],
             "slowest_step_s": slowest or None, "ledger": book.as_dict() if book else None}
     lines = [f"run       {info.run_id} ({info.job})", f"state     {info.state}"]
     lines += [f"waiting   for {line}" for line in waiting]
@@ -64,6 +69,10 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
                         ("stalled", describe_stall(stalled) if stalled else None)):
         if text:
             lines.append(f"{label:<9} {text}")
+    # job.straggler_factor: the ranks straggling now; else those the attempt saw, when it saw them
+    lines += [f"straggler {describe_straggler(s)}" for s in straggling]
+    if not straggling:
+        lines += [f"straggled {describe_event(e)}" for e in seen]
     if slowest:  # job.stall_timeout_s must be well above it
         lines.append(f"steps     the slowest took {slowest:.2f} s (a rank without progress for job.stall_timeout_s "
                      "is stalled)")

@@ -7,6 +7,7 @@ and scheduler state, every metrics.csv row and every TensorBoard scalar.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -93,6 +94,19 @@ def world4_baseline(tmp_path_factory) -> Path:
     # it learns (so its weights depend on every random draw: dropout, noise, augmentation)
     assert float([r for r in metric_rows(run_dir) if r["val_acc"]][-1]["val_acc"]) > 0.3  # chance: 0.1
     return run_dir
+
+
+def test_an_evenly_loaded_world_size_4_run_measured_every_rank_and_names_no_straggler(world4_baseline) -> None:
+    """tests/test_stragglers.py names a rank made slow; here, ranks with the same work: each
+    measured its step compute (DataLoader workers, 2 nodes), and none is named, then or now."""
+    from launcher.records import Heartbeat
+    from launcher.stragglers import find_stragglers
+
+    assert not [e for e in events(world4_baseline) if e["event"] == "straggler"]
+    beats = [Heartbeat.read(p) for p in sorted((world4_baseline / "heartbeats").glob("rank-*.json"))]
+    assert [b.rank for b in beats if b and b.compute_s] == [0, 1, 2, 3], beats
+    live = [dataclasses.replace(b, done=False) for b in beats]  # as the watcher saw them while they ran
+    assert find_stragglers(live, since=0.0, factor=1.2) == [], live
 
 
 def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical(world4_baseline, tmp_path) -> None:

@@ -83,16 +83,13 @@ class JobSection:
     # in the same order (exact resume at 3+ ranks). False: DDP's own rebuild (a few % faster on
     # large models; a resumed run then differs from an uninterrupted one in the last bits).
     fixed_ddp_buckets: bool = True
-    # Copy the job's own code (its class paths' modules in the submit directory and what they
-    # import from it) into the run directory at submit; every attempt imports that copy, so a
-    # requeue or resume trains the code that was submitted. False: import the submit directory live.
+    # Copy the job's own code (its modules in the submit directory) into the run directory at submit;
+    # every attempt imports that copy: a requeue trains the code submitted. False: the directory live.
     snapshot_code: bool = True
-    # Every rank records a digest of each piece of state at every training batch (fingerprints/):
-    # what `launch verify` compares to name the first state that diverged. Costs a hash of the
-    # weights a step: for verification runs.
+    # Every rank records a digest of each piece of state at every training batch (fingerprints/): what
+    # `launch verify` compares to name the first state that diverged (a hash of the weights a step).
     fingerprints: bool = False
-    # Drills `launch verify` runs (real code paths, at steps it draws): stop as if preempted after
-    # each of these optimizer steps
+    # Drills `launch verify` runs (at steps it draws): stop as if preempted after each of these steps
     drill_preempt_at_steps: list[int] = field(default_factory=list)
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
     # Automatic restart from the newest complete checkpoint after a failed attempt, at most this often
@@ -112,6 +109,9 @@ class JobSection:
     # The same before an attempt's first training step, once a rank made progress (a restore, a
     # validation batch): longer, since a first step may compile for many minutes.
     first_step_timeout_s: int = bounded(1800, at_least(10, "{value}: must be at least 10 seconds"))
+    # A rank whose own compute a step (its wait for the others left out) is above this many times
+    # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
+    straggler_factor: float = bounded(1.2, Bound(lambda v: not _number(v) or v == 0 or v > 1, "{value}: use 0 (off) or above 1"))
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS`
     # writes these two): every rank runs it unchanged, and every Trainer it builds is launch's
     # (docs/scripts.md). The path is relative to the submit directory.

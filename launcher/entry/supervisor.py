@@ -27,6 +27,7 @@ from launcher.processes import processes_of, wait_gone
 from launcher.records import Plan
 from launcher.rundir import RunDir
 from launcher.stalls import HEARTBEAT_S, find_stall, record_stall
+from launcher.stragglers import find_stragglers, record_stragglers
 
 TERM_GRACE_S = 30.0  # torchrun's own grace before it SIGKILLs its workers
 STALL_GRACE_S = 10.0  # a stalled run cannot save (its stop agreement needs the stalled rank): kill soon
@@ -97,12 +98,15 @@ def main(argv: list[str]) -> int:
             + (f" (attempt {attempt + 1})" if attempt else ""))
         agents = spawn(plan)
         next_look = time.time() + HEARTBEAT_S
+        seen: set[int] = set()  # this attempt's ranks recorded as stragglers
         while True:
             codes = [a.poll() for a in agents]
             if time.time() >= next_look:  # heartbeats: a rank without progress for job.stall_timeout_s
                 next_look = time.time() + HEARTBEAT_S
-                found = find_stall(run.read_heartbeats(), time.time(), start, cfg.job.stall_timeout_s,
-                                   cfg.job.first_step_timeout_s)
+                beats = run.read_heartbeats()
+                for line in record_stragglers(run, find_stragglers(beats, start, cfg.job.straggler_factor), seen):
+                    say(line)
+                found = find_stall(beats, time.time(), start, cfg.job.stall_timeout_s, cfg.job.first_step_timeout_s)
                 if found is not None:
                     say(record_stall(run, found, cfg.job.stall_timeout_s, cfg.job.first_step_timeout_s))
                     stop(agents, run, STALL_GRACE_S)

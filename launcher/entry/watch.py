@@ -1,7 +1,8 @@
 """`python -m launcher.entry.watch RUN_DIR SRUN_PID`: the SLURM batch script's stall watcher.
 
 It runs on the batch host next to the job's srun (outside any container) until srun exits. Every
-few seconds it reads the ranks' heartbeats; a rank without progress for `job.stall_timeout_s`
+few seconds it reads the ranks' heartbeats, records a `straggler` event for a rank first seen
+straggling (launcher/stragglers.py), and a rank without progress for `job.stall_timeout_s`
 (stopped, hung in a collective, or on a node that died) stalls the attempt, as under the local
 supervisor: it records the `stalled` event and kills the step's tasks (`scancel --signal=KILL
 JOB.STEP`, from the heartbeats; srun itself if no step is known). srun then exits, and the end
@@ -23,6 +24,7 @@ from launcher.config import load_resolved
 from launcher.processes import exists
 from launcher.rundir import RunDir
 from launcher.stalls import HEARTBEAT_S, find_stall, record_stall
+from launcher.stragglers import find_stragglers, record_stragglers
 
 KILL_WAIT_S = 10.0  # srun's own exit after its tasks are killed (1-2 s; never, on a dead node); then srun itself
 
@@ -43,11 +45,14 @@ def main(argv: list[str]) -> int:
     job = load_resolved(run.config).job
     timeout, first_step = job.stall_timeout_s, job.first_step_timeout_s
     start = time.time()
+    seen: set[int] = set()  # this attempt's ranks recorded as stragglers
     while exists(srun_pid):
         time.sleep(min(HEARTBEAT_S, 1.0))
         if time.time() - start < HEARTBEAT_S:
             continue
         beats = run.read_heartbeats()
+        for line in record_stragglers(run, find_stragglers(beats, start, job.straggler_factor), seen):
+            print(f"[launch] {line}", flush=True)
         found = find_stall(beats, time.time(), start, timeout, first_step)
         if found is None:
             continue

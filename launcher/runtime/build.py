@@ -120,7 +120,7 @@ def launch_trainer_args(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any],
         loggers.append(ContinuingCSVLogger(save_dir=run.path, name="", version=""))
     loggers += trackers.from_job_file(cfg, run) + [user_logger(comp, run) for comp in cfg.loggers]
     gates = [cb.gate for cb in extra_callbacks if hasattr(cb, "gate")]  # first: see preemption.StopGate
-    callbacks: list[Any] = [*gates, *checkpoint, RunProgress(run), Heartbeat(run),
+    callbacks: list[Any] = [*gates, *checkpoint, RunProgress(run), Heartbeat(run, compute=cfg.job.straggler_factor > 0),
                             *job_callbacks.from_job_file(cfg, run, bool(loggers)),
                             *(load_class("callbacks", c.class_path)(**c.init_args) for c in cfg.callbacks),
                             *user_callbacks,

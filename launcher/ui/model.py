@@ -25,12 +25,14 @@ from launcher.events import (
     Resumed,
     Stalled,
     Started,
+    Straggler,
     Submitted,
 )
 from launcher.ledger import PHASES, UNALLOCATED, Ledger, Segment, ledger, segments
 from launcher.lifecycle import RunStatus
 from launcher.records import RankError
 from launcher.rundir import RunDir, list_runs
+from launcher.stragglers import describe_event
 
 MAX_POINTS = 5000  # a metric's points sent to the page; beyond it every k-th is shown (the page says so)
 TEXT_LIMIT = 200_000  # characters of the config or the submitted script shown
@@ -79,6 +81,7 @@ def run_page(run: RunDir) -> dict[str, Any]:
         "metrics": metric_series(run.read_metrics()),
         "boundaries": step_boundaries(events),
         "heartbeats": [{"rank": b.rank, "host": b.host, "step": b.step, "slowest_step_s": b.slowest_step_s,
+                        "compute_s": b.compute_s,
                         "progress_ago_s": round(now - b.progress_at, 1) if b.progress_at else None,
                         "beat_ago_s": round(now - b.beat_at, 1) if b.beat_at else None, "done": b.done}
                        for b in run.read_heartbeats()],
@@ -136,6 +139,8 @@ def marker(e: EventRecord, origin: float) -> dict[str, Any] | None:
         text = f"restart #{e.restart}: {e.cause}"
     elif isinstance(e, Stalled):
         text = f"rank {e.rank} on {e.host} stalled at step {e.step} ({e.idle_s} s without progress)"
+    elif isinstance(e, Straggler):
+        text = f"straggler {describe_event(e)}"
     elif isinstance(e, Requeued) and (e.by_slurm or e.lost_nodes):
         lost = f", lost {', '.join(e.lost_nodes)}" if e.lost_nodes else ""
         text = f"requeued by SLURM ({e.by_slurm})" if e.by_slurm else "requeued"

@@ -103,6 +103,20 @@ class StepSleep:
         return super().training_step(batch, batch_idx)
 
 
+class StragglingMLP(MLP):
+    """The example MLP whose rank `slow_rank` sleeps `step_sleep` seconds in every training step:
+    a straggler, which every other rank waits for in the gradient all-reduce."""
+
+    def __init__(self, slow_rank: int = -1, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.slow_rank, self.step_sleep = slow_rank, step_sleep
+
+    def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
+        if self.global_rank == self.slow_rank:
+            time.sleep(self.step_sleep)
+        return super().training_step(batch, batch_idx)
+
+
 class PreemptableMLP(StepSleep, MLP):
     """Dropout, a step LR schedule, torchmetrics, EarlyStopping; slow enough to preempt mid-epoch."""
 

@@ -12,7 +12,7 @@
   var MARKERS = {
     "preempted": ["x", "#cf222e"], "restarted": ["triangle-up", "#bf3989"], "stalled": ["hourglass", "#9a6700"],
     "resumed": ["circle-open", "#0969da"], "failed": ["x-thin-open", "#a40e26"], "requeued": ["square-open", "#6e7781"],
-    "queued": ["diamond-open", "#6e7781"], "requeue_failed": ["x-open", "#a40e26"]
+    "queued": ["diamond-open", "#6e7781"], "requeue_failed": ["x-open", "#a40e26"], "straggler": ["triangle-down-open", "#bc4c00"]
   };
 
   var body = document.body;
@@ -271,12 +271,13 @@
     if (!changed("heartbeats", d.heartbeats)) { return; }
     var table = el("table", { id: "heartbeats" }, el("thead", null, el("tr", null, el("th", null, "rank"), el("th", null, "host"),
       el("th", { "class": "num" }, "step"), el("th", { "class": "num" }, "last progress"),
-      el("th", { "class": "num" }, "slowest step"), el("th", null, "done"))));
+      el("th", { "class": "num" }, "slowest step"), el("th", { "class": "num" }, "step compute"), el("th", null, "done"))));
     var tbody = el("tbody");
     d.heartbeats.forEach(function (b) {
       tbody.appendChild(el("tr", { "class": "rank", "data-rank": b.rank }, el("td", null, b.rank), el("td", null, b.host),
         el("td", { "class": "num" }, b.step), el("td", { "class": "num" }, b.progress_ago_s === null ? "–" : seconds(b.progress_ago_s) + " ago"),
-        el("td", { "class": "num" }, seconds(b.slowest_step_s)), el("td", null, b.done ? "yes" : "")));
+        el("td", { "class": "num" }, seconds(b.slowest_step_s)),
+        el("td", { "class": "num" }, b.compute_s === null ? "–" : (b.compute_s * 1000).toFixed(1) + " ms"), el("td", null, b.done ? "yes" : "")));
     });
     table.appendChild(tbody);
     replace(box, d.heartbeats.length ? table : el("p", { "class": "note" }, "no heartbeats (no rank has started)"));

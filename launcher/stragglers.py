@@ -1,0 +1,60 @@
+"""Stragglers: a rank whose own compute per training step is slower than the others', found from
+the heartbeats (every rank's `compute_s`: the median, over its last steps, of the time from the
+end of its previous step to its backward's last gradient, which leaves out what it waits for
+others in DDP's gradient all-reduce). In DDP every rank waits for the slowest one at every step,
+so a straggler slows the whole run; its step time alone does not show which rank it is.
+
+The local supervisor and the SLURM batch script's watcher record a `straggler` event the first
+time an attempt's rank is seen straggling; `launch status` names the ranks straggling now.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+
+from launcher.events import Event, Straggler
+from launcher.records import Heartbeat, StragglingRank
+from launcher.rundir import RunDir
+
+MIN_GAP_S = 0.005  # below this a difference is timer and scheduler noise, whatever the ratio
+
+
+def find_stragglers(beats: Sequence[Heartbeat], since: float, factor: float) -> list[StragglingRank]:
+    """The ranks of the attempt started at `since` whose step compute is above `factor` times the
+    median of the other ranks' (and at least MIN_GAP_S above it), slowest first. Needs two ranks
+    that measured one; `factor` 0 turns it off."""
+    measured = [b for b in beats if b.beat_at >= since and not b.done and b.compute_s is not None]
+    if factor <= 0 or len(measured) < 2:
+        return []
+    found = []
+    for beat in measured:
+        others = statistics.median(b.compute_s for b in measured if b is not beat)  # type: ignore[misc]
+        assert beat.compute_s is not None
+        if beat.compute_s > factor * others and beat.compute_s - others >= MIN_GAP_S:
+            found.append(StragglingRank(beat, factor=round(beat.compute_s / others, 2) if others > 0 else float("inf"),
+                                        median_s=others))
+    return sorted(found, key=lambda s: (-s.factor, s.beat.rank))
+
+
+def describe_straggler(found: StragglingRank) -> str:
+    return (f"rank {found.beat.rank} ({found.beat.host}): {found.factor:g}x the median step compute of the "
+            f"other ranks ({found.beat.compute_s:.3f} s vs {found.median_s:.3f} s)")
+
+
+def record_stragglers(run: RunDir, found: Iterable[StragglingRank], seen: set[int]) -> list[str]:
+    """Record a `straggler` event for each rank not in `seen` (this attempt's, updated) and say so."""
+    said = []
+    for s in found:
+        if s.beat.rank in seen:
+            continue
+        seen.add(s.beat.rank)
+        run.add_event(Event.STRAGGLER, rank=s.beat.rank, host=s.beat.host, step=s.beat.step, factor=s.factor,
+                      compute_s=s.beat.compute_s, median_s=round(s.median_s, 4))
+        said.append(f"straggler: {describe_straggler(s)}")
+    return said
+
+
+def describe_event(e: Straggler) -> str:
+    return (f"rank {e.rank} ({e.host}): {e.factor:g}x the median step compute of the other ranks "
+            f"({e.compute_s:.3f} s vs {e.median_s:.3f} s), first seen at step {e.step}")
