@@ -17,7 +17,8 @@ from launcher.rundir import RunDir
 
 # A rank that fails in a collective because another rank died or hung: an echo, not the cause.
 ECHO = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|[Tt]imed out|timeout|"
-                  r"NCCL communicator was aborted|ProcessGroup.*abort|Gloo connectFullMesh failed")
+                  r"NCCL communicator was aborted|ProcessGroup.*abort|Gloo connectFullMesh failed|"
+                  r"another rank failed its pre-flight check")
 # An echo that says the rank waited job.collective_timeout_s for the others and gave up. gloo words
 # it "Timed out waiting Nms for recv" or, on a pair an earlier timeout closed, "Application timeout
 # caused pair closure"; NCCL's watchdog "... ran for N milliseconds before timing out".
@@ -62,6 +63,21 @@ def first_error(run: RunDir, since: float) -> RankError | None:
     return errors[0][1] if errors else None
 
 
+def preflight_failures(run: RunDir, since: float) -> list[RankError]:
+    """This attempt's ranks whose own pre-flight check failed (runtime/preflight.py), not the
+    ranks that stopped because another one failed."""
+    found = []
+    for path in run.errors.glob("rank-*.json"):
+        try:
+            recent = path.stat().st_mtime + 1 >= since
+        except OSError:
+            continue
+        record = RankError.read(path) if recent else None
+        if record is not None and record.type == "PreflightFailed" and not ECHO.search(record.message):
+            found.append(record)
+    return sorted(found, key=lambda r: r.rank if r.rank is not None else -1)
+
+
 def dead_ranks(run: RunDir, since: float) -> list[AliveMarker]:
     """The alive markers of this attempt's ranks that ended without a Python error: killed,
     crashed in native code, or on a node that died."""
@@ -78,7 +94,7 @@ def dead_ranks(run: RunDir, since: float) -> list[AliveMarker]:
 
 
 # Failures of the machinery rather than of the job's code: what job.restart_on = "infrastructure" retries.
-INFRASTRUCTURE = {"Died", "Hung", "Stalled", "NodeLost"}
+INFRASTRUCTURE = {"Died", "Hung", "Stalled", "NodeLost", "PreflightFailed"}
 INFRASTRUCTURE_ERROR = re.compile(r"NCCL|[Gg]loo|DistBackendError|DistNetworkError|ProcessGroup|[Cc]onnection (reset|"
                                   r"closed|refused)|Broken pipe|[Tt]imed out|out of memory|CUDA error|ECC")
 

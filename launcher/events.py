@@ -47,6 +47,7 @@ class Event(StrEnum):
     TUNED = "tuned"  # launch tune wrote a tuned job file
     CHECKPOINT_INTERVAL = "checkpoint_interval"  # rank zero chose the periodic checkpoint's interval (auto)
     STRAGGLER = "straggler"  # a rank's step compute is above the others' by job.straggler_factor (first sighting)
+    BAD_NODE = "bad_node"  # a node failed the run (lost, a pre-flight check): later SLURM jobs of the run exclude it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +98,7 @@ class Submitted(EventRecord):
 @dataclass(frozen=True, kw_only=True)
 class Queued(EventRecord):
     excluded_nodes: Sequence[str] = ()
+    exclusion_refused: str | None = None  # sbatch refused the exclusions (too few nodes left): queued without them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +271,12 @@ class Straggler(EventRecord):
     median_s: float | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class BadNode(EventRecord):
+    host: str = ""
+    reason: str = ""  # "lost" or what failed ("pre-flight: ...")
+
+
 PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.SUBMITTED: Submitted, Event.QUEUED: Queued, Event.STARTED: Started,
     Event.TRAINING_STARTED: TrainingStarted, Event.FIRST_STEP: FirstStep, Event.PREEMPTED: Preempted,
@@ -277,6 +285,7 @@ PAYLOADS: Mapping[str, type[EventRecord]] = {
     Event.FAILED: Failed, Event.CANCEL_REQUESTED: CancelRequested, Event.CANCELLED: Cancelled,
     Event.RESUME_REQUESTED: ResumeRequested, Event.PREDICTED: Predicted, Event.EXPORTED: Exported,
     Event.TUNED: Tuned, Event.CHECKPOINT_INTERVAL: CheckpointInterval, Event.STRAGGLER: Straggler,
+    Event.BAD_NODE: BadNode,
 }
 assert set(PAYLOADS) == set(Event), "every event has its payload class"
 

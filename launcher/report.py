@@ -9,6 +9,8 @@ from typing import Any
 
 from launcher import backends, config, dependencies
 from launcher.attempts import grace_warning
+from launcher.badnodes import bad_nodes
+from launcher.badnodes import describe as describe_bad
 from launcher.checkpoint_interval import FIRST_S
 from launcher.config import JobConfig
 from launcher.errors import LaunchError
@@ -55,7 +57,8 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
     straggling = find_stragglers(beats, since, factor) if info.state == State.RUNNING else []
     seen = [e for e in this_attempt(events) if isinstance(e, Straggler)]  # the attempt's first sightings
     slowest = max((b.slowest_step_s for b in beats), default=0.0)
-    data = {**info.as_dict(), "waiting_for": waiting, "warning": warning,
+    bad = bad_nodes(events)  # what every later SLURM job of the run excludes
+    data = {**info.as_dict(), "waiting_for": waiting, "warning": warning, "bad_nodes": bad,
             "stalled": stalled.to_json() if stalled else None,
             "stragglers": [s.to_json() for s in straggling], "stragglers_seen": [e.to_json() for e in seen],
             "slowest_step_s": slowest or None, "ledger": book.as_dict() if book else None}
@@ -69,6 +72,8 @@ def status_report(run: RunDir) -> tuple[dict[str, Any], list[str]]:
                         ("stalled", describe_stall(stalled) if stalled else None)):
         if text:
             lines.append(f"{label:<9} {text}")
+    if bad:
+        lines.append(f"excluded  {describe_bad(bad)}: later SLURM jobs of this run do not use them")
     # job.straggler_factor: the ranks straggling now; else those the attempt saw, when it saw them
     lines += [f"straggler {describe_straggler(s)}" for s in straggling]
     if not straggling:

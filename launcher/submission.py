@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher import backends, code_snapshot, config, dependencies, render
-from launcher.backends.base import Placement
+from launcher.backends.base import ANYWHERE, Placement
+from launcher.badnodes import bad_nodes
 from launcher.config import JobConfig
 from launcher.config.components import job_components
 from launcher.errors import LaunchError
@@ -192,5 +193,7 @@ def resume_run(run: RunDir, previous_state: str, code: str = "snapshot",
     elif run.code.is_dir():
         fields["code"] = "snapshot"
     run.add_event(Event.RESUME_REQUESTED, previous_state=previous_state, **fields)
-    backends.for_run(run).submit(cfg, run)
+    backend = backends.for_run(run)
+    bad = bad_nodes(run.history()) if backend.name == "slurm" else {}  # nodes that failed the run before
+    backend.submit(cfg, run, Placement(exclude=tuple(bad)) if bad else ANYWHERE)
     return cfg, edited

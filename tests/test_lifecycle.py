@@ -63,7 +63,7 @@ def test_the_state_is_the_one_implied_by_the_last_lifecycle_event(events, state)
 
 
 def test_every_event_and_state_has_one_spelling() -> None:
-    assert len({e.value for e in Event}) == len(Event) == 22
+    assert len({e.value for e in Event}) == len(Event) == 23
     assert set(lifecycle.STATE_OF_EVENT.values()) | {State.UNKNOWN} == set(State)
     # the string in events.jsonl is the plain name
     assert json.dumps({"event": Event.FIRST_STEP}) == '{"event": "first_step"}'

@@ -539,7 +539,56 @@ def test_cancel_of_a_job_on_a_lost_node_says_so_and_resume_works_at_once(cluster
         assert resumed.returncode == 0, resumed.stderr
         wait_for(lambda: slurm_events(run_dir).count("training_started") == 2, 120, "the resumed job to train", run_dir)
         assert json.loads((run_dir / "slurm.json").read_text())["job_id"] != old_job
+        # the run remembers the node: the resumed job excludes it, and status lists it
+        queued = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()
+                  if json.loads(line)["event"] == "queued"]
+        assert queued[-1].get("excluded_nodes") == [node], queued
+        assert f"excluded  {node} (lost (did not answer when the run was cancelled))" in launch(
+            cluster_file, "status", str(run_dir)).stdout
         assert node not in {json.loads(p.read_text())["host"] for p in (run_dir / "errors").glob("rank-*.alive")}
         assert launch(cluster_file, "cancel", str(run_dir)).returncode == 0
     finally:
         revive_node(node)
+
+
+def test_a_node_failing_the_site_check_is_excluded_and_the_run_completes_on_the_others(cluster_file, slurm_baseline,
+                                                                                         tmp_path) -> None:
+    """The profile's node check (cluster.node_check) fails on the second node of the first job, and
+    on it only: every rank stops before training, the end hook records the node as bad and continues
+    the run as a new job that excludes it, which trains on two other nodes and ends bit for bit
+    equal to the uninterrupted run; status lists the node."""
+    marker = tmp_path / "bad-node"
+    check = (f'f={marker}; [ -e "$f" ] || [ "$SLURM_NODEID" != 1 ] || echo "$SLURMD_NODENAME" > "$f"; '
+             'if grep -qx "$SLURMD_NODENAME" "$f" 2>/dev/null; then echo "GPU 0: uncorrectable ECC errors" >&2; '
+             'exit 1; fi')
+    cluster_file.write_text(cluster_file.read_text() + "\n[test-checked]\n" + PROFILES.split("[test-wide]\n")[1]
+                            + f"node_check = {json.dumps(['sh', '-c', check])}\n")
+    job = write_job(tmp_path, "pre", sleep=0.0, epochs=4)
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-checked", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 400, "the end", run_dir)
+    bad = marker.read_text().strip()
+    records = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    (bad_node,) = [r for r in records if r["event"] == "bad_node"]
+    assert bad_node["host"] == bad and bad_node["reason"] == (
+        f"pre-flight: site node check (cluster.node_check) `sh -c {check}` exited 1: GPU 0: uncorrectable ECC errors")
+    (restarted,) = [r for r in records if r["event"] == "restarted"]
+    assert restarted["kind"] == "infrastructure" and f"PreflightFailed: pre-flight check failed on {bad}: " in \
+        restarted["cause"], restarted
+    queued = [r for r in records if r["event"] == "queued"]
+    assert len(queued) == 2 and queued[1].get("excluded_nodes") == [bad], queued
+    (requeued,) = [r for r in records if r["event"] == "requeued"]
+    assert requeued["new_slurm_job_id"] == queued[1]["slurm_job_id"] and requeued["lost_nodes"] == [], requeued
+    detail = subprocess.run(["scontrol", "-o", "show", "job", queued[1]["slurm_job_id"]], capture_output=True,
+                            text=True).stdout
+    assert f"ExcNodeList={bad} " in detail, detail
+    # nothing trained on the first job: its ranks stopped before the first step
+    assert [r["event"] for r in records].index("first_step") > [r["event"] for r in records].index("requeued")
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["restarts"] == 1 and info["bad_nodes"] == {bad: bad_node["reason"]}
+    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "heartbeats").glob("rank-*.json")}
+    assert bad not in hosts and len(hosts) == 2, hosts
+    assert f"excluded  {bad} (pre-flight: site node check" in launch(cluster_file, "status", str(run_dir)).stdout
+    assert_same_training(run_dir, slurm_baseline)

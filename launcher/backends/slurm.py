@@ -184,8 +184,16 @@ class SlurmBackend:
         run.submitit.mkdir(exist_ok=True)
         script = run.submitit / f".submission-{os.getpid()}.sh"
         atomic_write_text(script, render.render_sbatch(cfg))  # what `launch render` prints, fresh (a resume's too)
+        refused = None
         try:
-            jid = sbatch_held(script, exclude)
+            try:
+                jid = sbatch_held(script, exclude)
+            except LaunchError as err:
+                if not exclude:
+                    raise
+                # too few nodes left without them (or a node SLURM no longer knows): run anyway
+                refused, exclude = f"{err} (excluding {','.join(exclude)})"[:300], ()
+                jid = sbatch_held(script)
         except LaunchError:
             script.unlink(missing_ok=True)
             raise
@@ -194,7 +202,8 @@ class SlurmBackend:
             script.replace(run.submitit / f"{jid}_submission.sh")  # where submitit keeps a job's script
             submitit_compat.dump_task(task_entry(cfg), cfg.run.dir, run.submitit / f"{jid}_submitted.pkl")
             atomic_write_text(run.slurm_record, SlurmJob(jid).dumps())
-            run.add_event(Event.QUEUED, slurm_job_id=jid, **({"excluded_nodes": list(exclude)} if exclude else {}))
+            run.add_event(Event.QUEUED, slurm_job_id=jid, **({"excluded_nodes": list(exclude)} if exclude else {}),
+                          **({"exclusion_refused": refused} if refused else {}))
 
         release(jid, before_release)
 

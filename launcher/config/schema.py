@@ -94,13 +94,11 @@ class JobSection:
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
     # Automatic restart from the newest complete checkpoint after a failed attempt, at most this often
     max_restarts: int = bounded(3, NOT_NEGATIVE)
-    # What is restarted. "infrastructure": a rank killed by a signal or out of memory, a crash in
-    # native code, a hang, a lost peer (collective or connection errors); "any": also a Python
-    # exception in the job's code (which would usually fail again); "never".
+    # What is restarted. "infrastructure": a rank killed (a signal, out of memory), a native crash, a
+    # hang, a lost peer or node, a failed pre-flight check; "any": also the job's own exceptions; "never".
     restart_on: Literal["infrastructure", "any", "never"] = "infrastructure"
-    # Restarts stop when this many attempts in a row fail the same way (the same error on the same
-    # rank) at the same step, none getting further: a hang or crash in the job or its data, which
-    # a restart repeats. Restarts that make progress keep their budget. 0: never stop for it.
+    # Restarts stop when this many attempts in a row fail the same way (the same error, rank and
+    # step), none getting further: a fault in the job or its data, which a restart repeats. 0: never.
     max_identical_failures: int = bounded(2, Bound(lambda v: not _number(v) or v == 0 or v >= 2,
                                                    "{value}: use 0 (off) or 2 or more"))
     # A rank without progress (a batch done) this long stalls the run: the local supervisor stops it
@@ -112,9 +110,11 @@ class JobSection:
     # A rank whose own compute a step (its wait for the others left out) is above this many times
     # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
     straggler_factor: float = bounded(1.2, Bound(lambda v: not _number(v) or v == 0 or v > 1, "{value}: use 0 (off) or above 1"))
-    # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS`
-    # writes these two): every rank runs it unchanged, and every Trainer it builds is launch's
-    # (docs/scripts.md). The path is relative to the submit directory.
+    # Before training, every attempt checks each rank's device, one collective and the run directory's
+    # room for two checkpoints (and runs the profile's node_check once a node): docs/health.md
+    preflight: bool = True
+    # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS` writes
+    # these two), relative to the submit directory: every Trainer it builds is launch's (docs/scripts.md).
     script: str = ""
     args: list[str] = field(default_factory=list)  # the script's command-line arguments (its sys.argv[1:])
 
@@ -309,13 +309,13 @@ class ClusterProfile:
     setup: list[str] = field(default_factory=list)  # shell lines run in the batch script first (they are code)
     env: dict[str, str] = field(default_factory=dict)  # environment variables for every rank
     shared_filesystem: bool = True  # true: prepare_data once a job; false: once a node
+    # A site's node health check (argv), run once a node before training: non-zero fails the node
+    node_check: list[str] = field(default_factory=list)
     launch_mode: Literal["srun", "torchrun"] = "srun"  # srun: a task a rank; torchrun: a task a node
     signal: Literal["USR1", "USR2", "TERM", "INT", "HUP"] = "USR1"  # asked of SLURM: --signal=SIG@signal_grace_s
     signal_grace_s: int = bounded(120, at_least(1, "must be at least 1 second"))
-    # SLURM holds a requeued job until requeue + cred_expire + 1 s (121 s by default) so that no
-    # node sees a credential of it older than the requeue; one created 2 s later is never taken for
-    # a revoked one. True: the end hook sets the requeued job's StartTime to now + 2 s (the job's
-    # owner may). False: SLURM's own hold.
+    # SLURM holds a requeued job until requeue + cred_expire + 1 s (121 s by default). True: the end
+    # hook sets its StartTime to now + 2 s, safe for its credentials (docs/cluster.md). False: SLURM's.
     shorten_requeue_hold: bool = True
     python: str | None = None  # interpreter on the compute nodes; None: the submitting one ("python" in a container)
     runs_dir: str | None = None  # where run directories go (default ./runs)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from launcher.attempts import dead_ranks
+from launcher.badnodes import bad_nodes
 from launcher.config import load_resolved
 from launcher.errors import LaunchError
 from launcher.events import CancelRequested, Event, Stalled
@@ -107,10 +108,11 @@ def _probe(nodes: Sequence[str], job_id: str) -> subprocess.Popen:
                              "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
 
-def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
+def replace_job(run: RunDir, lost: list[str], failed: Sequence[str] = (), **fields: Any) -> None:
     """Continue the run as a new SLURM job that excludes the `lost` nodes (the end hook, after a
-    node died): submitted exactly as `launch submit` does (the same frozen script, a new job id
-    in slurm.json), recorded as `requeued` with both ids. This job then ends."""
+    node died) or `failed` ones (their pre-flight check) and every node the run found bad before
+    (launcher/badnodes.py): submitted exactly as `launch submit` does (the same frozen script, a
+    new job id in slurm.json), recorded as `requeued` with both ids. This job then ends."""
     from launcher.backends.base import Placement
     from launcher.backends.slurm import SlurmBackend
 
@@ -121,7 +123,8 @@ def replace_job(run: RunDir, lost: list[str], **fields: Any) -> None:
     for name in [n for n in os.environ if n.startswith(("SLURM_", "SBATCH_", "SRUN_")) and n != "SLURM_CONF"]:
         del os.environ[name]
     try:
-        SlurmBackend().submit(cfg, run, Placement(exclude=tuple(lost)))
+        exclude = tuple(dict.fromkeys([*lost, *failed, *bad_nodes(run.history())]))
+        SlurmBackend().submit(cfg, run, Placement(exclude=exclude))
     except LaunchError as err:
         run.add_event(Event.REQUEUE_FAILED, slurm_job_id=old, error=str(err)[:300])
         return

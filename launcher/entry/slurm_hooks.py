@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launcher.attempts import grace_warning, record_end, record_not_requeued, requeue_fields
+from launcher.attempts import grace_warning, preflight_failures, record_end, record_not_requeued, requeue_fields
+from launcher.badnodes import record_bad_nodes
 from launcher.config import load_resolved
 from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
 from launcher.events import Event, Preempted, Started
@@ -79,21 +80,27 @@ def main(argv: list[str]) -> int:
         cfg = load_resolved(run.config)
         exit_code, here = int(argv[2]), bool(os.environ.get("LAUNCH_HERE"))
         lost = lost_nodes(run, t0) if exit_code != 0 else []
-        restart_on = "never" if lost and here else cfg.job.restart_on  # an allocation cannot swap a node
+        failed = {r.host: f"pre-flight: {r.message.split(': ', 1)[-1][:500]}"
+                  for r in preflight_failures(run, t0) if r.host not in lost} if exit_code != 0 else {}
+        record_bad_nodes(run, {**{node: "lost" for node in lost}, **failed})
+        swap = [*lost, *failed]  # nodes the next attempt must not use
+        restart_on = "never" if swap and here else cfg.job.restart_on  # an allocation cannot swap a node
         ending = record_end(run, exit_code, t0, round(time.time() - t0, 1), restart_on, cfg.job.max_restarts, lost,
                             cfg.job.max_identical_failures)
         print(f"[launch] run {run.run_id} {ending.summary}", flush=True)
-        if ending.restarting and not lost and not here:  # every node answers: keep the allocation, the next step resumes
+        if ending.restarting and not swap and not here:  # every node answers: keep the allocation, the next step resumes
             run.add_event(Event.REQUEUED, slurm_job_id=current_job_id(), in_allocation=True)
             return RESTART_IN_ALLOCATION
-        if ending.restarting:  # a lost node: a new job on healthy nodes (a requeue would wait for SLURM to
-            # see the loss); --here: the runner starts the next step
-            if lost:
-                replace_job(run, lost)
+        if ending.restarting:  # a lost or failed node: a new job on other nodes (a requeue would wait for
+            # SLURM to see a loss, and could run on the failed node again); --here: the runner's next step
+            if swap:
+                replace_job(run, lost, list(failed))
             else:
                 requeue(run)
             if Event.REQUEUE_FAILED in names(this_attempt(run.history())):
-                what = "the job without the lost node was refused" if lost else "the requeue was refused"
+                what = ("the job without the lost node was refused" if lost else
+                        "the job without the node that failed its pre-flight check was refused" if swap else
+                        "the requeue was refused")
                 run.add_event(Event.FAILED, exit_code=exit_code or 1, rank=None,
                               error=f"{ending.summary}, but {what}; continue with: launch resume {run.path}")
         return 0

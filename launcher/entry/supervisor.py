@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import dependencies
-from launcher.attempts import grace_warning, record_end, requeue_fields
+from launcher.attempts import grace_warning, preflight_failures, record_end, requeue_fields
 from launcher.config import load_resolved
 from launcher.events import Event, Preempted
 from launcher.lifecycle import starts, this_attempt
@@ -139,7 +139,9 @@ def main(argv: list[str]) -> int:
                 say(f"warning: {warning}")
             continue
         exit_code = next((c for c in codes if c != 0), 0)
-        ending = record_end(run, exit_code, start, elapsed, cfg.job.restart_on, cfg.job.max_restarts,
+        # a node that failed its pre-flight check fails again: locally there is no other node to use
+        restart_on = "never" if preflight_failures(run, start) else cfg.job.restart_on
+        ending = record_end(run, exit_code, start, elapsed, restart_on, cfg.job.max_restarts,
                             max_identical_failures=cfg.job.max_identical_failures)
         say(f"run {run.run_id} {ending.summary}")
         if ending.restarting:  # it resumes from its newest complete checkpoint

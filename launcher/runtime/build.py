@@ -125,6 +125,10 @@ def launch_trainer_args(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any],
                             *(load_class("callbacks", c.class_path)(**c.init_args) for c in cfg.callbacks),
                             *user_callbacks,
                             *extra_callbacks]
+    if cfg.job.preflight:  # before any other callback's setup (after the stop gates, which have none)
+        from launcher.runtime.preflight import Preflight
+
+        callbacks.insert(len(gates), Preflight(run, list(cfg.cluster.node_check)))
     if cfg.job.fingerprints:  # after the preemption handler: it records the state a resumed batch starts from
         from launcher.runtime.fingerprints import Fingerprints
 

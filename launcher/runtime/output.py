@@ -154,12 +154,15 @@ def route_logging(*logger_names: str) -> None:
         logger.addHandler(RankLogHandler())
 
 
-def report_error(text: str, line: str | None = None) -> None:
+def report_error(text: str, line: str | None = None, console: bool = True) -> None:
     """A rank's failure: its traceback to the console (tagged) and the rank log; or, given `line`,
-    that one line to the console and the traceback to the rank log only."""
+    that one line to the console and the traceback to the rank log only; not `console`: the rank
+    log only."""
     stream = sys.stderr
     if not isinstance(stream, RankStream):
         stream.write(text if line is None else f"{line}\n{text}")
+    elif not console:
+        stream.write_log_only(text)
     elif line is None:
         stream.write_tagged(text, tag())
     else:

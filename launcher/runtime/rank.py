@@ -72,7 +72,12 @@ def _main(run: RunDir, rank: int) -> int:
         text = traceback.format_exc()
         message = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
         echo = ECHO.search(f"{type(exc).__name__}: {message}") is not None
-        if echo:  # gloo's or NCCL's words for a peer that went away: the cause is another rank's
+        if type(exc).__name__ == "PreflightFailed":  # one line; the rank that failed says what, the others nothing
+            if echo:
+                output.report_error(text, None, console=False)
+            else:
+                output.report_error(text, f"{message} (stopped before training; logs/rank-{rank}.log)")
+        elif echo:  # gloo's or NCCL's words for a peer that went away: the cause is another rank's
             message = peer_words(message)
             output.report_error(text, f"lost its peers in a collective ({message}): another rank ended or hung first; "
                                       f"the traceback is in logs/rank-{rank}.log")

@@ -15,6 +15,7 @@ from typing import Any
 
 from launcher import backends
 from launcher.events import (
+    BadNode,
     EventRecord,
     Failed,
     Preempted,
@@ -141,6 +142,8 @@ def marker(e: EventRecord, origin: float) -> dict[str, Any] | None:
         text = f"rank {e.rank} on {e.host} stalled at step {e.step} ({e.idle_s} s without progress)"
     elif isinstance(e, Straggler):
         text = f"straggler {describe_event(e)}"
+    elif isinstance(e, BadNode):
+        text = f"bad node {e.host} ({e.reason}): later jobs exclude it"
     elif isinstance(e, Requeued) and (e.by_slurm or e.lost_nodes):
         lost = f", lost {', '.join(e.lost_nodes)}" if e.lost_nodes else ""
         text = f"requeued by SLURM ({e.by_slurm})" if e.by_slurm else "requeued"

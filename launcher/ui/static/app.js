@@ -12,7 +12,8 @@
   var MARKERS = {
     "preempted": ["x", "#cf222e"], "restarted": ["triangle-up", "#bf3989"], "stalled": ["hourglass", "#9a6700"],
     "resumed": ["circle-open", "#0969da"], "failed": ["x-thin-open", "#a40e26"], "requeued": ["square-open", "#6e7781"],
-    "queued": ["diamond-open", "#6e7781"], "requeue_failed": ["x-open", "#a40e26"], "straggler": ["triangle-down-open", "#bc4c00"]
+    "queued": ["diamond-open", "#6e7781"], "requeue_failed": ["x-open", "#a40e26"], "straggler": ["triangle-down-open", "#bc4c00"],
+    "bad_node": ["x-dot", "#a40e26"]
   };
 
   var body = document.body;
