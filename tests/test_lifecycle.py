@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from launcher.backends.base import Backend
 from launcher.backends.local import LocalBackend
 from launcher.backends.slurm import EntryPoint, SlurmBackend, explain_end, task_entry
 from launcher.lifecycle import Event, Probe, State, summarize
-from launcher.records import Heartbeat
+from launcher.records import Heartbeat, RankError
 from launcher.rundir import RunDir
 
 ALIVE = Probe(alive=True, details={"supervisor_pid": 123})
@@ -381,6 +382,37 @@ def test_no_stall_while_progressing_before_the_first_step_slow_steps_or_last_att
     assert stalls.find_stall(slow_run, now + 10, since=900.0).beat.rank == 1
     assert stalls.find_stall([beat(0, now - 200, now - 150)], now, since=990.0) is None  # an earlier attempt's file
     assert stalls.find_stall([beat(0, now - 121, now - 1)], now, since=900.0, after_s=120).idle_s == 121
+
+
+def test_a_node_gone_silent_after_a_rank_died_of_a_lost_peer_is_named_without_the_stall_timeout() -> None:
+    """Issue 26: a node killed under a run. Its ranks stop beating without a word; a rank of another
+    node dies at once of gloo's "Connection closed by peer" (an echo). That is a lost node now, not
+    a stall to wait out for job.stall_timeout_s."""
+    now = 10_000.0
+    from dataclasses import replace
+
+    beats = [replace(beat(0, now - 9, now - 9), host="n1"), replace(beat(1, now - 9, now - 9), host="n2"),
+             replace(beat(2, now - 9, now - 9), host="n2"), replace(beat(3, now - 1, now - 1), host="n3")]
+    echo = RankError(0, "n1", "RuntimeError", "[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [n2]:3")
+    found = stalls.find_lost_node(beats, now, 9000.0, [echo])
+    assert found is not None and (found.beat.rank, found.node_silent, found.beating) == (1, True, False), found
+    assert stalls.describe_stall(found) == ("rank 1 (n2) and every rank of its node silent for 9 s, since step 37, "
+                                            "while another rank died of a lost peer: a lost node")
+    assert stalls.find_lost_node(beats, now, 9000.0, []) is None  # no lost peer: the stall timeout decides
+    cause = RankError(0, "n1", "ValueError", "bad batch")  # a rank that failed in its own code: not a lost node
+    assert stalls.find_lost_node(beats, now, 9000.0, [cause]) is None
+    assert stalls.find_lost_node(beats, now - 3, 9000.0, [echo]) is None  # beats 6 s old: not silent yet
+    # n2's ranks spoke (they died of the echo too): n1 only has silent ranks without a word
+    assert stalls.find_lost_node(beats, now, 9000.0, [echo, RankError(1, "n2", "RuntimeError", "Connection reset "
+                                                                     "by peer")]) is None
+    run = RunDir.create(Path(tempfile.mkdtemp()), "job")
+    run.add_event(Event.STARTED, t=now - 60)
+    stalls.record_stall(run, found, 120)
+    stalled = run.read_events()[-1]
+    assert stalled["node_silent"] is True and stalled["rank"] == 1, stalled
+    ending = attempts.record_end(run, 1, now - 60, 60.0, restart_on="infrastructure", max_restarts=3)
+    assert "rank 1 (n2): Stalled: its node went silent at step 37 while another rank died of a lost peer" in \
+        ending.summary, ending.summary
 
 
 def test_a_rank_that_beats_without_its_first_step_is_named_after_the_first_step_timeout() -> None:

@@ -106,3 +106,16 @@ def test_a_rank_made_slow_is_named_as_the_straggler_within_60_s_and_status_says_
     beats = {b.rank: b for b in (Heartbeat.read(p) for p in (run_dir / "heartbeats").glob("rank-*.json")) if b}
     assert sorted(beats) == [0, 1, 2, 3] and beats[2].compute_s >= 0.08
     assert all(beats[r].compute_s < 0.08 for r in (0, 1, 3)), beats
+
+
+def test_the_median_of_the_others_is_the_median_without_that_value() -> None:
+    import random
+    import statistics
+
+    from launcher.stragglers import median_without
+
+    rng = random.Random(7)
+    for _ in range(300):
+        values = sorted(rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(rng.randint(2, 9)))  # ties too
+        for i in range(len(values)):
+            assert median_without(values, i) == statistics.median(values[:i] + values[i + 1:]), (values, i)

@@ -3,7 +3,8 @@
 It runs on the batch host next to the job's srun (outside any container) until srun exits. Every
 few seconds it reads the ranks' heartbeats, records a `straggler` event for a rank first seen
 straggling (launcher/stragglers.py), and a rank without progress for `job.stall_timeout_s`
-(stopped, hung in a collective, or on a node that died) stalls the attempt, as under the local
+(stopped, hung in a collective, or on a node that died; a node whose every rank went silent after
+another rank died of a lost peer at once: stalls.find_lost_node) stalls the attempt, as under the local
 supervisor: it records the `stalled` event and kills the step's tasks (`scancel --signal=KILL
 JOB.STEP`, from the heartbeats; srun itself if no step is known). srun then exits, and the end
 hook classifies the attempt as an infrastructure failure ("Stalled", or "NodeLost" when a node no
@@ -20,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
+from launcher.attempts import rank_errors
 from launcher.config import load_resolved
 from launcher.processes import exists
 from launcher.rundir import RunDir
-from launcher.stalls import HEARTBEAT_S, find_stall, record_stall
+from launcher.stalls import HEARTBEAT_S, find_lost_node, find_stall, record_stall
 from launcher.stragglers import find_stragglers, record_stragglers
 
 KILL_WAIT_S = 10.0  # srun's own exit after its tasks are killed (1-2 s; never, on a dead node); then srun itself
@@ -53,7 +55,9 @@ def main(argv: list[str]) -> int:
         beats = run.read_heartbeats()
         for line in record_stragglers(run, find_stragglers(beats, start, job.straggler_factor), seen):
             print(f"[launch] {line}", flush=True)
-        found = find_stall(beats, time.time(), start, timeout, first_step)
+        now = time.time()
+        found = find_lost_node(beats, now, start, rank_errors(run, start)) or find_stall(beats, now, start, timeout,
+                                                                                        first_step)
         if found is None:
             continue
         print(f"[launch] {record_stall(run, found, timeout, first_step)}", flush=True)
