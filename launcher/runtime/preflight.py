@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 
 from launcher.rundir import RunDir
+from launcher.runtime import output
 from launcher.runtime.lightning_api import Callback, LightningModule, Trainer
 from launcher.slurm_env import node_name
 
@@ -101,7 +102,7 @@ def run_checks(trainer: Any, module: Any, run: RunDir, node_check_argv: list[str
         problem = f"device {device}: {type(err).__name__}: {str(err)[:300]}"
     if problem:
         found.append(problem)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # once a node
+    if output.rank_from_env()[1] == 0:  # once a node: local rank zero (torchrun's LOCAL_RANK, srun's SLURM_LOCALID)
         problem = room_check(run.checkpoints, 2 * checkpoint_bytes(run, module))
         if problem:
             found.append(problem)
