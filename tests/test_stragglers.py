@@ -14,6 +14,7 @@ import pytest
 
 from launcher.events import Straggler, parse
 from launcher.records import Heartbeat
+from launcher.rundir import RunDir
 from launcher.stragglers import MIN_GAP_S, describe_straggler, find_stragglers
 from tests.helpers.launch import run_launch
 from tests.helpers.runs import events, submit, wait_end
@@ -66,24 +67,27 @@ test_after_fit = false
 
 [model]
 class_path = "tests.helpers.modules.StragglingMLP"
-init_args = {{ in_features = 64, hidden = 32, lr = 0.01, slow_rank = 2, step_sleep = 0.08 }}
+init_args = {{ in_features = 64, hidden = 32, base_sleep = 0.04, slow_rank = 2, step_sleep = 0.06, slow_from_step = {slow_from}, slow_marker = "{marker}" }}
 
 [data]
 class_path = "digits"
 init_args = {{ data_dir = "{data}", batch_size = 16 }}
 
 [trainer]
-max_steps = 120
+max_steps = {steps}
 enable_progress_bar = false
 num_sanity_val_steps = 0
 limit_val_batches = 0
 """
+SLOW_FROM, STEPS = 220, 340  # about 10 s evenly loaded (two looks of the supervisor), then about 12 s with a straggler
 
 
 @pytest.mark.multiprocess
-def test_a_rank_made_slow_is_named_as_the_straggler_within_60_s_and_status_says_so(tmp_path: Path) -> None:
+def test_an_evenly_loaded_run_names_none_and_then_a_rank_made_slow_is_named_within_60_s(tmp_path: Path) -> None:
+    """4 ranks on this machine's 2 cores: their CPU time is not evenly shared, so the even work is
+    a sleep of 40 ms a step on every rank, then rank 2 sleeps 60 ms more from step 220 on."""
     job = tmp_path / "straggler.toml"
-    job.write_text(JOB.format(data=tmp_path / "data"))
+    job.write_text(JOB.format(data=tmp_path / "data", slow_from=SLOW_FROM, steps=STEPS, marker=tmp_path / "slow-started"))
     run_dir = submit(job, tmp_path / "runs", "--procs", "4")
     info = wait_end(run_dir, timeout=300)
     assert info["state"] == "completed", info
@@ -91,31 +95,22 @@ def test_a_rank_made_slow_is_named_as_the_straggler_within_60_s_and_status_says_
     found = [parse(e) for e in all_events if e["event"] == "straggler"]
     assert [e.rank for e in found] == [2], found  # that rank, once, and no evenly loaded rank
     (straggler,) = found
-    assert isinstance(straggler, Straggler) and straggler.factor > 1.2 and straggler.compute_s > 0.08
-    first_step = next(parse(e) for e in all_events if e["event"] == "first_step")
-    assert straggler.at - first_step.at < 60, (straggler, first_step)
+    assert isinstance(straggler, Straggler) and straggler.factor > 1.2 and straggler.compute_s > 0.1, straggler
+    # none while the ranks were evenly loaded: the supervisor looked then (every 5 s), and found none
+    assert straggler.step > SLOW_FROM, straggler
+    slow_since = float((tmp_path / "slow-started").read_text())
+    assert 0 < straggler.at - slow_since < 60, (straggler, slow_since)
+    print(f"straggler named {straggler.at - slow_since:.1f} s after it began to be slow, at {straggler.factor}x")
     # the console says it when it is recorded; status names it with when it was first seen
     console = (run_dir / "console.log").read_text()
     assert f"[launch] straggler: rank 2 ({straggler.host}): " in console, console
+    assert "[launch] pre-flight checks passed on 4 rank(s) in " in console, console
     status = run_launch("status", str(run_dir)).stdout
     assert f"straggled rank 2 ({straggler.host}): {straggler.factor:g}x the median step compute" in status, status
     assert f"first seen at step {straggler.step}" in status
     seen = json.loads(run_launch("status", str(run_dir), "--json").stdout)["stragglers_seen"]
     assert [s["rank"] for s in seen] == [2]
-    # every rank measured itself: the slow one by its sleep, the others well under it
-    beats = {b.rank: b for b in (Heartbeat.read(p) for p in (run_dir / "heartbeats").glob("rank-*.json")) if b}
-    assert sorted(beats) == [0, 1, 2, 3] and beats[2].compute_s >= 0.08
-    assert all(beats[r].compute_s < 0.08 for r in (0, 1, 3)), beats
-
-
-def test_the_median_of_the_others_is_the_median_without_that_value() -> None:
-    import random
-    import statistics
-
-    from launcher.stragglers import median_without
-
-    rng = random.Random(7)
-    for _ in range(300):
-        values = sorted(rng.choice([0.1, 0.2, 0.3, rng.random()]) for _ in range(rng.randint(2, 9)))  # ties too
-        for i in range(len(values)):
-            assert median_without(values, i) == statistics.median(values[:i] + values[i + 1:]), (values, i)
+    # every rank measured itself: the slow one by its sleeps, the others near their 40 ms
+    beats = {b.rank: b for b in RunDir(run_dir).read_heartbeats()}
+    assert sorted(beats) == [0, 1, 2, 3] and beats[2].compute_s >= 0.1, beats
+    assert all(0.04 <= beats[r].compute_s < 0.08 for r in (0, 1, 3)), beats

@@ -104,16 +104,23 @@ class StepSleep:
 
 
 class StragglingMLP(MLP):
-    """The example MLP whose rank `slow_rank` sleeps `step_sleep` seconds in every training step:
-    a straggler, which every other rank waits for in the gradient all-reduce."""
+    """The example MLP where every rank sleeps `base_sleep` seconds in every training step (the
+    same work everywhere, which the CPU time of ranks sharing few cores is not), and from optimizer
+    step `slow_from_step` on, rank `slow_rank` sleeps `step_sleep` more: a straggler, which every
+    other rank waits for in the gradient all-reduce."""
 
-    def __init__(self, slow_rank: int = -1, step_sleep: float = 0.0, **kwargs) -> None:  # noqa: ANN003
+    def __init__(self, slow_rank: int = -1, step_sleep: float = 0.0, base_sleep: float = 0.0, slow_from_step: int = 0,
+                 slow_marker: str = "", **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
-        self.slow_rank, self.step_sleep = slow_rank, step_sleep
+        self.slow_rank, self.step_sleep, self.base_sleep, self.slow_from_step = (slow_rank, step_sleep, base_sleep,
+                                                                                 slow_from_step)
+        self.slow_marker = slow_marker  # where the slow rank writes when it began to be slow
 
     def training_step(self, batch, batch_idx: int):  # noqa: ANN001, ANN201
-        if self.global_rank == self.slow_rank:
-            time.sleep(self.step_sleep)
+        slow = self.global_rank == self.slow_rank and self.global_step >= self.slow_from_step
+        if slow and self.slow_marker and not os.path.exists(self.slow_marker):
+            Path(self.slow_marker).write_text(f"{time.time():.3f}")
+        time.sleep(self.base_sleep + (self.step_sleep if slow else 0.0))
         return super().training_step(batch, batch_idx)
 
 
