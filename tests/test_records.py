@@ -69,4 +69,4 @@ def test_a_stalled_rank_shows_its_heartbeat_and_how_long_it_was_quiet() -> None:
                         idle_s=44.0, silent_s=43.0, beating=False)
     assert found.to_json() == {"rank": 1, "host": "n1", "step": 37, "progress_at": 1.0, "slowest_step_s": 0.0,
                                "beat_at": 2.0, "stepped": True, "idle_s": 44.0, "silent_s": 43.0, "beating": False,
-                               "before_first_step": False}
+                               "before_first_step": False, "node_silent": False}
