@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.cli_latency import median_time  # noqa: E402
 from launcher import config  # noqa: E402
 from launcher.events import Event  # noqa: E402
 from launcher.records import AliveMarker, Heartbeat  # noqa: E402
@@ -76,15 +77,6 @@ def simulated_run(runs: Path, ranks: int, per_node: int) -> tuple[RunDir, subpro
     return run, supervisor
 
 
-def wall(cmd: list[str], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def watcher_look(run: RunDir, repeats: int) -> float:
     """One look of the watcher (entry/watch.py, the local supervisor): read every heartbeat, find a
     stall and the stragglers."""
@@ -105,7 +97,7 @@ def main() -> None:
     parser.add_argument("--per-node", type=int, default=8)
     args = parser.parse_args()
     launch = [sys.executable, "-m", "launcher.cli"]
-    floor = wall([sys.executable, "-c", "pass"], args.repeats)
+    floor = median_time([sys.executable, "-c", "pass"], args.repeats)
     print(f"python -c pass: {floor:.3f} s")
     print(f"{'ranks':>6} {'nodes':>6} {'status s':>9} {'status --json s':>16} {'runs s':>7} {'watcher look s':>15} "
           f"{'heartbeat writes/s':>19} {'watcher reads/s':>16}")
@@ -117,9 +109,9 @@ def main() -> None:
             try:
                 shown = subprocess.run(launch + ["status", str(run.path)], cwd=REPO, capture_output=True, text=True)
                 assert "state     running" in shown.stdout, shown.stdout + shown.stderr
-                status = wall(launch + ["status", str(run.path)], args.repeats)
-                status_json = wall(launch + ["status", str(run.path), "--json"], args.repeats)
-                runs = wall(launch + ["runs", "--runs-dir", str(tmp / "runs")], args.repeats)
+                status = median_time(launch + ["status", str(run.path)], args.repeats)
+                status_json = median_time(launch + ["status", str(run.path), "--json"], args.repeats)
+                runs = median_time(launch + ["runs", "--runs-dir", str(tmp / "runs")], args.repeats)
                 look = watcher_look(run, args.repeats)
             finally:
                 supervisor.kill()
