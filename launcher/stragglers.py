@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from launcher.badnodes import record_bad_nodes
 from launcher.events import Event, Straggler
 from launcher.records import Heartbeat, StragglingRank
 from launcher.rundir import RunDir
@@ -50,16 +51,24 @@ def describe_straggler(found: StragglingRank) -> str:
             f"other ranks ({found.beat.compute_s:.3f} s vs {found.median_s:.3f} s)")
 
 
-def record_stragglers(run: RunDir, found: Iterable[StragglingRank], seen: set[int]) -> list[str]:
-    """Record a `straggler` event for each rank not in `seen` (this attempt's, updated) and say so."""
+def record_stragglers(run: RunDir, found: Iterable[StragglingRank], seen: set[int], exclude_factor: float = 0.0,
+                      excluded: set[str] | None = None) -> list[str]:
+    """Record a `straggler` event for each rank not in `seen` (this attempt's, updated), and a
+    `bad_node` for a node whose straggler is `exclude_factor` (job.straggler_exclude_factor) or
+    more times slower (not in `excluded`, updated); say so."""
     said = []
     for s in found:
-        if s.beat.rank in seen:
-            continue
-        seen.add(s.beat.rank)
-        run.add_event(Event.STRAGGLER, rank=s.beat.rank, host=s.beat.host, step=s.beat.step, factor=s.factor,
-                      compute_s=s.beat.compute_s, median_s=round(s.median_s, 4))
-        said.append(f"straggler: {describe_straggler(s)}")
+        if s.beat.rank not in seen:
+            seen.add(s.beat.rank)
+            run.add_event(Event.STRAGGLER, rank=s.beat.rank, host=s.beat.host, step=s.beat.step, factor=s.factor,
+                          compute_s=s.beat.compute_s, median_s=round(s.median_s, 4))
+            said.append(f"straggler: {describe_straggler(s)}")
+        if exclude_factor and s.factor >= exclude_factor and excluded is not None and s.beat.host not in excluded:
+            excluded.add(s.beat.host)
+            record_bad_nodes(run, {s.beat.host: f"straggler: rank {s.beat.rank} at {s.factor:g}x the others' step compute "
+                                                f"(job.straggler_exclude_factor = {exclude_factor:g})"})
+            said.append(f"bad node {s.beat.host}: its rank {s.beat.rank} computes {s.factor:g}x slower than the others; "
+                        "later SLURM jobs of this run exclude it")
     return said
 
 

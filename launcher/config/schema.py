@@ -59,6 +59,7 @@ def bounds_of(f: dataclasses.Field) -> tuple[Bound, ...]:
 AT_LEAST_ONE = at_least(1, "{value}: must be at least 1")
 NOT_NEGATIVE = at_least(0, "{value}: must not be negative")
 POSITIVE = above(0, "{value}: must be positive")
+OFF_OR_ABOVE_ONE = Bound(lambda v: not _number(v) or v == 0 or v > 1, "{value}: use 0 (off) or above 1")
 BATCHES = (fraction("{value}: a fraction must be between 0.0 and 1.0 (or give a batch count)"),
            at_least(0, "{value}: must not be negative", only=int))
 
@@ -109,10 +110,9 @@ class JobSection:
     first_step_timeout_s: int = bounded(1800, at_least(10, "{value}: must be at least 10 seconds"))
     # A rank whose own compute a step (its wait for the others left out) is above this many times
     # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
-    straggler_factor: float = bounded(1.2, Bound(lambda v: not _number(v) or v == 0 or v > 1, "{value}: use 0 (off) or above 1"))
-    # Before training, every attempt checks each rank's device, one collective and the run directory's
-    # room for two checkpoints (and runs the profile's node_check once a node): docs/health.md
-    preflight: bool = True
+    straggler_factor: float = bounded(1.2, OFF_OR_ABOVE_ONE)
+    straggler_exclude_factor: float = bounded(0.0, OFF_OR_ABOVE_ONE)  # a straggler this much slower: a bad node (0: off)
+    preflight: bool = True  # check each rank's device, a collective, the run directory (and node_check) first
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS` writes
     # these two), relative to the submit directory: every Trainer it builds is launch's (docs/scripts.md).
     script: str = ""

@@ -99,12 +99,14 @@ def main(argv: list[str]) -> int:
         agents = spawn(plan)
         next_look = time.time() + HEARTBEAT_S
         seen: set[int] = set()  # this attempt's ranks recorded as stragglers
+        excluded: set[str] = set()  # and nodes recorded bad for it
         while True:
             codes = [a.poll() for a in agents]
             if time.time() >= next_look:  # heartbeats: a rank without progress for job.stall_timeout_s
                 next_look = time.time() + HEARTBEAT_S
                 beats = run.read_heartbeats()
-                for line in record_stragglers(run, find_stragglers(beats, start, cfg.job.straggler_factor), seen):
+                for line in record_stragglers(run, find_stragglers(beats, start, cfg.job.straggler_factor), seen,
+                                cfg.job.straggler_exclude_factor, excluded):
                     say(line)
                 found = find_stall(beats, time.time(), start, cfg.job.stall_timeout_s, cfg.job.first_step_timeout_s)
                 if found is not None:

@@ -48,12 +48,14 @@ def main(argv: list[str]) -> int:
     timeout, first_step = job.stall_timeout_s, job.first_step_timeout_s
     start = time.time()
     seen: set[int] = set()  # this attempt's ranks recorded as stragglers
+    excluded: set[str] = set()  # and nodes recorded bad for it
     while exists(srun_pid):
         time.sleep(min(HEARTBEAT_S, 1.0))
         if time.time() - start < HEARTBEAT_S:
             continue
         beats = run.read_heartbeats()
-        for line in record_stragglers(run, find_stragglers(beats, start, job.straggler_factor), seen):
+        for line in record_stragglers(run, find_stragglers(beats, start, job.straggler_factor), seen,
+                            job.straggler_exclude_factor, excluded):
             print(f"[launch] {line}", flush=True)
         now = time.time()
         found = find_lost_node(beats, now, start, rank_errors(run, start)) or find_stall(beats, now, start, timeout,
