@@ -4,7 +4,7 @@ SLURM batch script's watcher: entry/watch.py). `launch status` names one too (re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from launcher.attempts import ECHO
 from launcher.lifecycle import Event
@@ -44,21 +44,28 @@ def find_stall(beats: Sequence[Heartbeat], now: float, since: float, after_s: fl
     return sorted(stuck, key=lambda s: (s.beating, -s.idle_s, s.beat.rank))[0]
 
 
-def find_lost_node(beats: Sequence[Heartbeat], now: float, since: float, errors: Sequence[RankError]) -> StalledRank | None:
+def find_lost_node(beats: Sequence[Heartbeat], now: float, since: float,
+                   read_errors: Callable[[], Sequence[RankError]]) -> StalledRank | None:
     """A node lost under the attempt, without waiting for the stall timeout: a rank already died
     of a lost peer (its error an echo: gloo's "Connection closed by peer"), and every rank of
     another node went silent without a word (no error of theirs). srun would wait for that node's
     step daemon, which never answers; the stall timeout would make the run wait minutes more.
-    Names the node's lowest rank."""
-    if not any(ECHO.search(e.text) for e in errors):
-        return None
-    spoke = {e.rank for e in errors}
+    Names the node's lowest rank. The rank errors are read (`read_errors`) only when a whole node
+    is silent: the watcher looks every second, and errors/ holds a file a rank."""
     nodes: dict[str, list[Heartbeat]] = {}
     for beat in beats:
         if beat.beat_at >= since and not beat.done:
             nodes.setdefault(beat.host, []).append(beat)
-    for _host, ranks in sorted(nodes.items(), key=lambda kv: min(b.rank for b in kv[1])):
-        if all(now - b.beat_at >= 1.5 * HEARTBEAT_S and b.rank not in spoke for b in ranks):
+    silent = [ranks for _host, ranks in sorted(nodes.items(), key=lambda kv: min(b.rank for b in kv[1]))
+              if all(now - b.beat_at >= 1.5 * HEARTBEAT_S for b in ranks)]
+    if not silent:
+        return None
+    errors = read_errors()
+    if not any(ECHO.search(e.text) for e in errors):
+        return None
+    spoke = {e.rank for e in errors}
+    for ranks in silent:
+        if all(b.rank not in spoke for b in ranks):
             first = min(ranks, key=lambda b: b.rank)
             idle = now - (first.progress_at if first.progress_at is not None else first.beat_at)
             return StalledRank(first, idle_s=round(idle, 1), silent_s=round(now - first.beat_at, 1), beating=False,

@@ -46,9 +46,14 @@ def median_without(ordered: Sequence[float], i: int) -> float:
     return at(n // 2) if n % 2 else (at(n // 2 - 1) + at(n // 2)) / 2
 
 
+def describe(rank: int | None, host: str, factor: float, compute_s: float | None, median_s: float | None) -> str:
+    """How a straggler is named, on the console, in status and in the ui (now or from its event)."""
+    return (f"rank {rank} ({host}): {factor:g}x the median step compute of the other ranks "
+            f"({compute_s or 0.0:.3f} s vs {median_s or 0.0:.3f} s)")
+
+
 def describe_straggler(found: StragglingRank) -> str:
-    return (f"rank {found.beat.rank} ({found.beat.host}): {found.factor:g}x the median step compute of the "
-            f"other ranks ({found.beat.compute_s:.3f} s vs {found.median_s:.3f} s)")
+    return describe(found.beat.rank, found.beat.host, found.factor, found.beat.compute_s, found.median_s)
 
 
 def record_stragglers(run: RunDir, found: Iterable[StragglingRank], seen: set[int], exclude_factor: float = 0.0,
@@ -73,5 +78,4 @@ def record_stragglers(run: RunDir, found: Iterable[StragglingRank], seen: set[in
 
 
 def describe_event(e: Straggler) -> str:
-    return (f"rank {e.rank} ({e.host}): {e.factor:g}x the median step compute of the other ranks "
-            f"({e.compute_s:.3f} s vs {e.median_s:.3f} s), first seen at step {e.step}")
+    return f"{describe(e.rank, e.host, e.factor, e.compute_s, e.median_s)}, first seen at step {e.step}"

@@ -394,16 +394,21 @@ def test_a_node_gone_silent_after_a_rank_died_of_a_lost_peer_is_named_without_th
     beats = [replace(beat(0, now - 9, now - 9), host="n1"), replace(beat(1, now - 9, now - 9), host="n2"),
              replace(beat(2, now - 9, now - 9), host="n2"), replace(beat(3, now - 1, now - 1), host="n3")]
     echo = RankError(0, "n1", "RuntimeError", "[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [n2]:3")
-    found = stalls.find_lost_node(beats, now, 9000.0, [echo])
+    found = stalls.find_lost_node(beats, now, 9000.0, lambda: [echo])
     assert found is not None and (found.beat.rank, found.node_silent, found.beating) == (1, True, False), found
     assert stalls.describe_stall(found) == ("rank 1 (n2) and every rank of its node silent for 9 s, since step 37, "
                                             "while another rank died of a lost peer: a lost node")
-    assert stalls.find_lost_node(beats, now, 9000.0, []) is None  # no lost peer: the stall timeout decides
+    assert stalls.find_lost_node(beats, now, 9000.0, lambda: []) is None  # no lost peer: the stall timeout decides
     cause = RankError(0, "n1", "ValueError", "bad batch")  # a rank that failed in its own code: not a lost node
-    assert stalls.find_lost_node(beats, now, 9000.0, [cause]) is None
-    assert stalls.find_lost_node(beats, now - 3, 9000.0, [echo]) is None  # beats 6 s old: not silent yet
+    assert stalls.find_lost_node(beats, now, 9000.0, lambda: [cause]) is None
+    assert stalls.find_lost_node(beats, now - 3, 9000.0, lambda: [echo]) is None  # beats 6 s old: not silent yet
+
+    def unread() -> list[RankError]:
+        raise AssertionError("errors/ read although no node is silent")
+
+    assert stalls.find_lost_node(beats, now - 3, 9000.0, unread) is None  # nothing silent: errors/ not read
     # n2's ranks spoke (they died of the echo too): n1 only has silent ranks without a word
-    assert stalls.find_lost_node(beats, now, 9000.0, [echo, RankError(1, "n2", "RuntimeError", "Connection reset "
+    assert stalls.find_lost_node(beats, now, 9000.0, lambda: [echo, RankError(1, "n2", "RuntimeError", "Connection reset "
                                                                      "by peer")]) is None
     run = RunDir.create(Path(tempfile.mkdtemp()), "job")
     run.add_event(Event.STARTED, t=now - 60)

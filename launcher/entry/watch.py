@@ -58,8 +58,8 @@ def main(argv: list[str]) -> int:
                             job.straggler_exclude_factor, excluded):
             print(f"[launch] {line}", flush=True)
         now = time.time()
-        found = find_lost_node(beats, now, start, rank_errors(run, start)) or find_stall(beats, now, start, timeout,
-                                                                                        first_step)
+        found = (find_lost_node(beats, now, start, lambda: rank_errors(run, start))
+                 or find_stall(beats, now, start, timeout, first_step))
         if found is None:
             continue
         print(f"[launch] {record_stall(run, found, timeout, first_step)}", flush=True)
