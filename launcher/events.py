@@ -147,6 +147,8 @@ class Requeued(EventRecord):
     new_slurm_job_id: str | None = None  # a replacement job (a lost node)
     lost_nodes: Sequence[str] = ()
     start_after_s: float | None = None  # the shortened post-requeue hold
+    seen_at_start: bool = False  # a requeue by SLURM nobody saw happen: noticed when the job started again
+    excluded_nodes: Sequence[str] = ()  # bad nodes added to the requeued job's ExcNodeList
 
 
 @dataclass(frozen=True, kw_only=True)

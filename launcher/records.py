@@ -9,7 +9,7 @@ use the fields, never string keys (tests/test_layout.py looks for them).
 | --- | --- | --- | --- |
 | RankError | errors/rank-N.json | a failing rank (runtime/rank.py) | attempts.first_error |
 | AliveMarker | errors/rank-N.alive | every rank, removed on a clean exit | attempts.dead_ranks |
-| Heartbeat | heartbeats/rank-N.json | every rank's heartbeat thread | stalls, stragglers, status |
+| Heartbeat | heartbeats/node-K.json (a list), rank-N.json | every rank, through its node's leader | stalls, stragglers |
 | Plan | plan.json | the local backend | entry/supervisor.py |
 | SlurmJob | slurm.json | the SLURM backend, entry/requeue.py | backends/slurm.py |
 | Preemption | the `preempted` event's payload | rank zero (runtime/preemption.py) | (events.Preempted reads it) |
@@ -46,6 +46,15 @@ class Record:
             return cls.from_json(data) if isinstance(data, dict) else None
         except (OSError, json.JSONDecodeError, TypeError):  # TypeError: a required field is missing
             return None
+
+    @classmethod
+    def read_list(cls, path: Path) -> list[Self]:
+        """The records in `path`, a list of them or one; none if it is missing or torn."""
+        try:
+            data = json.loads(path.read_text())
+            return [cls.from_json(item) for item in (data if isinstance(data, list) else [data]) if isinstance(item, dict)]
+        except (OSError, json.JSONDecodeError, TypeError):
+            return []
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)  # type: ignore[call-overload]
@@ -87,7 +96,8 @@ class AliveMarker(Record):
 
 @dataclass(frozen=True)
 class Heartbeat(Record):
-    """heartbeats/rank-N.json: a rank's last progress and last beat (see runtime/heartbeat.py)."""
+    """A rank's last progress and last beat (runtime/heartbeat.py), in its node's heartbeats/node-K.json
+    (runtime/beat_channel.py) or its own heartbeats/rank-N.json."""
 
     rank: int = 0
     host: str = "?"
@@ -101,8 +111,9 @@ class Heartbeat(Record):
     # the median, over its last training steps, of its own compute per step (its wait for the other
     # ranks' gradients left out): what names a straggler (launcher/stragglers.py)
     compute_s: float | None = None
+    pid: int | None = None  # the rank's process (its node's leader waits for it at the end: runtime/beat_channel.py)
 
-    OPTIONAL = ("slurm_step", "stepped", "done", "compute_s")
+    OPTIONAL = ("slurm_step", "stepped", "done", "compute_s", "pid")
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def replace_view(path: Path, data: bytes) -> None:
-    """Atomically replace a view that is rewritten every few moments (progress.json, heartbeats):
-    readers see the old or the new content, never a mix. Lean on purpose (the progress writer runs
+    """Atomically replace a view rewritten every few moments (progress.json, heartbeats): readers
+    see the old or the new content, never a mix. Lean on purpose (the progress writer runs
     once a training step): no fsync (only an OS crash could lose the newest write, which the next
     one replaces anyway; on a shared filesystem each fsync is a round trip to the metadata
     server), and no Python file object."""
@@ -80,12 +80,9 @@ def fsync_dir(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 # A checkpoint is a file (DDP: written whole, atomically) or a directory of shards (FSDP), which
@@ -193,6 +190,9 @@ class RunDir:
         """SLURM runs: the job id (and the array's, for a sweep task)."""
         return self.path / "slurm.json"
 
+    def slurm_requeue_claim(self, job_id: str, restarts: int) -> Path:
+        return self.path / f".slurm-requeue-{job_id}-{restarts}"  # who records SLURM's requeue (entry/requeue.py)
+
     @property
     def submitit(self) -> Path:
         return self.path / self.SUBMITIT
@@ -238,11 +238,8 @@ class RunDir:
     def full_state_checkpoints(self) -> list[Path]:
         """launch's own mid-epoch checkpoints, which resume bit for bit: preemption, periodic. A
         sharded one is also looked for where it is kept for the instant of its replacement."""
-        found = []
-        for path in (self.preempt_checkpoint, self.periodic_checkpoint):
-            previous = path.parent / f".{path.name}.prev"
-            found += [p for p in (path if path.exists() else previous,) if checkpoint_complete(p)]
-        return found
+        return [p for path in (self.preempt_checkpoint, self.periodic_checkpoint)
+                for p in (path if path.exists() else path.parent / f".{path.name}.prev",) if checkpoint_complete(p)]
 
     @property
     def metrics_csv(self) -> Path:
@@ -270,22 +267,24 @@ class RunDir:
         """A tracker's (W&B, MLflow) run id and the last step it was sent, kept across attempts."""
         return self.path / "loggers" / f"{tracker}.json"
 
-    def heartbeat(self, rank: int) -> Path:
-        """A rank's heartbeat (launcher/runtime/heartbeat.py): its last progress and last beat."""
-        return self.path / "heartbeats" / f"rank-{rank}.json"
+    def heartbeat(self, rank: int | None = None, node: int = 0) -> Path:
+        """A node's heartbeats (node-K.json, from its leader), or a rank's own where none collects them."""
+        return self.path / "heartbeats" / (f"rank-{rank}.json" if rank is not None else f"node-{node}.json")
 
     def read_heartbeats(self) -> list[Heartbeat]:
-        """Every rank's heartbeat, by rank (a torn or unreadable one is skipped). One directory scan
-        and a read a rank: the watcher does this every second (bench/scale.py: 8,192 ranks)."""
-        folder = self.path / "heartbeats"
+        """Every rank's newest heartbeat, by rank, from the node files (node-K.json, a list) and the ranks'
+        own (rank-N.json), a torn one skipped: one scan and a read a node (bench/scale.py: 8,192 ranks)."""
+        newest: dict[int, Heartbeat] = {}
         try:
-            with os.scandir(folder) as entries:
-                ranks = sorted(int(e.name[5:-5]) for e in entries
-                               if e.name.startswith("rank-") and e.name.endswith(".json") and e.name[5:-5].isdigit())
+            with os.scandir(self.path / "heartbeats") as entries:
+                files = [e.path for e in entries if e.name.endswith(".json") and e.name[:5] in ("rank-", "node-")]
         except OSError:
-            return []
-        beats = (Heartbeat.read(folder / f"rank-{rank}.json") for rank in ranks)
-        return [beat for beat in beats if beat is not None]
+            files = []
+        for path in files:
+            for beat in Heartbeat.read_list(Path(path)):
+                if beat.rank not in newest or beat.beat_at > newest[beat.rank].beat_at:
+                    newest[beat.rank] = beat
+        return [newest[rank] for rank in sorted(newest)]
 
     def user_logger_dir(self, class_name: str) -> Path:
         """Where a [[loggers]] entry writes when its job file gives no save_dir."""

@@ -48,6 +48,34 @@ def queue_state(job_id: str) -> str | None:
     return queue_row(job_id)[0]
 
 
+def job_detail(job_id: str) -> dict[str, str]:
+    """`scontrol -o show job`'s KEY=VALUE fields of this job (JobState, Restarts, NodeList, ...);
+    empty if SLURM does not know it. The one place that output is read."""
+    out = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True)
+    first = out.stdout.splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+    return dict(word.split("=", 1) for word in first.split() if "=" in word)
+
+
+def hostnames(nodes: str) -> list[str]:
+    """A node list (`n[1-3],n7`) as names; empty for none."""
+    if not nodes or nodes == "(null)":
+        return []
+    out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def node_states(nodes: str) -> dict[str, str]:
+    """sinfo's state of each node of a node list (`n[1-3],n7`): idle, allocated, down*, ... (a
+    trailing * is a node that does not respond); empty if sinfo refused."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-n", nodes, "-o", "%N|%T"], capture_output=True, text=True)
+    return dict(line.split("|", 1) for line in out.stdout.split() if "|" in line) if out.returncode == 0 else {}
+
+
+def unhealthy_nodes(nodes: str) -> list[str]:
+    """Of a node list, those SLURM has down, drained, failing or not responding."""
+    return sorted(n for n, s in node_states(nodes).items() if s.endswith("*") or s.startswith(("down", "drain", "fail")))
+
+
 @dataclass(frozen=True)
 class Allocation:
     """The SLURM allocation this shell is in (salloc, or an interactive job): what `--here` may use."""

@@ -17,6 +17,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from launcher.rundir import RunDir
+from launcher.runtime import beat_channel
 from launcher.runtime.strategy import EXACT_DDP_KWARGS
 from tests.helpers.launch import run_launch
 from tests.helpers.runs import (
@@ -101,6 +102,9 @@ def test_every_rank_of_a_2_node_run_with_workers_measured_its_step_compute(world
     data comes from DataLoader workers, on 2 torchrun agents: every rank's last heartbeat holds it."""
     beats = RunDir(world4_baseline).read_heartbeats()
     assert [b.rank for b in beats if b.compute_s and b.compute_s > 0] == [0, 1, 2, 3], beats
+    # one heartbeat file a node, from its leader (runtime/beat_channel.py), and every rank ended done
+    assert sorted(p.name for p in (world4_baseline / "heartbeats").iterdir()) == ["node-0.json", "node-1.json"]
+    assert all(b.done for b in beats) and not list(beat_channel.node_local_root().glob(f"launch-*-{world4_baseline.name}-*"))
 
 
 def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical(world4_baseline, tmp_path) -> None:

@@ -549,3 +549,22 @@ def test_a_lost_node_whose_replacement_job_is_refused_fails_with_the_resume_comm
     assert "sbatch refused the job" in events["requeue_failed"]["error"], events["requeue_failed"]
     assert "but the job without the lost node was refused; continue with: launch resume " in events["failed"]["error"]
     assert "requeued" not in events
+
+
+def test_a_requeue_slurm_made_unseen_is_recorded_when_the_job_starts_again(tmp_path: Path, monkeypatch) -> None:
+    """The batch host itself failed: nothing recorded SLURM's requeue, so the job's next start does,
+    from SLURM_RESTART_COUNT past its last start's; once, and never a requeue already recorded or
+    another job's start (launch's replacement job starts at 0)."""
+    from launcher.entry.slurm_hooks import note_unseen_slurm_requeue
+
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    unseen, seen, other = (RunDir.create(tmp_path / name, "job") for name in ("unseen", "seen", "other"))
+    for run, job in ((unseen, "77"), (seen, "77"), (other, "76")):
+        run.add_event(Event.STARTED, slurm_job_id=job, slurm_restart_count=0, t=time.time() - 60)
+    seen.add_event(Event.REQUEUED, slurm_job_id="77", by_slurm="COMPLETING")
+    for run in (unseen, seen, other, unseen):
+        note_unseen_slurm_requeue(run)
+    requeues = [e for run in (unseen, seen, other) for e in run.read_events() if e["event"] == "requeued"]
+    assert [(e["by_slurm"], e.get("seen_at_start", False)) for e in requeues] == [("REQUEUED", True), ("COMPLETING", False)]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.rundir import RunDir
 from tests.helpers.launch import REPO, run_launch
 from tests.helpers.runs import STEPS_PER_EPOCH, assert_same_training, preempt_at, progress_step, wait_for, write_job
 from tests.helpers.values import NASTY, SECRETS
@@ -71,9 +72,9 @@ def reports(report_dir: Path, stage: str) -> dict[int, dict]:
     [
         ("test-srun", 2, 1, "SLURMEnvironment"),
         ("test-torchrun", 2, 1, "TorchElasticEnvironment"),
-        ("test-srun", 1, 2, "SLURMEnvironment"),
+        ("test-srun", 2, 2, "SLURMEnvironment"),
     ],
-    ids=["srun-2x1", "torchrun-2x1", "srun-1x2"],
+    ids=["srun-2x1", "torchrun-2x1", "srun-2x2"],
 )
 def test_digits_job_completes_on_slurm(cluster_file, digits_job, tmp_path, profile, nodes, procs, environment) -> None:
     report = tmp_path / "report"
@@ -85,25 +86,30 @@ def test_digits_job_completes_on_slurm(cluster_file, digits_job, tmp_path, profi
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr + result.stdout[-3000:] + (run_dir / "events.jsonl").read_text()
 
+    world = nodes * procs
     for stage, metric in (("fit", "val_acc"), ("test", "test_acc")):
         ranks = reports(report, stage)
-        assert sorted(ranks) == [0, 1]
-        assert {r["world_size"] for r in ranks.values()} == {2}
+        assert sorted(ranks) == list(range(world))
+        assert {r["world_size"] for r in ranks.values()} == {world}
         assert {r["env"] for r in ranks.values()} == {environment}
         # synchronised, exactly; except the step loss, which the example models keep per rank (no
         # all-reduce per step; see models/classifier.py) and which must therefore differ
-        synced = [{k: v for k, v in r["metrics"].items() if k != "train_loss_step"} for r in (ranks[0], ranks[1])]
-        assert synced[0] == synced[1] and len(synced[0]) >= 2
+        synced = [{k: v for k, v in r["metrics"].items() if k != "train_loss_step"} for r in ranks.values()]
+        assert all(one == synced[0] for one in synced) and len(synced[0]) >= 2
         if stage == "fit":
-            assert ranks[0]["metrics"]["train_loss_step"] != ranks[1]["metrics"]["train_loss_step"]
+            assert len({r["metrics"]["train_loss_step"] for r in ranks.values()}) == world
         assert metric in ranks[0]["metrics"]
         if nodes == 2:
             assert {r["node"] for r in ranks.values()} == {"n1", "n2"}
 
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["backend"] == "slurm" and info["slurm_state"] == "COMPLETED"
-    assert info["world_size"] == 2 and info["global_step"] > 0
-    for rank in (0, 1):
+    assert info["world_size"] == world and info["global_step"] > 0
+    # one heartbeat file a node (runtime/beat_channel.py): its leader collects its ranks' beats
+    assert sorted(p.name for p in (run_dir / "heartbeats").iterdir()) == [f"node-{n}.json" for n in range(nodes)]
+    beats = RunDir(run_dir).read_heartbeats()
+    assert [b.rank for b in beats] == list(range(world)) and all(b.done for b in beats), beats
+    for rank in range(world):
         log = launch(cluster_file, "logs", str(run_dir), "--rank", str(rank))
         assert log.returncode == 0 and log.stdout == (run_dir / "logs" / f"rank-{rank}.log").read_text() != ""
     assert "completed in" in launch(cluster_file, "logs", str(run_dir)).stdout
@@ -347,7 +353,7 @@ def test_launch_runs_asks_squeue_once_for_every_slurm_run(cluster_file, digits_j
     that left the queue without its run recording an end."""
     from launcher import config
     from launcher.lifecycle import Event
-    from launcher.rundir import RunDir, atomic_write_text
+    from launcher.rundir import atomic_write_text
 
     cfg = config.resolve(config.Request(job_file=str(digits_job()), cluster="test-srun", cluster_file=str(cluster_file),
                                         nodes=1, procs=1))
@@ -515,12 +521,58 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
                     if r["event"] == "restarted"]
     assert restarted["kind"] == "infrastructure" and restarted["cause"].startswith(f"node {node} lost at step "), restarted
     assert "rank(s) 1 died with it" in restarted["cause"], restarted
-    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "heartbeats").glob("rank-*.json")}
+    hosts = {b.host for b in RunDir(run_dir).read_heartbeats()}
     assert node not in hosts and len(hosts) == 2, hosts  # the new attempt ran on two other nodes
     assert "restart   #1 after " in launch(cluster_file, "status", str(run_dir)).stdout
     assert_same_training(run_dir, slurm_baseline)
     # once the node is back SLURM lets the old job go; it is not requeued behind the run's back
     wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 240, "the old job to end", run_dir)
+
+
+def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_30_s(cluster_file, slurm_baseline,
+                                                                                     tmp_path) -> None:
+    """An administrator sets a node of a running 2-node job DOWN: SLURM kills the job and requeues
+    it itself (JobRequeue). The batch script's watcher, which SLURM's SIGTERM reaches, records the
+    requeue (`by_slurm`, the down node, remembered as bad and added to the job's exclusions) and
+    replaces SLURM's post-requeue hold (cred_expire + 1 s: 121 s here) by 2 s, so the same job
+    trains again on two other nodes within 30 s, resumes from its periodic checkpoint and ends bit
+    for bit equal to the uninterrupted run."""
+    job = write_job(tmp_path, "pre", sleep=0.05, epochs=4)
+    job.write_text(job.read_text().replace("save_top_k = 2", "save_top_k = 2\nevery_n_train_steps = 5"))
+    result = launch(cluster_file, "submit", str(job), "--cluster", "test-wide", "--nodes", "2", "--procs", "1",
+                    "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    job_id = json.loads((run_dir / "slurm.json").read_text())["job_id"]
+    wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
+    node = json.loads((run_dir / "errors" / "rank-1.alive").read_text())["host"]  # not the batch host
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=launch-test"], check=True)
+    down_at = time.time()
+    try:
+        wait_for(lambda: slurm_events(run_dir).count("resumed") == 1, 120, "the resume", run_dir)
+        records = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+        (requeued,) = [r for r in records if r["event"] == "requeued"]
+        assert requeued["by_slurm"] and requeued["lost_nodes"] == [node] and requeued["slurm_job_id"] == job_id, requeued
+        assert requeued["start_after_s"] == 2 and not requeued.get("seen_at_start"), requeued
+        # the node is remembered as bad and the requeued job excludes it (here SLURM returns a node
+        # set DOWN to service at once: ReturnToService=2 with its slurmd answering)
+        assert requeued["excluded_nodes"] == [node], requeued
+        detail = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
+        assert f"ExcNodeList={node} " in detail, detail
+        resumed_at = next(r["t"] for r in records if r["event"] == "resumed")
+        print(f"SLURM: node {node} set DOWN -> requeue recorded in {requeued['t'] - down_at:.1f} s, training again "
+              f"in {resumed_at - down_at:.1f} s (SLURM's own hold: 121 s)")
+        assert resumed_at - down_at < 30
+        started = [r for r in records if r["event"] == "started"]
+        assert [s["slurm_job_id"] for s in started] == [job_id, job_id] and started[1]["slurm_restart_count"] == 1
+        wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
+                 run_dir)
+    finally:
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True, check=False)
+    info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
+    assert info["state"] == "completed" and info["bad_nodes"] == {node: "down (SLURM requeued the job)"}, info
+    assert node not in {b.host for b in RunDir(run_dir).read_heartbeats()}
+    assert_same_training(run_dir, slurm_baseline)
 
 
 def test_cancel_of_a_job_on_a_lost_node_says_so_and_resume_works_at_once(cluster_file, digits_job, tmp_path) -> None:
@@ -591,7 +643,7 @@ def test_a_node_failing_the_site_check_is_excluded_and_the_run_completes_on_the_
     assert [r["event"] for r in records].index("first_step") > [r["event"] for r in records].index("requeued")
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["restarts"] == 1 and info["bad_nodes"] == {bad: bad_node["reason"]}
-    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "heartbeats").glob("rank-*.json")}
+    hosts = {b.host for b in RunDir(run_dir).read_heartbeats()}
     assert bad not in hosts and len(hosts) == 2, hosts
     assert f"excluded  {bad} (pre-flight: site node check" in launch(cluster_file, "status", str(run_dir)).stdout
     assert_same_training(run_dir, slurm_baseline)

@@ -31,7 +31,7 @@ from launcher.lifecycle import STATE_OF_EVENT, TERMINAL_STATES, Event, Probe, St
 from launcher.processes import pid_runs
 from launcher.records import SlurmJob, SlurmProbeDetails
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.slurm_env import queue_row, queue_rows
+from launcher.slurm_env import job_detail, node_states, queue_row, queue_rows
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
           "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
@@ -107,19 +107,14 @@ def lost_completing(state: str | None, nodes: str) -> list[str]:
     job has ended: it can be resumed at once. Empty otherwise."""
     if state != "COMPLETING" or not nodes:
         return []
-    out = subprocess.run(["sinfo", "-h", "-N", "-n", nodes, "-o", "%N|%T"], capture_output=True, text=True)
-    states = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
-    if out.returncode or not states or not all(s.endswith("*") or s.startswith("down") for s in states.values()):
+    states = node_states(nodes)
+    if not states or not all(s.endswith("*") or s.startswith("down") for s in states.values()):
         return []
     return sorted(states)
 
 
 def _scontrol_state(jid: str) -> str | None:
-    out = subprocess.run(["scontrol", "-o", "show", "job", jid], capture_output=True, text=True)
-    for word in out.stdout.split():
-        if word.startswith("JobState="):
-            return word.split("=", 1)[1]
-    return None
+    return job_detail(jid).get("JobState")
 
 
 def explain_end(state: str | None, lost: list[str] | None = None) -> tuple[State, str]:

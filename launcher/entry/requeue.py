@@ -12,20 +12,24 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from launcher.attempts import dead_ranks
-from launcher.badnodes import bad_nodes
+from launcher.badnodes import bad_nodes, record_bad_nodes
 from launcher.config import load_resolved
 from launcher.errors import LaunchError
 from launcher.events import CancelRequested, Event, Stalled
-from launcher.lifecycle import last_event, this_attempt
+from launcher.lifecycle import last_event, names, this_attempt
 from launcher.records import SlurmJob
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id, queue_state
+from launcher.slurm_env import current_job_id, hostnames, job_detail, queue_state, unhealthy_nodes
 
 REQUEUE_START_AFTER_S = 2  # past the second the old credential was revoked in (slurmd compares seconds)
 
@@ -49,6 +53,8 @@ def requeue_on_slurm(run: RunDir, shorten_hold: bool = True, **fields: Any) -> N
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if out.returncode == 0:
+        excluded = exclude_from_job(job_id, bad_nodes(run.history()))
+        fields.update({"excluded_nodes": excluded} if excluded else {})
         if shorten_hold:
             fields["start_after_s"] = REQUEUE_START_AFTER_S if start_soon(job_id) else None
         run.add_event(Event.REQUEUED, slurm_job_id=job_id, **fields)
@@ -61,11 +67,86 @@ def requeue_on_slurm(run: RunDir, shorten_hold: bool = True, **fields: Any) -> N
         run.add_event(Event.REQUEUE_FAILED, slurm_job_id=job_id, error=error + (f" (job {state})" if state else ""))
 
 
+def exclude_from_job(job_id: str, nodes: Sequence[str]) -> list[str]:
+    """Add the run's bad `nodes` to this requeued job's ExcNodeList (`scontrol update`, which its
+    owner may do) while its partition keeps enough other nodes for it: the nodes newly excluded;
+    none if there were none to add, too few would be left, or SLURM refused."""
+    detail = job_detail(job_id)
+    have = set(hostnames(detail.get("ExcNodeList", "")))
+    new = sorted(set(nodes) - have)
+    if not new:
+        return []
+    part = subprocess.run(["sinfo", "-h", "-p", detail.get("Partition", ""), "-o", "%N"], capture_output=True, text=True)
+    left = set(hostnames(",".join(part.stdout.split()))) - have - set(new)
+    if len(left) < int(re.match(r"\d*", detail.get("NumNodes", "")).group() or 1):
+        return []
+    out = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(sorted(have | set(new)))}"],
+                         capture_output=True, text=True)
+    return new if out.returncode == 0 else []
+
+
 def start_soon(job_id: str) -> bool:
     """Replace SLURM's post-requeue hold by one of REQUEUE_START_AFTER_S; False if SLURM refused."""
     out = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"StartTime=now+{REQUEUE_START_AFTER_S}"],
                          capture_output=True, text=True)
     return out.returncode == 0
+
+
+def record_slurm_requeue(run: RunDir, shorten_hold: bool = True) -> bool:
+    """If SLURM put this job back in the queue itself (a node of it set DOWN or failing, with
+    JobRequeue; its `Restarts` past this attempt's SLURM_RESTART_COUNT): remember the nodes SLURM
+    took out of the job as bad, and leave a process that records `requeued` (`by_slurm`) once the
+    job is pending again, excluding the run's bad nodes from it and shortening the hold as for
+    launch's own requeue (`after_slurm_requeue`). Asked by the watcher when SLURM's SIGTERM reaches
+    it, and by the end hook (srun may exit first); whichever asks first. False if SLURM did not
+    requeue the job, or a requeue of this attempt is recorded already."""
+    job_id = current_job_id()
+    if not job_id or Event.REQUEUED in names(this_attempt(run.history())):
+        return False
+    detail = job_detail(job_id)
+    restarts = int(detail.get("Restarts", "0") or 0)
+    if restarts <= int(os.environ.get("SLURM_RESTART_COUNT", "0")):
+        return False
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM's SIGTERM; its SIGKILL follows after KillWait
+    try:
+        os.close(os.open(run.slurm_requeue_claim(job_id, restarts), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return True  # the watcher or the end hook is on it
+    # the nodes SLURM took out of the job (its NodeList keeps those still completing), and any of
+    # the job's that SLURM has down or failing
+    nodes, still = os.environ.get("SLURM_JOB_NODELIST", ""), hostnames(detail.get("NodeList", ""))
+    down = sorted({*unhealthy_nodes(nodes), *(set(hostnames(nodes)) - set(still) if still else ())}) if nodes else []
+    record_bad_nodes(run, {node: "down (SLURM requeued the job)" for node in down})
+    # The job stays COMPLETING while anything of it runs (this batch script included), and SLURM
+    # sets its hold when it completes, over any StartTime set before: so a process of its own does
+    # it, once the job is pending. It outlives the batch script where SLURM tracks processes by
+    # process group or session (proctrack/linuxproc, pgid); with proctrack/cgroup SLURM ends it
+    # with the job: the hold is then SLURM's, and the job's next start records the requeue.
+    subprocess.Popen([sys.executable, "-m", "launcher.entry.requeue", str(run.path), job_id, ",".join(down),
+                      "1" if shorten_hold else "0"], start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return True
+
+
+PENDING_WAIT_S = 900.0  # how long after_slurm_requeue waits for the job to be pending (a dead node: SlurmdTimeout)
+
+
+def after_slurm_requeue(run: RunDir, job_id: str, down: list[str], shorten_hold: bool) -> None:
+    """Once SLURM's requeued job is pending: exclude the run's bad nodes, shorten the hold, record."""
+    deadline, state = time.monotonic() + PENDING_WAIT_S, None
+    while time.monotonic() < deadline:
+        state = job_detail(job_id).get("JobState")
+        if state != "COMPLETING":
+            break
+        time.sleep(0.2)
+    fields: dict[str, Any] = {}
+    if state == "PENDING":
+        excluded = exclude_from_job(job_id, bad_nodes(run.history()))
+        fields.update({"excluded_nodes": excluded} if excluded else {})
+        if shorten_hold:
+            fields["start_after_s"] = REQUEUE_START_AFTER_S if start_soon(job_id) else None
+    if Event.REQUEUED not in names(this_attempt(run.history())):
+        run.add_event(Event.REQUEUED, slurm_job_id=job_id, by_slurm=state or "REQUEUED", lost_nodes=down, **fields)
 
 
 # squeue states of a job that is back in the queue, or on its way there
@@ -130,3 +211,8 @@ def replace_job(run: RunDir, lost: list[str], failed: Sequence[str] = (), **fiel
         return
     new = SlurmJob.from_json(json.loads(run.slurm_record.read_text())).job_id
     run.add_event(Event.REQUEUED, slurm_job_id=old, new_slurm_job_id=new, lost_nodes=lost, **fields)
+
+
+if __name__ == "__main__":  # python -m launcher.entry.requeue RUN_DIR JOB_ID DOWN_NODES SHORTEN: after_slurm_requeue
+    after_slurm_requeue(RunDir(Path(sys.argv[1])), sys.argv[2], [n for n in sys.argv[3].split(",") if n],
+                        sys.argv[4] == "1")

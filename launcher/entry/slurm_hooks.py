@@ -20,8 +20,8 @@ from typing import Any
 from launcher.attempts import grace_warning, preflight_failures, record_end, record_not_requeued, requeue_fields
 from launcher.badnodes import record_bad_nodes
 from launcher.config import load_resolved
-from launcher.entry.requeue import replace_job, requeue_on_slurm, suspect_nodes, unreachable
-from launcher.events import Event, Preempted, Started
+from launcher.entry.requeue import record_slurm_requeue, replace_job, requeue_on_slurm, suspect_nodes, unreachable
+from launcher.events import Event, Preempted, Requeued, Started
 from launcher.lifecycle import last_event, names, starts, this_attempt
 from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
@@ -49,9 +49,21 @@ def lost_nodes(run: RunDir, since: float) -> list[str]:
     return lost
 
 
+def note_unseen_slurm_requeue(run: RunDir) -> None:
+    """A requeue SLURM made that nothing recorded (the batch host was the node that failed): this
+    job's SLURM_RESTART_COUNT past its last start's, with no `requeued` since."""
+    events, job_id = run.history(), current_job_id()
+    started = last_event(events, Started)
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    if (started and started.slurm_job_id == job_id and restarts > (started.slurm_restart_count or 0)
+            and Event.REQUEUED not in names(this_attempt(events))):
+        run.add_event(Event.REQUEUED, slurm_job_id=job_id, by_slurm="REQUEUED", seen_at_start=True)
+
+
 def main(argv: list[str]) -> int:
     what, run = argv[0], RunDir(Path(argv[1]))
     if what == Event.STARTED:  # the hook's verb is the event it records
+        note_unseen_slurm_requeue(run)
         run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=node_name(),
                       restart_count=starts(run.history()),
                       slurm_restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
@@ -61,6 +73,12 @@ def main(argv: list[str]) -> int:
         attempt = names(this_attempt(events))
         if Event.CANCEL_REQUESTED in attempt:  # launch cancel records the end once the job is gone
             print(f"[launch] run {run.run_id} cancelled", flush=True)
+            return 0
+        requeued = last_event(this_attempt(events), Requeued)
+        if not os.environ.get("LAUNCH_HERE") and ((requeued and requeued.by_slurm) or record_slurm_requeue(
+                run, load_resolved(run.config).cluster.shorten_requeue_hold)):
+            print(f"[launch] run {run.run_id}: SLURM requeued the job (a node of it down); it resumes from the newest "
+                  "checkpoint", flush=True)
             return 0
         if Event.PREEMPTED in attempt and Event.REQUEUED not in attempt:
             requeue(run, **requeue_fields(last_event(this_attempt(events), Preempted)))

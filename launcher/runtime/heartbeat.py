@@ -1,4 +1,5 @@
-"""Every rank's heartbeat: `heartbeats/rank-N.json`, rewritten every few seconds by a thread.
+"""Every rank's heartbeat, sent every few seconds by a thread: through its node's leader into
+`heartbeats/node-K.json`, one file a node (runtime/beat_channel.py).
 
 It carries the rank's last progress (a training, validation or test batch done: `progress_at`,
 `step`) and the time of the beat itself (`beat_at`), and the slowest training step seen. A rank
@@ -27,10 +28,10 @@ from dataclasses import replace
 from typing import Any
 
 from launcher.records import Heartbeat as HeartbeatRecord
-from launcher.rundir import RunDir, replace_view
+from launcher.rundir import RunDir
+from launcher.runtime.beat_channel import BeatChannel
 from launcher.runtime.lightning_api import Callback, Trainer
 from launcher.slurm_env import node_name
-from launcher.stalls import HEARTBEAT_S
 
 COMPUTE_WINDOW = 20  # a rank's compute_s is the median of its last this many training steps
 
@@ -38,11 +39,11 @@ COMPUTE_WINDOW = 20  # a rank's compute_s is the median of its last this many tr
 class Heartbeat(Callback):
     def __init__(self, run: RunDir, compute: bool = True) -> None:
         self.run, self.compute = run, compute  # compute: measure compute_s (job.straggler_factor > 0)
-        self.path = run.heartbeat(0)  # the rank's own, once the Trainer knows it (on_fit_start)
+        self.channel: BeatChannel | None = None  # once the Trainer knows the rank (on_fit_start)
         # the SLURM step the rank runs in: what a stall stops
         step = f"{os.environ.get('SLURM_JOB_ID')}.{os.environ['SLURM_STEP_ID']}" if os.environ.get("SLURM_STEP_ID") else None
         # Replaced whole (never changed in place), so the beating thread always writes one consistent record.
-        self.record = HeartbeatRecord(rank=0, host=node_name(), progress_at=time.time(), slurm_step=step)
+        self.record = HeartbeatRecord(rank=0, host=node_name(), progress_at=time.time(), slurm_step=step, pid=os.getpid())
         self._step_started = 0.0
         self._stop = threading.Event()
         # straggler watch: the end of the previous step, the last gradient of this one, the window
@@ -54,19 +55,27 @@ class Heartbeat(Callback):
         self._thread: threading.Thread | None = None
 
     def _beat(self) -> None:
+        assert self.channel is not None
         while not self._stop.is_set():
-            try:
-                self.path.parent.mkdir(exist_ok=True)
-                replace_view(self.path, replace(self.record, beat_at=time.time()).dumps().encode())
-            except OSError:
-                pass  # a full disk must not end training; the next beat tries again
-            self._stop.wait(HEARTBEAT_S)
+            self._send()
+            self._stop.wait(self.channel.period)
+
+    def _send(self) -> HeartbeatRecord:
+        beat = replace(self.record, beat_at=time.time())
+        try:
+            assert self.channel is not None
+            self.channel.publish(beat)
+        except OSError:
+            pass  # a full disk must not end training; the next beat tries again
+        return beat
 
     def progressed(self, trainer: Trainer) -> None:
         self.record = replace(self.record, step=int(trainer.global_step), progress_at=time.time())
 
     def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self.path = self.run.heartbeat(trainer.global_rank)
+        if self.channel is None:
+            self.channel = BeatChannel(self.run, trainer.global_rank, trainer.local_rank, trainer.node_rank,
+                                       self.record.host)
         self.record = replace(self.record, rank=trainer.global_rank)
         self.progressed(trainer)
         if self._thread is None:
@@ -126,10 +135,8 @@ class Heartbeat(Callback):
             return
         self._thread.join()
         self.record = replace(self.record, done=True)
-        try:
-            replace_view(self.path, replace(self.record, beat_at=time.time()).dumps().encode())
-        except OSError:
-            pass
+        assert self.channel is not None
+        self.channel.drain(self._send())  # a leader waits for its node's other ranks to be done
 
 
 def finish_heartbeat(trainer: Trainer) -> None:

@@ -1,0 +1,126 @@
+"""Where a rank's heartbeat goes: one file a node on the shared filesystem, not one a rank.
+
+Every rank hands its beat to a node-local directory (tmpfs: /dev/shm), once a second; the node's
+leader (local rank 0) writes the beats of all its node's ranks as one file, `heartbeats/node-K.json`
+(K: the node's rank in the attempt, so a later attempt replaces it), every HEARTBEAT_S. At 1,024 nodes x 8 ranks that is 205 file
+replacements a second on the shared filesystem instead of 1,638, and a look of the watcher reads
+1,024 files instead of 8,192 (README, "Health"). The leader copies each beat as it is, with its
+own `beat_at`, so a rank that stopped beating still reads as silent (its node-local file stops
+changing); the copy lags a beat by at most a second plus the leader's period.
+
+The traps, and what this does about them:
+- The node-local directory is keyed by the run, the node's name and rank (several SLURM nodes, or
+  a local run's torchrun agents, may share one machine) and the ranks' parent process (the step's
+  slurmstepd, or torchrun's agent): one attempt's ranks of one node, never an earlier attempt's
+  files. The leader removes the directories earlier attempts left for the same node.
+- A leader that finishes first keeps collecting until every other rank of its node is done or its
+  process gone (at most DRAIN_S), then removes the directory.
+- A rank that sees no leader (a container with a /dev/shm of its own per task, or a leader that
+  ended before it) writes `heartbeats/rank-N.json` itself, as every rank once did.
+Readers (RunDir.read_heartbeats) take both kinds of file and keep each rank's newest beat.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from launcher.processes import exists
+from launcher.records import Heartbeat
+from launcher.rundir import RunDir, replace_view
+from launcher.stalls import HEARTBEAT_S
+
+LOCAL_BEAT_S = 1.0  # how often a rank hands its beat to the node-local directory (tmpfs: cheap)
+FALLBACK_S = 3 * HEARTBEAT_S  # no leader seen this long after the rank's first beat: write its own file
+DRAIN_S = 30.0  # how long a finished leader waits for its node's other ranks to be done
+LEADER = "leader"  # the leader's marker in the node-local directory
+
+
+def node_local_root() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def node_local_dir(run_id: str, host: str, node_rank: int, ppid: int) -> Path:
+    return node_local_root() / f"launch-{os.getuid()}-{run_id}-{safe_host(host)}-{node_rank}-{ppid}"
+
+
+def safe_host(host: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
+
+
+class BeatChannel:
+    """A rank's way to the shared filesystem: through its node's leader, or its own file."""
+
+    def __init__(self, run: RunDir, rank: int, local_rank: int, node_rank: int, host: str) -> None:
+        self.rank, self.leader = rank, local_rank == 0
+        self.node_file = run.heartbeat(node=node_rank)
+        self.own_file = run.heartbeat(rank)
+        self.local = node_local_dir(run.run_id, host, node_rank, os.getppid())
+        self.period = HEARTBEAT_S if self.leader else LOCAL_BEAT_S
+        self.first_beat: float | None = None
+        self.saw_leader = False
+        self.others: dict[int, Heartbeat] = {}  # the leader's last read of its node's other ranks
+        if self.leader:
+            for old in self.local.parent.glob(self.local.name.rsplit("-", 1)[0] + "-*"):
+                if old != self.local:  # an earlier attempt's, on this node
+                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                self.local.mkdir(mode=0o700, exist_ok=True)
+                (self.local / LEADER).write_text(str(os.getpid()))
+            except OSError:
+                self.leader = False  # no node-local directory: every rank writes its own file
+            else:
+                atexit.register(shutil.rmtree, self.local, ignore_errors=True)
+
+    def publish(self, beat: Heartbeat) -> None:
+        """Send this rank's beat on (OSError: the caller's next beat tries again)."""
+        if self.leader:
+            self._collect(beat)
+            return
+        now = time.monotonic()
+        self.first_beat = self.first_beat or now
+        data = beat.dumps().encode()
+        try:
+            replace_view(self.local / f"rank-{self.rank}.json", data)
+        except FileNotFoundError:
+            pass  # no leader yet, or it has ended
+        if (self.local / LEADER).exists():
+            self.saw_leader = True
+        elif self.saw_leader or now - self.first_beat >= FALLBACK_S:
+            self.own_file.parent.mkdir(exist_ok=True)
+            replace_view(self.own_file, data)
+
+    def _collect(self, beat: Heartbeat) -> None:
+        others = {}
+        with os.scandir(self.local) as entries:
+            for entry in entries:
+                other = Heartbeat.read(Path(entry.path)) if entry.name.startswith("rank-") else None
+                if other is not None and other.rank != self.rank:
+                    others[other.rank] = other
+        self.others = others
+        beats = sorted([beat, *others.values()], key=lambda b: b.rank)
+        self.node_file.parent.mkdir(exist_ok=True)
+        replace_view(self.node_file, json.dumps([b.to_json() for b in beats]).encode())
+
+    def drain(self, beat: Heartbeat) -> None:
+        """The leader's last beat (`beat`: done): collect until every other rank of the node is done
+        or gone, at most DRAIN_S, then remove the node-local directory."""
+        if not self.leader:
+            return
+        deadline = time.monotonic() + DRAIN_S
+        while True:
+            try:
+                self._collect(beat)
+            except OSError:
+                pass
+            waiting = [b for b in self.others.values() if not b.done and (b.pid is None or exists(b.pid))]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(LOCAL_BEAT_S / 2)
+        shutil.rmtree(self.local, ignore_errors=True)
