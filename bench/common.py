@@ -120,7 +120,7 @@ class HookTimedCNN(TimedCNN):
         return timed
 
     def on_fit_start(self) -> None:
-        from launcher.runtime import heartbeat, progress, samplers
+        from launcher.runtime import beat_channel, heartbeat, progress, samplers
         from launcher.runtime.preemption import PreemptionHandler
 
         for callback in self.trainer.callbacks:
@@ -140,9 +140,9 @@ class HookTimedCNN(TimedCNN):
         # per-sample seeding runs inside the loader's fetch (num_workers = 0: on the training thread)
         samplers.seed_all = self._timed("per-sample seeding (data fetch)", samplers.seed_all)
         samplers._rngs_kept = _timed_context(self, "per-sample seeding (data fetch)", samplers._rngs_kept)
-        # off the training thread: the progress writer and the heartbeat's file write
+        # off the training thread: the progress writer and the heartbeat's sends (node-local, or the node's file)
         progress.RunProgress._write = self._timed("[thread] progress.json writes", progress.RunProgress._write)
-        heartbeat.replace_view = self._timed("[thread] heartbeat writes", heartbeat.replace_view)
+        beat_channel.BeatChannel.publish = self._timed("[thread] heartbeat sends", beat_channel.BeatChannel.publish)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:  # noqa: ANN001
         super().on_train_batch_start(batch, batch_idx)

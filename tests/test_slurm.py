@@ -511,10 +511,14 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
         assert resumed_at - killed_at < 60
         detail = subprocess.run(["scontrol", "-o", "show", "job", new_job], capture_output=True, text=True).stdout
         assert f"ExcNodeList={node} " in detail, detail
+        # the node comes back while the run trains on the others (its job excludes it)
+        subprocess.run(["slurmd", "-N", node], check=True)
+        revived = True
         wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
                  run_dir)
     finally:
-        revive_node(node)
+        if "revived" not in locals():
+            revive_node(node)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["restarts"] == 1 and info["slurm_job_id"] == new_job, info
     (restarted,) = [r for r in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
@@ -527,6 +531,8 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
     assert_same_training(run_dir, slurm_baseline)
     # once the node is back SLURM lets the old job go; it is not requeued behind the run's back
     wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 240, "the old job to end", run_dir)
+    wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
+                                    text=True).stdout.split()[:1] == ["idle"], 240, f"{node} to be idle again", run_dir)
 
 
 def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_30_s(cluster_file, slurm_baseline,
