@@ -38,6 +38,7 @@ from launcher.stalls import HEARTBEAT_S
 LOCAL_BEAT_S = 1.0  # how often a rank hands its beat to the node-local directory (tmpfs: cheap)
 FALLBACK_S = 3 * HEARTBEAT_S  # no leader seen this long after the rank's first beat: write its own file
 DRAIN_S = 30.0  # how long a finished leader waits for its node's other ranks to be done
+DRAIN_POLL_S = 0.05  # how often it looks meanwhile (the others finish within moments of it: the end of an attempt waits)
 LEADER = "leader"  # the leader's marker in the node-local directory
 
 
@@ -122,5 +123,5 @@ class BeatChannel:
             waiting = [b for b in self.others.values() if not b.done and (b.pid is None or exists(b.pid))]
             if not waiting or time.monotonic() >= deadline:
                 break
-            time.sleep(LOCAL_BEAT_S / 2)
+            time.sleep(DRAIN_POLL_S)
         shutil.rmtree(self.local, ignore_errors=True)
