@@ -568,3 +568,33 @@ def test_a_requeue_slurm_made_unseen_is_recorded_when_the_job_starts_again(tmp_p
         note_unseen_slurm_requeue(run)
     requeues = [e for run in (unseen, seen, other) for e in run.read_events() if e["event"] == "requeued"]
     assert [(e["by_slurm"], e.get("seen_at_start", False)) for e in requeues] == [("REQUEUED", True), ("COMPLETING", False)]
+
+
+def test_a_requeued_job_excludes_the_run_s_bad_nodes_only_while_its_partition_keeps_enough(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    """entry/requeue.exclude_from_job against SLURM's answers (stand-in scontrol and sinfo that print
+    what SLURM prints and log their calls): a 2-node job of a 3-node partition may lose one node,
+    not two; nodes it excludes already are not added again."""
+    from launcher.entry.requeue import exclude_from_job
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    tools = {
+        "scontrol": f'echo "$@" >> {log}\ncase "$1 $2" in\n'
+                    '  "-o show") echo "JobId=5 JobName=x Partition=p NumNodes=2-2 ExcNodeList=$EXC Restarts=1";;\n'
+                    '  "show hostnames") echo "$3" | tr "," "\\n" | grep -v "(null)";;\n'
+                    '  "update JobId=5") exit 0;;\nesac',
+        "sinfo": 'echo "n1,n2"\necho "n3"',
+    }
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("EXC", "(null)")
+    assert exclude_from_job("5", ["n2"]) == ["n2"]  # 2 of 3 left
+    assert exclude_from_job("5", ["n2", "n3"]) == []  # 1 left for a 2-node job: not excluded
+    monkeypatch.setenv("EXC", "n2")
+    assert exclude_from_job("5", ["n2"]) == []  # excluded already
+    assert exclude_from_job("5", []) == []
+    updates = [line for line in log.read_text().splitlines() if line.startswith("update")]
+    assert updates == ["update JobId=5 ExcNodeList=n2"], updates
