@@ -17,6 +17,11 @@ def current_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def restart_count() -> int:
+    """SLURM_RESTART_COUNT: how many times SLURM has requeued this job (by launch or by itself)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
 def node_name() -> str:
     """This process's node as the cluster names it (SLURM's node name: several may share one
     machine, and it is what srun -w and sbatch --exclude take)."""
@@ -62,6 +67,12 @@ def hostnames(nodes: str) -> list[str]:
         return []
     out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True)
     return out.stdout.split() if out.returncode == 0 else []
+
+
+def partition_nodes(partition: str) -> list[str]:
+    """Every node of a partition, by name; empty if sinfo refused."""
+    out = subprocess.run(["sinfo", "-h", "-p", partition, "-o", "%N"], capture_output=True, text=True)
+    return hostnames(",".join(out.stdout.split())) if out.returncode == 0 else []
 
 
 def node_states(nodes: str) -> dict[str, str]:

@@ -29,7 +29,7 @@ from launcher.events import CancelRequested, Event, Stalled
 from launcher.lifecycle import last_event, names, this_attempt
 from launcher.records import SlurmJob
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id, hostnames, job_detail, queue_state, unhealthy_nodes
+from launcher.slurm_env import current_job_id, hostnames, job_detail, partition_nodes, queue_state, restart_count, unhealthy_nodes
 
 REQUEUE_START_AFTER_S = 2  # past the second the old credential was revoked in (slurmd compares seconds)
 
@@ -53,11 +53,7 @@ def requeue_on_slurm(run: RunDir, shorten_hold: bool = True, **fields: Any) -> N
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if out.returncode == 0:
-        excluded = exclude_from_job(job_id, bad_nodes(run.history()))
-        fields.update({"excluded_nodes": excluded} if excluded else {})
-        if shorten_hold:
-            fields["start_after_s"] = REQUEUE_START_AFTER_S if start_soon(job_id) else None
-        run.add_event(Event.REQUEUED, slurm_job_id=job_id, **fields)
+        run.add_event(Event.REQUEUED, slurm_job_id=job_id, **fields, **back_in_queue(run, job_id, shorten_hold))
         return
     state = queue_state(job_id)
     if state in SLURM_REQUEUED:  # SLURM put it back itself (a node failure, with JobRequeue): a requeue all the same
@@ -65,6 +61,17 @@ def requeue_on_slurm(run: RunDir, shorten_hold: bool = True, **fields: Any) -> N
     else:
         error = (out.stderr or out.stdout).strip()[:300] or f"scontrol requeue exited {out.returncode}, saying nothing"
         run.add_event(Event.REQUEUE_FAILED, slurm_job_id=job_id, error=error + (f" (job {state})" if state else ""))
+
+
+def back_in_queue(run: RunDir, job_id: str, shorten_hold: bool) -> dict[str, Any]:
+    """What is done to a job requeued in place (by launch or by SLURM), as the `requeued` event's
+    fields: the run's bad nodes it does not exclude yet added to its exclusions, and SLURM's hold
+    replaced by REQUEUE_START_AFTER_S (`shorten_hold`)."""
+    excluded = exclude_from_job(job_id, bad_nodes(run.history()))
+    fields: dict[str, Any] = {"excluded_nodes": excluded} if excluded else {}
+    if shorten_hold:
+        fields["start_after_s"] = REQUEUE_START_AFTER_S if start_soon(job_id) else None
+    return fields
 
 
 def exclude_from_job(job_id: str, nodes: Sequence[str]) -> list[str]:
@@ -76,8 +83,7 @@ def exclude_from_job(job_id: str, nodes: Sequence[str]) -> list[str]:
     new = sorted(set(nodes) - have)
     if not new:
         return []
-    part = subprocess.run(["sinfo", "-h", "-p", detail.get("Partition", ""), "-o", "%N"], capture_output=True, text=True)
-    left = set(hostnames(",".join(part.stdout.split()))) - have - set(new)
+    left = set(partition_nodes(detail.get("Partition", ""))) - have - set(new)
     if len(left) < int(re.match(r"\d*", detail.get("NumNodes", "")).group() or 1):
         return []
     out = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={','.join(sorted(have | set(new)))}"],
@@ -105,7 +111,7 @@ def record_slurm_requeue(run: RunDir, shorten_hold: bool = True) -> bool:
         return False
     detail = job_detail(job_id)
     restarts = int(detail.get("Restarts", "0") or 0)
-    if restarts <= int(os.environ.get("SLURM_RESTART_COUNT", "0")):
+    if restarts <= restart_count():
         return False
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # SLURM's SIGTERM; its SIGKILL follows after KillWait
     try:
@@ -139,12 +145,7 @@ def after_slurm_requeue(run: RunDir, job_id: str, down: list[str], shorten_hold:
         if state != "COMPLETING":
             break
         time.sleep(0.2)
-    fields: dict[str, Any] = {}
-    if state == "PENDING":
-        excluded = exclude_from_job(job_id, bad_nodes(run.history()))
-        fields.update({"excluded_nodes": excluded} if excluded else {})
-        if shorten_hold:
-            fields["start_after_s"] = REQUEUE_START_AFTER_S if start_soon(job_id) else None
+    fields = back_in_queue(run, job_id, shorten_hold) if state == "PENDING" else {}
     if Event.REQUEUED not in names(this_attempt(run.history())):
         run.add_event(Event.REQUEUED, slurm_job_id=job_id, by_slurm=state or "REQUEUED", lost_nodes=down, **fields)
 

@@ -25,7 +25,7 @@ from launcher.events import Event, Preempted, Requeued, Started
 from launcher.lifecycle import last_event, names, starts, this_attempt
 from launcher.render import RESTART_IN_ALLOCATION
 from launcher.rundir import RunDir
-from launcher.slurm_env import current_job_id, node_name
+from launcher.slurm_env import current_job_id, node_name, restart_count
 
 
 def requeue(run: RunDir, **fields: Any) -> None:
@@ -54,8 +54,7 @@ def note_unseen_slurm_requeue(run: RunDir) -> None:
     job's SLURM_RESTART_COUNT past its last start's, with no `requeued` since."""
     events, job_id = run.history(), current_job_id()
     started = last_event(events, Started)
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    if (started and started.slurm_job_id == job_id and restarts > (started.slurm_restart_count or 0)
+    if (started and started.slurm_job_id == job_id and restart_count() > (started.slurm_restart_count or 0)
             and Event.REQUEUED not in names(this_attempt(events))):
         run.add_event(Event.REQUEUED, slurm_job_id=job_id, by_slurm="REQUEUED", seen_at_start=True)
 
@@ -66,7 +65,7 @@ def main(argv: list[str]) -> int:
         note_unseen_slurm_requeue(run)
         run.add_event(Event.STARTED, backend="slurm", slurm_job_id=current_job_id(), host=node_name(),
                       restart_count=starts(run.history()),
-                      slurm_restart_count=int(os.environ.get("SLURM_RESTART_COUNT", "0")), t=time.time())
+                      slurm_restart_count=restart_count(), t=time.time())
         return 0
     if what == "ended":
         events = run.history()

@@ -24,10 +24,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from launcher.attempts import rank_errors
 from launcher.config import load_resolved
+from launcher.config.schema import JobSection
 from launcher.entry.requeue import record_slurm_requeue
 from launcher.processes import exists
 from launcher.rundir import RunDir
@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
             print("[launch] SLURM requeued the job (a node of it down): it resumes from the newest checkpoint", flush=True)
 
 
-def watch(run: RunDir, srun_pid: int, job: Any, terminated: list[int]) -> int:
+def watch(run: RunDir, srun_pid: int, job: JobSection, terminated: list[int]) -> int:
     timeout, first_step = job.stall_timeout_s, job.first_step_timeout_s
     start = time.time()
     seen: set[int] = set()  # this attempt's ranks recorded as stragglers

@@ -66,7 +66,6 @@ class BeatChannel:
         self.period = HEARTBEAT_S if self.leader else LOCAL_BEAT_S
         self.first_beat: float | None = None
         self.saw_leader = False
-        self.others: dict[int, Heartbeat] = {}  # the leader's last read of its node's other ranks
         if self.leader:
             for old in self.local.parent.glob(self.local.name.rsplit("-", 1)[0] + "-*"):
                 if old != self.local:  # an earlier attempt's, on this node
@@ -97,17 +96,18 @@ class BeatChannel:
             self.own_file.parent.mkdir(exist_ok=True)
             replace_view(self.own_file, data)
 
-    def _collect(self, beat: Heartbeat) -> None:
+    def _collect(self, beat: Heartbeat) -> dict[int, Heartbeat]:
+        """Write the node's file: this beat and the node's other ranks' (returned, by rank)."""
         others = {}
         with os.scandir(self.local) as entries:
             for entry in entries:
                 other = Heartbeat.read(Path(entry.path)) if entry.name.startswith("rank-") else None
                 if other is not None and other.rank != self.rank:
                     others[other.rank] = other
-        self.others = others
         beats = sorted([beat, *others.values()], key=lambda b: b.rank)
         self.node_file.parent.mkdir(exist_ok=True)
         replace_view(self.node_file, json.dumps([b.to_json() for b in beats]).encode())
+        return others
 
     def drain(self, beat: Heartbeat) -> None:
         """The leader's last beat (`beat`: done): collect until every other rank of the node is done
@@ -115,12 +115,13 @@ class BeatChannel:
         if not self.leader:
             return
         deadline = time.monotonic() + DRAIN_S
+        others: dict[int, Heartbeat] = {}
         while True:
             try:
-                self._collect(beat)
+                others = self._collect(beat)
             except OSError:
                 pass
-            waiting = [b for b in self.others.values() if not b.done and (b.pid is None or exists(b.pid))]
+            waiting = [b for b in others.values() if not b.done and (b.pid is None or exists(b.pid))]
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(DRAIN_POLL_S)
