@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -115,3 +116,35 @@ def test_readers_keep_each_rank_s_newest_beat_across_node_and_rank_files(run: Ru
     (folder / "rank-2.json").write_text(beat(2, "n3", 70.0).dumps())
     (folder / "node-3.json").write_text('[{"rank": 3, "ho')  # torn: skipped
     assert [(b.rank, b.host) for b in run.read_heartbeats()] == [(0, "n2"), (1, "n1"), (2, "n3")]
+
+
+def test_every_rank_s_last_beat_reaches_the_shared_filesystem_whichever_ends_first(run: RunDir) -> None:
+    # rank 1's first beat came before its leader's directory (lost); its next is its last, sent
+    # while its leader finishes: the leader, knowing its node has 2 ranks, waits for it
+    other = BeatChannel(run, 1, 1, 0, "n1")
+    other.publish(beat(1, "n1", 10.0))
+    leader = BeatChannel(run, 0, 0, 0, "n1", local_ranks=2)
+    last = beat(1, "n1", 12.0, done=True)
+    timer = threading.Timer(0.3, other.publish, (last,))
+    timer.start()
+    started = time.monotonic()
+    leader.drain(beat(0, "n1", 11.0, done=True))
+    timer.join()
+    assert 0.3 <= time.monotonic() - started < beat_channel.UNSEEN_S
+    assert [p.name for p in (run.path / "heartbeats").iterdir()] == ["node-0.json"]
+    assert run.read_heartbeats() == [beat(0, "n1", 11.0, done=True), last] and not leader.local.exists()
+
+    # a last beat that finds no leader (it never came, or has ended) is written at once, within the grace
+    lone = BeatChannel(run, 3, 1, 1, "n2")
+    lone.publish(beat(3, "n2", 20.0))
+    assert [b.rank for b in run.read_heartbeats()] == [0, 1]
+    lone.publish(done := beat(3, "n2", 21.0, done=True))
+    assert run.read_heartbeats()[-1] == done and run.heartbeat(3).is_file()
+
+    # a leader does not wait for a rank it never heard from once UNSEEN_S have passed since it
+    # began (that rank writes its own file: a /dev/shm of its own)
+    leader = BeatChannel(run, 4, 0, 2, "n3", local_ranks=8)
+    leader.began -= beat_channel.UNSEEN_S
+    started = time.monotonic()
+    leader.drain(beat(4, "n3", 30.0, done=True))
+    assert time.monotonic() - started < 0.5 and not leader.local.exists()

@@ -537,9 +537,11 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
 
 def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_30_s(cluster_file, slurm_baseline,
                                                                                      tmp_path) -> None:
-    """An administrator sets a node of a running 2-node job DOWN: SLURM kills the job and requeues
-    it itself (JobRequeue). The batch script's watcher, which SLURM's SIGTERM reaches, records the
-    requeue (`by_slurm`, the down node, remembered as bad and added to the job's exclusions) and
+    """A node of a running 2-node job stops answering (its slurmd dies; its rank lives on) and is set
+    DOWN (what SLURM does after SlurmdTimeout, 300 s; an administrator here, at once): SLURM kills
+    the job and requeues it itself (JobRequeue). The batch script's watcher, which SLURM's SIGTERM
+    reaches, records the requeue (`by_slurm`, the down node, remembered as bad and added to the
+    job's exclusions) and
     replaces SLURM's post-requeue hold (cred_expire + 1 s: 121 s here) by 2 s, so the same job
     trains again on two other nodes within 30 s, resumes from its periodic checkpoint and ends bit
     for bit equal to the uninterrupted run."""
@@ -551,7 +553,11 @@ def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     job_id = json.loads((run_dir / "slurm.json").read_text())["job_id"]
     wait_for(lambda: progress_step(run_dir) >= 30, 180, "step 30", run_dir)
-    node = json.loads((run_dir / "errors" / "rank-1.alive").read_text())["host"]  # not the batch host
+    alive = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
+    node = alive["host"]  # not the batch host
+    # a node that still answered would be back in service at once (ReturnToService=2): not lost
+    state_dir = Path(os.environ.get("LAUNCH_SLURM_DIR", "/tmp/launch-slurm"))
+    os.kill(int((state_dir / f"slurmd-{node}.pid").read_text()), 9)
     subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=launch-test"], check=True)
     down_at = time.time()
     try:
@@ -560,8 +566,7 @@ def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_
         (requeued,) = [r for r in records if r["event"] == "requeued"]
         assert requeued["by_slurm"] and requeued["lost_nodes"] == [node] and requeued["slurm_job_id"] == job_id, requeued
         assert requeued["start_after_s"] == 2 and not requeued.get("seen_at_start"), requeued
-        # the node is remembered as bad and the requeued job excludes it (here SLURM returns a node
-        # set DOWN to service at once: ReturnToService=2 with its slurmd answering)
+        # the node is remembered as bad and the requeued job excludes it
         assert requeued["excluded_nodes"] == [node], requeued
         detail = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True).stdout
         assert f"ExcNodeList={node} " in detail, detail
@@ -573,8 +578,11 @@ def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_
         assert [s["slurm_job_id"] for s in started] == [job_id, job_id] and started[1]["slurm_restart_count"] == 1
         wait_for(lambda: "finished" in slurm_events(run_dir) or "failed" in slurm_events(run_dir), 300, "the end",
                  run_dir)
+        # the rank of the node without a slurmd stopped with the others (the stop agreement)
+        wait_for(lambda: not Path(f"/proc/{alive['pid']}").exists(), 60, "the rank on the node to end", run_dir)
     finally:
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True, check=False)
+        revive_node(node)
     info = json.loads(launch(cluster_file, "status", str(run_dir), "--json").stdout)
     assert info["state"] == "completed" and info["bad_nodes"] == {node: "down (SLURM requeued the job)"}, info
     assert node not in {b.host for b in RunDir(run_dir).read_heartbeats()}

@@ -100,8 +100,8 @@ def start_soon(job_id: str) -> bool:
 
 def record_slurm_requeue(run: RunDir, shorten_hold: bool = True) -> bool:
     """If SLURM put this job back in the queue itself (a node of it set DOWN or failing, with
-    JobRequeue; its `Restarts` past this attempt's SLURM_RESTART_COUNT): remember the nodes SLURM
-    took out of the job as bad, and leave a process that records `requeued` (`by_slurm`) once the
+    JobRequeue; its `Restarts` past this attempt's SLURM_RESTART_COUNT): remember the job's nodes
+    SLURM has down or failing as bad, and leave a process that records `requeued` (`by_slurm`) once the
     job is pending again, excluding the run's bad nodes from it and shortening the hold as for
     launch's own requeue (`after_slurm_requeue`). Asked by the watcher when SLURM's SIGTERM reaches
     it, and by the end hook (srun may exit first); whichever asks first. False if SLURM did not
@@ -118,10 +118,12 @@ def record_slurm_requeue(run: RunDir, shorten_hold: bool = True) -> bool:
         os.close(os.open(run.slurm_requeue_claim(job_id, restarts), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
         return True  # the watcher or the end hook is on it
-    # the nodes SLURM took out of the job (its NodeList keeps those still completing), and any of
-    # the job's that SLURM has down or failing
-    nodes, still = os.environ.get("SLURM_JOB_NODELIST", ""), hostnames(detail.get("NodeList", ""))
-    down = sorted({*unhealthy_nodes(nodes), *(set(hostnames(nodes)) - set(still) if still else ())}) if nodes else []
+    # the job's nodes SLURM has down, draining or not responding. Not "the nodes gone from its
+    # NodeList": a COMPLETING job's NodeList lists the nodes still completing, so a node that ended
+    # its part first (any node, after a preemption or an `scontrol requeue`) would read as lost, and
+    # once the job is pending (this watcher outlives the batch shell) the list is empty.
+    nodes = os.environ.get("SLURM_JOB_NODELIST", "")
+    down = unhealthy_nodes(nodes) if nodes else []
     record_bad_nodes(run, {node: "down (SLURM requeued the job)" for node in down})
     # The job stays COMPLETING while anything of it runs (this batch script included), and SLURM
     # sets its hold when it completes, over any StartTime set before: so a process of its own does

@@ -14,9 +14,14 @@ The traps, and what this does about them:
   slurmstepd, or torchrun's agent): one attempt's ranks of one node, never an earlier attempt's
   files. The leader removes the directories earlier attempts left for the same node.
 - A leader that finishes first keeps collecting until every other rank of its node is done or its
-  process gone (at most DRAIN_S), then removes the directory.
+  process gone (at most DRAIN_S), and for a rank it has not heard from yet until UNSEEN_S after it
+  began (one whose first beat came before the directory did); then it removes its marker, collects
+  once more and removes the directory.
 - A rank that sees no leader (a container with a /dev/shm of its own per task, or a leader that
-  ended before it) writes `heartbeats/rank-N.json` itself, as every rank once did.
+  ended before it) writes `heartbeats/rank-N.json` itself, as every rank once did; so does a rank
+  whose last beat (`done`) finds no leader marker after it was written. A beat written while the
+  marker was there reaches the leader's last collect, which follows the marker's removal: the last
+  beat of every rank is on the shared filesystem, whichever ends first.
 Readers (RunDir.read_heartbeats) take both kinds of file and keep each rank's newest beat.
 """
 
@@ -39,6 +44,7 @@ LOCAL_BEAT_S = 1.0  # how often a rank hands its beat to the node-local director
 FALLBACK_S = 3 * HEARTBEAT_S  # no leader seen this long after the rank's first beat: write its own file
 DRAIN_S = 30.0  # how long a finished leader waits for its node's other ranks to be done
 DRAIN_POLL_S = 0.05  # how often it looks meanwhile (the others finish within moments of it: the end of an attempt waits)
+UNSEEN_S = 3 * LOCAL_BEAT_S  # a rank sharing the directory has handed a beat this long after the leader began
 LEADER = "leader"  # the leader's marker in the node-local directory
 
 
@@ -58,14 +64,15 @@ def safe_host(host: str) -> str:
 class BeatChannel:
     """A rank's way to the shared filesystem: through its node's leader, or its own file."""
 
-    def __init__(self, run: RunDir, rank: int, local_rank: int, node_rank: int, host: str) -> None:
-        self.rank, self.leader = rank, local_rank == 0
+    def __init__(self, run: RunDir, rank: int, local_rank: int, node_rank: int, host: str, local_ranks: int = 1) -> None:
+        self.rank, self.leader, self.local_ranks = rank, local_rank == 0, local_ranks  # local_ranks: the node's ranks
         self.node_file = run.heartbeat(node=node_rank)
         self.own_file = run.heartbeat(rank)
         self.local = node_local_dir(run.run_id, host, node_rank, os.getppid())
         self.period = HEARTBEAT_S if self.leader else LOCAL_BEAT_S
         self.first_beat: float | None = None
         self.saw_leader = False
+        self.began = time.monotonic()
         if self.leader:
             for old in self.local.parent.glob(self.local.name.rsplit("-", 1)[0] + "-*"):
                 if old != self.local:  # an earlier attempt's, on this node
@@ -90,9 +97,9 @@ class BeatChannel:
             replace_view(self.local / f"rank-{self.rank}.json", data)
         except FileNotFoundError:
             pass  # no leader yet, or it has ended
-        if (self.local / LEADER).exists():
+        if (self.local / LEADER).exists():  # then the leader's last collect sees this beat
             self.saw_leader = True
-        elif self.saw_leader or now - self.first_beat >= FALLBACK_S:
+        elif self.saw_leader or beat.done or now - self.first_beat >= FALLBACK_S:
             self.own_file.parent.mkdir(exist_ok=True)
             replace_view(self.own_file, data)
 
@@ -122,7 +129,13 @@ class BeatChannel:
             except OSError:
                 pass
             waiting = [b for b in others.values() if not b.done and (b.pid is None or exists(b.pid))]
-            if not waiting or time.monotonic() >= deadline:
+            unseen = len(others) < self.local_ranks - 1 and time.monotonic() < self.began + UNSEEN_S
+            if not (waiting or unseen) or time.monotonic() >= deadline:
                 break
             time.sleep(DRAIN_POLL_S)
+        try:  # a rank that finds the marker gone from now on writes its own file
+            (self.local / LEADER).unlink()
+            self._collect(beat)  # what was written while the marker was there
+        except OSError:
+            pass
         shutil.rmtree(self.local, ignore_errors=True)

@@ -75,7 +75,7 @@ class Heartbeat(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         if self.channel is None:
             self.channel = BeatChannel(self.run, trainer.global_rank, trainer.local_rank, trainer.node_rank,
-                                       self.record.host)
+                                       self.record.host, local_ranks=trainer.num_devices)
         self.record = replace(self.record, rank=trainer.global_rank)
         self.progressed(trainer)
         if self._thread is None:
