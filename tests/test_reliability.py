@@ -8,17 +8,20 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 
 from launcher.backends.local import processes_of
+from launcher.entry import agent
 from launcher.rundir import RunDir
 from tests.helpers.launch import REPO, run_launch
 from tests.helpers.runs import kill_every_process
@@ -125,6 +128,36 @@ def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(
     assert info["error"].startswith("rank 1 (") and ": Hung: stopped responding: rank 0 waited" in info["error"], info
     text = log.read_text()
     assert "Timeout (0:00:" in text and "in training_step" in text, text[-2000:]  # where rank 1 was stuck
+    # torchrun stopped the hung rank FAILED_PEER_GRACE_S after its SIGTERM, not after its own 30 s
+    console = (run_dir / "console.log").read_text()
+    at = {what: datetime.strptime(re.search(rf"^\w\d{{4}} (\S+) .*{what}", console, re.M).group(1), "%H:%M:%S.%f")
+          for what in ("closing signal SIGTERM", "forcefully exiting via 9")}
+    waited = (at["forcefully exiting via 9"] - at["closing signal SIGTERM"]).total_seconds()
+    assert agent.FAILED_PEER_GRACE_S <= waited < agent.FAILED_PEER_GRACE_S + 5, console[-3000:]
+
+
+def test_torchrun_s_agent_keeps_its_timeout_for_a_signal_and_shortens_it_after_a_failure(monkeypatch) -> None:
+    """launcher/entry/agent.py, on torch's own agent and process context with a real worker that
+    ignores SIGTERM: a shutdown without a signal (a worker failed) SIGKILLs after the grace; one for
+    a signal to the agent (a preemption: its ranks are saving) waits the whole timeout given."""
+    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, start_processes
+
+    monkeypatch.setattr(agent, "FAILED_PEER_GRACE_S", 1)
+    monkeypatch.setattr(LocalElasticAgent, "_shutdown", LocalElasticAgent._shutdown)  # torch's, back after the test
+    assert agent.shorten_the_shutdown_after_a_failure() and agent.shorten_the_shutdown_after_a_failure()  # once
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    took = {}
+    for case, args in (("failure", {}), ("signal", {"death_sig": signal.SIGTERM, "timeout": 3})):
+        node = LocalElasticAgent.__new__(LocalElasticAgent)
+        node._worker_watchdog = node._health_check_server = None
+        node._pcontext = start_processes(f"grace-{case}", sys.executable, {0: ("-c", stubborn)}, {0: {}},
+                                         DefaultLogsSpecs(log_dir=None))
+        time.sleep(1.0)  # the worker has set its SIGTERM aside
+        started = time.monotonic()
+        node._shutdown(**args)
+        took[case] = time.monotonic() - started
+    assert 1 <= took["failure"] < 2.5 and 3 <= took["signal"] < 4.5, took
 
 
 def test_a_hang_in_the_job_stops_its_restarts_and_a_hang_that_passes_restarts_and_completes(tmp_path: Path) -> None:
