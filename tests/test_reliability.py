@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from launcher.backends.local import processes_of
-from launcher.entry import agent
+from launcher.entry import torchrun_compat
 from launcher.rundir import RunDir
 from tests.helpers.launch import REPO, run_launch
 from tests.helpers.runs import kill_every_process
@@ -133,19 +133,21 @@ def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(
     at = {what: datetime.strptime(re.search(rf"^\w\d{{4}} (\S+) .*{what}", console, re.M).group(1), "%H:%M:%S.%f")
           for what in ("closing signal SIGTERM", "forcefully exiting via 9")}
     waited = (at["forcefully exiting via 9"] - at["closing signal SIGTERM"]).total_seconds()
-    assert agent.FAILED_PEER_GRACE_S <= waited < agent.FAILED_PEER_GRACE_S + 5, console[-3000:]
+    assert torchrun_compat.FAILED_PEER_GRACE_S <= waited < torchrun_compat.FAILED_PEER_GRACE_S + 5, console[-3000:]
 
 
 def test_torchrun_s_agent_keeps_its_timeout_for_a_signal_and_shortens_it_after_a_failure(monkeypatch) -> None:
-    """launcher/entry/agent.py, on torch's own agent and process context with a real worker that
+    """launcher/entry/torchrun_compat.py, on torch's own agent and process context with a real worker that
     ignores SIGTERM: a shutdown without a signal (a worker failed) SIGKILLs after the grace; one for
     a signal to the agent (a preemption: its ranks are saving) waits the whole timeout given."""
     from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, start_processes
 
-    monkeypatch.setattr(agent, "FAILED_PEER_GRACE_S", 1)
+    monkeypatch.setattr(torchrun_compat, "FAILED_PEER_GRACE_S", 1)
     monkeypatch.setattr(LocalElasticAgent, "_shutdown", LocalElasticAgent._shutdown)  # torch's, back after the test
-    assert agent.shorten_the_shutdown_after_a_failure() and agent.shorten_the_shutdown_after_a_failure()  # once
+    assert not torchrun_compat.shorten_the_shutdown_after_a_failure("2.15.0")  # not written for it: torchrun's own
+    assert LocalElasticAgent._shutdown.__module__.startswith("torch.")
+    assert torchrun_compat.shorten_the_shutdown_after_a_failure() and torchrun_compat.shorten_the_shutdown_after_a_failure()
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     took = {}
     for case, args in (("failure", {}), ("signal", {"death_sig": signal.SIGTERM, "timeout": 3})):
