@@ -137,29 +137,39 @@ def test_a_hung_rank_is_ended_by_the_collective_timeout_and_its_stack_is_logged(
 
 
 def test_torchrun_s_agent_keeps_its_timeout_for_a_signal_and_shortens_it_after_a_failure(monkeypatch) -> None:
-    """launcher/entry/torchrun_compat.py, on torch's own agent and process context with a real worker that
-    ignores SIGTERM: a shutdown without a signal (a worker failed) SIGKILLs after the grace; one for
-    a signal to the agent (a preemption: its ranks are saving) waits the whole timeout given."""
-    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    """launcher/entry/torchrun_compat.py, on torch's own process context with real workers, one of
+    which ignores SIGTERM: when another worker fails, torchrun's poll closes the context and the
+    stubborn one is SIGKILLed after the grace (torch's own: 30 s); a close for a signal to the agent
+    (a preemption: its ranks are saving) waits the whole timeout it is given."""
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, start_processes
+    from torch.distributed.elastic.multiprocessing.api import PContext
 
+    from launcher.runtime.signals import STACK_DUMP_AFTER_S
+
+    assert STACK_DUMP_AFTER_S < torchrun_compat.FAILED_PEER_GRACE_S - 1  # a hung rank's stacks are dumped first
     monkeypatch.setattr(torchrun_compat, "FAILED_PEER_GRACE_S", 1)
-    monkeypatch.setattr(LocalElasticAgent, "_shutdown", LocalElasticAgent._shutdown)  # torch's, back after the test
+    monkeypatch.setattr(PContext, "close", PContext.close)  # torch's, back after the test
     assert not torchrun_compat.shorten_the_shutdown_after_a_failure("2.15.0")  # not written for it: torchrun's own
-    assert LocalElasticAgent._shutdown.__module__.startswith("torch.")
+    assert PContext.close.__module__.startswith("torch.")
     assert torchrun_compat.shorten_the_shutdown_after_a_failure() and torchrun_compat.shorten_the_shutdown_after_a_failure()
     stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    failing = "import time, sys; time.sleep(1.5); sys.exit(3)"
     took = {}
-    for case, args in (("failure", {}), ("signal", {"death_sig": signal.SIGTERM, "timeout": 3})):
-        node = LocalElasticAgent.__new__(LocalElasticAgent)
-        node._worker_watchdog = node._health_check_server = None
-        node._pcontext = start_processes(f"grace-{case}", sys.executable, {0: ("-c", stubborn)}, {0: {}},
-                                         DefaultLogsSpecs(log_dir=None))
-        time.sleep(1.0)  # the worker has set its SIGTERM aside
+    for case in ("failure", "signal"):
+        workers = start_processes(f"grace-{case}", sys.executable, {0: ("-c", stubborn), 1: ("-c", failing)},
+                                  {0: {}, 1: {}}, DefaultLogsSpecs(log_dir=None))
         started = time.monotonic()
-        node._shutdown(**args)
-        took[case] = time.monotonic() - started
-    assert 1 <= took["failure"] < 2.5 and 3 <= took["signal"] < 4.5, took
+        if case == "failure":  # what torchrun's agent does: wait until a worker failed, then close
+            result = workers.wait(timeout=60, period=0.1)
+            assert result is not None and result.failures[1].exitcode == 3, result
+            assert result.failures[0].exitcode == -signal.SIGKILL, result
+            took[case] = time.monotonic() - started - 1.5
+        else:
+            time.sleep(1.0)  # the stubborn worker has set its SIGTERM aside
+            started = time.monotonic()
+            workers.close(signal.SIGTERM, 3)
+            took[case] = time.monotonic() - started
+    assert 0.9 <= took["failure"] < 3 and 3 <= took["signal"] < 4.5, took
 
 
 def test_a_hang_in_the_job_stops_its_restarts_and_a_hang_that_passes_restarts_and_completes(tmp_path: Path) -> None:

@@ -29,24 +29,28 @@ def written_for(installed: str | None = None) -> bool:
     return ".".join(installed.split("+")[0].split(".")[:2]) == WRITTEN_FOR["torch"]
 
 
+_UNSET: Any = object()
+
+
 def shorten_the_shutdown_after_a_failure(installed: str | None = None) -> bool:
-    """torchrun's agent calls `_shutdown(sig, timeout)` on a signal to itself (a preemption or a
-    cancel: the ranks are saving, torchrun's timeout stands) and `_shutdown(timeout=...)` when its
-    workers ended or one failed: only the latter is shortened, to FAILED_PEER_GRACE_S. False (and
-    torchrun's 30 s) on a torch this was not written for."""
+    """torchrun's process context closes itself, `close()` without arguments, once one of its
+    workers failed (or all ended); the agent closes it with a signal and its shutdown_timeout when
+    the agent itself is signalled (a preemption or a cancel: the ranks are saving). Only the former
+    is shortened, to FAILED_PEER_GRACE_S. False (and torchrun's 30 s) on a torch this was not
+    written for."""
     if not written_for(installed):
         return False
-    from torch.distributed.elastic.agent.server.local_elastic_agent import LocalElasticAgent
+    from torch.distributed.elastic.multiprocessing.api import PContext
 
-    shutdown = LocalElasticAgent._shutdown
-    if getattr(shutdown, "launch_failure_grace", False):
+    close = PContext.close
+    if getattr(close, "launch_failure_grace", False):
         return True
 
-    def _shutdown(self: Any, death_sig: signal.Signals | None = None, timeout: int = 30, *args: Any, **kwargs: Any) -> Any:
-        if death_sig is None:  # not a signal to the agent: its workers ended, or one of them failed
-            death_sig, timeout = signal.SIGTERM, min(timeout, FAILED_PEER_GRACE_S)
-        return shutdown(self, death_sig, timeout, *args, **kwargs)
+    def close_soon_after_a_failure(self: Any, death_sig: signal.Signals | None = None, timeout: Any = _UNSET) -> None:
+        if death_sig is None and timeout is _UNSET:  # a worker failed (or all ended), no signal to the agent
+            timeout = FAILED_PEER_GRACE_S
+        close(self, death_sig, 30 if timeout is _UNSET else timeout)
 
-    _shutdown.launch_failure_grace = True  # type: ignore[attr-defined]
-    LocalElasticAgent._shutdown = _shutdown  # type: ignore[method-assign]
+    close_soon_after_a_failure.launch_failure_grace = True  # type: ignore[attr-defined]
+    PContext.close = close_soon_after_a_failure  # type: ignore[method-assign]
     return True

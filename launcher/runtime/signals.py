@@ -8,9 +8,11 @@ import sys
 import time
 from typing import Any
 
-# A rank still alive this long after SIGTERM is stuck: its threads' stacks go to its log, to
-# show where (torchrun and SLURM kill it soon after).
-STACK_DUMP_AFTER_S = 20
+# A rank still alive this long after SIGTERM may be stuck: its threads' stacks go to its log, to
+# show where. Under entry/torchrun_compat.FAILED_PEER_GRACE_S (10 s): torchrun SIGKILLs a failed
+# attempt's other ranks then (a test keeps the order). A preemption's save that takes longer
+# leaves its stacks in the log too, harmlessly.
+STACK_DUMP_AFTER_S = 8
 
 # The first preemption signal and when it came; written only by the handler.
 received: dict[str, Any] = {"signum": None, "at": None}
