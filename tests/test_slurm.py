@@ -452,10 +452,14 @@ def test_a_run_inside_salloc_uses_the_allocation_and_resumes_in_it(cluster_file,
 def kill_node(node: str, rank_pid: int) -> None:
     """What a node's death does, on the test cluster where every node is a slurmd on this machine:
     SIGKILL its slurmd, and the step daemon and rank it runs."""
-    state_dir = Path(os.environ.get("LAUNCH_SLURM_DIR", "/tmp/launch-slurm"))
     stepd = int(Path(f"/proc/{rank_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    for pid in (int((state_dir / f"slurmd-{node}.pid").read_text()), stepd, rank_pid):
+    for pid in (slurmd_pid(node), stepd, rank_pid):
         os.kill(pid, 9)
+
+
+def slurmd_pid(node: str) -> int:
+    """The process of `node`'s slurmd on the test cluster (tests/slurm/cluster.sh)."""
+    return int((Path(os.environ.get("LAUNCH_SLURM_DIR", "/tmp/launch-slurm")) / f"slurmd-{node}.pid").read_text())
 
 
 def kill_a_node_under(cluster_file: Path, job: Path, tmp_path: Path, at_step: int) -> tuple[Path, str, str]:
@@ -556,8 +560,7 @@ def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_
     alive = json.loads((run_dir / "errors" / "rank-1.alive").read_text())
     node = alive["host"]  # not the batch host
     # a node that still answered would be back in service at once (ReturnToService=2): not lost
-    state_dir = Path(os.environ.get("LAUNCH_SLURM_DIR", "/tmp/launch-slurm"))
-    os.kill(int((state_dir / f"slurmd-{node}.pid").read_text()), 9)
+    os.kill(slurmd_pid(node), 9)
     subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=launch-test"], check=True)
     down_at = time.time()
     try:

@@ -49,7 +49,7 @@ def shorten_the_shutdown_after_a_failure(installed: str | None = None) -> bool:
     def close_soon_after_a_failure(self: Any, death_sig: signal.Signals | None = None, timeout: Any = _UNSET) -> None:
         if death_sig is None and timeout is _UNSET:  # a worker failed (or all ended), no signal to the agent
             timeout = FAILED_PEER_GRACE_S
-        close(self, death_sig, 30 if timeout is _UNSET else timeout)
+        return close(self, death_sig) if timeout is _UNSET else close(self, death_sig, timeout)  # unset: torch's own
 
     close_soon_after_a_failure.launch_failure_grace = True  # type: ignore[attr-defined]
     PContext.close = close_soon_after_a_failure  # type: ignore[method-assign]
