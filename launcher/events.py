@@ -117,6 +117,9 @@ class TrainingStarted(EventRecord):
     resume_from: str | None = None
     lightning: str | None = None  # the Lightning namespace the ranks run ("lightning.pytorch", "pytorch_lightning")
     lightning_loaded: list[str] | None = None  # every Lightning namespace imported in rank zero (that one alone)
+    # rank zero guards its forks against CPython 3.11's child deadlock (gh-112275; runtime/cpython_compat.py);
+    # False: a Python that needs no guard, or a layout the guard does not know
+    fork_guard: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -17,7 +17,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from launcher.rundir import RunDir
-from launcher.runtime import beat_channel
+from launcher.runtime import beat_channel, cpython_compat
 from launcher.runtime.strategy import EXACT_DDP_KWARGS
 from tests.helpers.launch import run_launch
 from tests.helpers.runs import (
@@ -118,6 +118,10 @@ def test_world_size_4_with_augmenting_workers_preempted_twice_ends_bit_identical
     assert len(preempted) == 2 and all(0 < e["batch_in_epoch"] < STEPS_PER_EPOCH for e in preempted), preempted
     assert all(e["mid_epoch"] for e in events(run_dir) if e["event"] == "resumed")
     assert_same_training(run_dir, world4_baseline)
+    # every attempt forked its workers under the fork guard (runtime/cpython_compat.py: without it,
+    # a worker forked while a gloo thread held CPython 3.11's thread-state lock never started)
+    started = [e for e in events(run_dir) if e["event"] == "training_started"]
+    assert len(started) == 3 and all(e["fork_guard"] is cpython_compat.written_for() for e in started), started
     # no rank hung joining its workers at exit: every attempt's ranks exited on their own
     assert json.loads(run_launch("status", str(run_dir), "--json").stdout)["error"] is None
 

@@ -12,7 +12,7 @@ from launcher.config import JobConfig
 from launcher.lifecycle import Event
 from launcher.records import Preemption
 from launcher.rundir import RunDir, checkpoint_complete, checkpoint_mtime_ns, remove_checkpoint
-from launcher.runtime import output, signals
+from launcher.runtime import cpython_compat, output, signals
 from launcher.runtime.build import build_model_and_data, build_trainer
 from launcher.runtime.heartbeat import finish_heartbeat
 from launcher.runtime.lightning_api import FABRIC, NAME, is_overridden, loaded
@@ -140,7 +140,7 @@ class FitSession:
         if self.rank == 0:
             self.run.add_event(Event.TRAINING_STARTED, world_size=self.cfg.world_size,
                                resume_from=Path(self.resume).name if self.resume else None, lightning=NAME,
-                               lightning_loaded=loaded())
+                               lightning_loaded=loaded(), fork_guard=cpython_compat.guarded())
         if self.cfg.performance.compile:
             # The network's forward only (state_dict keys unchanged); training_step, its logging and
             # torchmetrics stay eager. Compiling the module's call, as torch.compile(model) or

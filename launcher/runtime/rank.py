@@ -17,12 +17,15 @@ from launcher.attempts import ECHO
 from launcher.config import load_resolved
 from launcher.records import AliveMarker, RankError
 from launcher.rundir import RunDir, atomic_write_text
-from launcher.runtime import output, signals
+from launcher.runtime import cpython_compat, output, signals
 from launcher.slurm_env import node_name as host_name
 from launcher.usercode import import_user_code
 
 
 def main(argv: list[str] | None = None) -> int:
+    # first: a DataLoader worker forked while a gloo thread held CPython 3.11's thread-state lock
+    # never starts (cpython_compat.py)
+    cpython_compat.guard_forks()
     argv = sys.argv[1:] if argv is None else argv
     run_path = argv[0] if argv else os.environ.get("LAUNCH_RUN_DIR", "")
     if not run_path:
