@@ -11,20 +11,23 @@ tensor Python also holds creates and deletes a thread state (torch's decref, thr
 starts, and its rank waits for its first batch for good (CI, 2026-12-05: a world-size-4 run hung
 before step 5; gdb had shown the child stuck in `_PyThreadState_DeleteExcept`).
 
-The guard, installed once per rank (`guard_forks`):
-- before every `os.fork()` (a Python at-fork hook, holding the GIL) the forking thread takes the
-  lock itself; it never waits for it holding the GIL (a holder may be waiting for the GIL: it
-  tries, and lets the GIL go between tries), so no other thread holds it while the child is copied;
-- the parent gives it back after the fork (Python hook);
-- the child gives it back at once, from a C-level fork handler (`__register_atfork`), which runs
-  inside fork() before CPython re-initialises anything: Python's `after_in_child` runs too late.
-  The handler is a ctypes callback that calls `PyThread_release_lock` directly (no Python code
-  runs in the child before CPython's own re-initialisation). Forks that did not pass the Python
-  hook (a C library's) release a spare lock instead.
+The guard, installed once per rank (`guard_forks`): the thread that forks holds that lock across
+the fork itself, so no other thread can hold it while the child is copied.
+- A Python at-fork hook arms the guard (which lock: it is re-made in every child).
+- C-level fork handlers (`__register_atfork`, ctypes callbacks that call `PyThread_acquire_lock`
+  and `PyThread_release_lock` directly) do the rest inside fork(): take the lock (waiting with the
+  GIL held: a thread holding it never waits for the GIL meanwhile), then give it back in the parent
+  and, before CPython re-initialises anything, in the child. Python hooks cannot: the child's run
+  too late, and Python code run while the lock is held may hand the GIL to a thread that then
+  waits for the lock, holding the GIL (a gloo thread dropping its thread state): the first version
+  of this guard, a Python hook holding the lock until the parent's hooks, deadlocked that way in a
+  rank. No Python bytecode runs in the handlers.
+- A fork that did not pass the Python hook (a C library's, or a second thread's while the first
+  forks) takes and gives back a spare lock instead.
 
-The cost: a child forked by a C thread that never held the GIL (no Python fork) would wait in
-the handler for a GIL it cannot have; nothing in a rank forks that way (torch, gloo and NCCL do
-not fork; Python's subprocess forks holding the GIL, or with vfork, which runs no handler).
+The cost: a fork by a C thread that never held the GIL waits in the handlers for the GIL, and its
+child for ever; nothing in a rank forks that way (torch, gloo and NCCL do not fork; Python's
+subprocess forks holding the GIL, or by vfork, which runs no handler).
 
 Written for CPython 3.11's `_PyRuntimeState` layout, checked at install: the two pointers after
 the lock must both be the main interpreter, else nothing is installed. Other versions (3.12+ fixed
@@ -37,7 +40,6 @@ import ctypes
 import functools
 import os
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +47,6 @@ WRITTEN_FOR = (3, 11)
 # offsets in _PyRuntimeState (3.11, Include/internal/pycore_runtime.h): five ints and
 # `_finalizing`, then `interpreters` = {mutex, head, main, next_id}
 MUTEX_AT, HEAD_AT, MAIN_AT = 0x20, 0x28, 0x30
-TRY_EVERY_S = 0.0002  # how often the forking thread tries the lock while another thread holds it
 
 _guard: _ForkGuard | None = None
 
@@ -55,7 +56,7 @@ def written_for() -> bool:
 
 
 def _python_api(name: str, restype: type | None, *argtypes: type) -> Callable[..., Any]:
-    """A function of the C API called with the GIL held (never let go: see `_ForkGuard.before`)."""
+    """A function of the C API, called with the GIL held (ctypes lets it go for other functions)."""
     return ctypes.PYFUNCTYPE(restype, *argtypes)((name, ctypes.pythonapi))
 
 
@@ -79,33 +80,29 @@ def head_lock_address() -> int | None:
 class _ForkGuard:
     def __init__(self, mutex_at: int) -> None:
         self.mutex_at = mutex_at
-        self.acquire = _python_api("PyThread_acquire_lock", ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
-        self.release = _python_api("PyThread_release_lock", None, ctypes.c_void_p)
-        # what a child releases when its fork did not pass `before` (a C library's own fork)
+        acquire = _python_api("PyThread_acquire_lock", ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+        release = _python_api("PyThread_release_lock", None, ctypes.c_void_p)
+        # what the handlers take and give back when the fork did not pass `arm` (a C library's own)
         self.spare = _python_api("PyThread_allocate_lock", ctypes.c_void_p)()
-        self.target = ctypes.c_void_p(self.spare)  # read by the child's handler when it runs
-        # The handler and what it calls live as long as the process (a child may call it any time).
-        self.child_handler = ctypes.CFUNCTYPE(None)(functools.partial(self.release, self.target))
+        self.target = ctypes.c_void_p(self.spare)  # read by the handlers when they run
+        # C-level handlers, kept as long as the process: no Python bytecode runs in them (a bytecode
+        # boundary may hand the GIL to a thread that then waits for the lock: a deadlock)
+        handler = ctypes.CFUNCTYPE(None)
+        self.handlers = (handler(functools.partial(acquire, self.target, 1)),  # prepare: wait for it, GIL held
+                         handler(functools.partial(release, self.target)),  # in the parent
+                         handler(functools.partial(release, self.target)))  # in the child, before CPython re-makes it
         register = ctypes.CDLL(None)["__register_atfork"]  # what pthread_atfork calls (glibc)
-        register.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        if register(None, None, ctypes.cast(self.child_handler, ctypes.c_void_p), None) != 0:
+        register.argtypes = [ctypes.c_void_p] * 4
+        if register(*(ctypes.cast(h, ctypes.c_void_p) for h in self.handlers), None) != 0:
             raise OSError("__register_atfork failed")
-        os.register_at_fork(before=self.before, after_in_parent=self.after_in_parent, after_in_child=self.after_in_child)
+        os.register_at_fork(before=self.arm, after_in_parent=self.disarm, after_in_child=self.disarm)
 
-    def before(self) -> None:
-        # the lock is re-made in every child: read where it is now, not at install
-        mutex = ctypes.c_void_p.from_address(self.mutex_at).value
-        while not self.acquire(mutex, 0):
-            time.sleep(TRY_EVERY_S)  # a holder that waits for the GIL goes on meanwhile
-        self.target.value = mutex
+    def arm(self) -> None:
+        # the lock is re-made in every child: where it is now, not at install
+        self.target.value = ctypes.c_void_p.from_address(self.mutex_at).value
 
-    def after_in_parent(self) -> None:
-        mutex, self.target.value = self.target.value, self.spare
-        if mutex != self.spare:
-            self.release(mutex)
-
-    def after_in_child(self) -> None:
-        self.target.value = self.spare  # the C handler gave the lock back before CPython re-made it
+    def disarm(self) -> None:
+        self.target.value = self.spare
 
 
 def guarded() -> bool:
