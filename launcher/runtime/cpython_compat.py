@@ -115,7 +115,7 @@ def guard_forks() -> bool:
     global _guard
     if _guard is not None:
         return True
-    if not written_for() or not hasattr(os, "register_at_fork"):
+    if not written_for():
         return False
     mutex_at = head_lock_address()
     if mutex_at is None:

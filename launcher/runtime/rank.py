@@ -23,8 +23,8 @@ from launcher.usercode import import_user_code
 
 
 def main(argv: list[str] | None = None) -> int:
-    # first: a DataLoader worker forked while a gloo thread held CPython 3.11's thread-state lock
-    # never starts (cpython_compat.py)
+    # before any fork: a DataLoader worker forked while a gloo thread held CPython 3.11's
+    # thread-state lock would never start (cpython_compat.py)
     cpython_compat.guard_forks()
     argv = sys.argv[1:] if argv is None else argv
     run_path = argv[0] if argv else os.environ.get("LAUNCH_RUN_DIR", "")
