@@ -2,6 +2,7 @@
 loop, same model, data, batch size, optimizer, steps and threads per process.
 
     python bench/throughput.py [--procs 2 1] [--steps 200] [--repeats 3]
+    python bench/throughput.py --procs 2 --steps 300 --repeats 6 --variant defaults= --lightning --rotate
 
 Alternates the two, takes the median samples/s of each (steps after the first 20 only), and prints
 the ratio ours/plain last.
@@ -20,11 +21,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 20
+MEDIAN_STEP_MS: list[float] = []  # each run's median step, in the order the runs ran
 
 
 def samples_per_s(timings: Path, procs: int, batch: int = 64) -> float:
     times = json.loads(timings.read_text())[WARMUP:]
     return procs * batch * len(times) / sum(times)
+
+
+def median_step_ms(timings: Path) -> float:
+    """The median step: the steady per-step cost, without the epoch ends (checkpoint saves, metric
+    syncs) that samples/s includes."""
+    return 1000 * statistics.median(json.loads(timings.read_text())[WARMUP:])
 
 
 def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> float:
@@ -35,6 +43,7 @@ def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]
     for item in sets:
         cmd += ["--set", item]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    MEDIAN_STEP_MS.append(median_step_ms(timings))
     return samples_per_s(timings, procs)
 
 
@@ -43,13 +52,29 @@ def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "bench/plain_ddp.py", str(steps), str(timings)]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    MEDIAN_STEP_MS.append(median_step_ms(timings))
     return samples_per_s(timings, procs)
+
+
+def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
+    timings = tmp / "lightning.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+           "bench/lightning_ddp.py", str(steps), str(timings), str(tmp / "lightning")]
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    MEDIAN_STEP_MS.append(median_step_ms(timings))
+    return samples_per_s(timings, procs)
+
+
+LIGHTNING = "plain-lightning"  # the label of the Lightning baseline among the variants
 
 
 def paired(args: argparse.Namespace) -> None:
     """Each repeat: plain once, then every variant of ours; a variant's ratio is the median of its
-    per-repeat ratios to that repeat's plain run, which cancels the machine's slow drift."""
+    per-repeat ratios to that repeat's plain run, which cancels the machine's slow drift. With
+    --rotate, repeat i starts i places later in that order, so no run is always first or last."""
     variants = []
+    if args.lightning:
+        variants.append((LIGHTNING, []))
     for item in args.variant:
         label, _, sets = item.partition("=")
         variants.append((label, [s for s in sets.split(";") if s]))
@@ -58,18 +83,40 @@ def paired(args: argparse.Namespace) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         plain_runs: list[float] = []
         ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
+        plain_steps: list[float] = []
+        ours_steps: dict[str, list[float]] = {label: [] for label, _ in variants}
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeats):
-                plain_runs.append(plain(procs, args.steps, Path(tmp), env))
-                for label, sets in variants:
-                    ours_runs[label].append(ours(procs, args.steps, Path(tmp), env, sets))
+                order: list[tuple[str, list[str]] | None] = [None, *variants]  # None: the hand-written loop
+                if args.rotate:
+                    order = order[i % len(order):] + order[:i % len(order)]
+                for run in order:
+                    if run is None:
+                        plain_runs.append(plain(procs, args.steps, Path(tmp), env))
+                        plain_steps.append(MEDIAN_STEP_MS[-1])
+                        continue
+                    if run[0] == LIGHTNING:
+                        ours_runs[LIGHTNING].append(lightning(procs, args.steps, Path(tmp), env))
+                    else:
+                        ours_runs[run[0]].append(ours(procs, args.steps, Path(tmp), env, run[1]))
+                    ours_steps[run[0]].append(MEDIAN_STEP_MS[-1])
                 print(f"repeat {i + 1}: plain {plain_runs[-1]:.0f}, "
-                      + ", ".join(f"{label} {ours_runs[label][-1]:.0f}" for label, _ in variants), flush=True)
+                      + ", ".join(f"{label} {ours_runs[label][-1]:.0f}" for label, _ in variants)
+                      + (f" (first: {'plain' if order[0] is None else order[0][0]})" if args.rotate else ""), flush=True)
         for label, sets in variants:
             ratios = [o / p for o, p in zip(ours_runs[label], plain_runs, strict=True)]
             print(f"{procs} process(es), {threads} thread(s) each, {label}: ours {statistics.median(ours_runs[label]):.0f} "
                   f"samples/s, plain {statistics.median(plain_runs):.0f}; paired ratios "
                   f"{[round(r, 3) for r in ratios]}; ratio ours/plain {statistics.median(ratios):.3f}")
+            step_ratios = [p / o for o, p in zip(ours_steps[label], plain_steps, strict=True)]
+            print(f"    median step: ours {statistics.median(ours_steps[label]):.1f} ms, plain "
+                  f"{statistics.median(plain_steps):.1f} ms; paired {[round(r, 3) for r in step_ratios]}; "
+                  f"median-step ratio plain/ours {statistics.median(step_ratios):.3f}")
+            if args.lightning and label != LIGHTNING:
+                vs = [o / lit for o, lit in zip(ours_runs[label], ours_runs[LIGHTNING], strict=True)]
+                vs_steps = [lit / o for o, lit in zip(ours_steps[label], ours_steps[LIGHTNING], strict=True)]
+                print(f"    against plain Lightning: samples/s ratio {statistics.median(vs):.3f} "
+                      f"{[round(r, 3) for r in vs]}; median-step ratio {statistics.median(vs_steps):.3f}")
             if args.out:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps({"label": label, "procs": procs, "ours": ours_runs[label], "plain": plain_runs,
@@ -84,10 +131,14 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="a job override for ours")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=K=V;K=V",
                         help="paired mode: every repeat runs plain, then ours once per variant; ratios are per repeat")
+    parser.add_argument("--rotate", action="store_true",
+                        help="paired mode: repeat i starts i places later in the order plain, variants")
+    parser.add_argument("--lightning", action="store_true",
+                        help="paired mode: also run the same model in a plain Lightning Trainer (bench/lightning_ddp.py)")
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
-    if args.variant:
+    if args.variant or args.lightning:
         paired(args)
         return
     for procs in args.procs:
