@@ -21,7 +21,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 20
-MEDIAN_STEP_MS: list[float] = []  # each run's median step, in the order the runs ran
 
 
 def samples_per_s(timings: Path, procs: int, batch: int = 64) -> float:
@@ -35,34 +34,34 @@ def median_step_ms(timings: Path) -> float:
     return 1000 * statistics.median(json.loads(timings.read_text())[WARMUP:])
 
 
-def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> float:
+def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> tuple[float, float]:
+    """Run one configuration: its samples/s and its median step (ms)."""
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    return samples_per_s(timings, procs), median_step_ms(timings)
+
+
+def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> tuple[float, float]:
     timings = tmp / "ours.json"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "bench/throughput.toml", "--procs", str(procs),
            "--runs-dir", str(tmp / "runs"), "--follow", "--set", f"trainer.max_steps={steps}",
            "--set", f'model.init_args.timings="{timings}"']
     for item in sets:
         cmd += ["--set", item]
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    MEDIAN_STEP_MS.append(median_step_ms(timings))
-    return samples_per_s(timings, procs)
+    return measured(cmd, timings, procs, env)
 
 
-def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
+def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> tuple[float, float]:
     timings = tmp / "plain.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "bench/plain_ddp.py", str(steps), str(timings)]
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    MEDIAN_STEP_MS.append(median_step_ms(timings))
-    return samples_per_s(timings, procs)
+    return measured(cmd, timings, procs, env)
 
 
-def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> float:
+def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> tuple[float, float]:
     timings = tmp / "lightning.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "bench/lightning_ddp.py", str(steps), str(timings), str(tmp / "lightning")]
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    MEDIAN_STEP_MS.append(median_step_ms(timings))
-    return samples_per_s(timings, procs)
+    return measured(cmd, timings, procs, env)
 
 
 LIGHTNING = "plain-lightning"  # the label of the Lightning baseline among the variants
@@ -92,14 +91,16 @@ def paired(args: argparse.Namespace) -> None:
                     order = order[i % len(order):] + order[:i % len(order)]
                 for run in order:
                     if run is None:
-                        plain_runs.append(plain(procs, args.steps, Path(tmp), env))
-                        plain_steps.append(MEDIAN_STEP_MS[-1])
+                        rate, step = plain(procs, args.steps, Path(tmp), env)
+                        plain_runs.append(rate)
+                        plain_steps.append(step)
                         continue
                     if run[0] == LIGHTNING:
-                        ours_runs[LIGHTNING].append(lightning(procs, args.steps, Path(tmp), env))
+                        rate, step = lightning(procs, args.steps, Path(tmp), env)
                     else:
-                        ours_runs[run[0]].append(ours(procs, args.steps, Path(tmp), env, run[1]))
-                    ours_steps[run[0]].append(MEDIAN_STEP_MS[-1])
+                        rate, step = ours(procs, args.steps, Path(tmp), env, run[1])
+                    ours_runs[run[0]].append(rate)
+                    ours_steps[run[0]].append(step)
                 print(f"repeat {i + 1}: plain {plain_runs[-1]:.0f}, "
                       + ", ".join(f"{label} {ours_runs[label][-1]:.0f}" for label, _ in variants)
                       + (f" (first: {'plain' if order[0] is None else order[0][0]})" if args.rotate else ""), flush=True)
@@ -147,8 +148,8 @@ def main() -> None:
         results: dict[str, list[float]] = {"ours": [], "plain": []}
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):
-                results["plain"].append(plain(procs, args.steps, Path(tmp), env))
-                results["ours"].append(ours(procs, args.steps, Path(tmp), env, args.set))
+                results["plain"].append(plain(procs, args.steps, Path(tmp), env)[0])
+                results["ours"].append(ours(procs, args.steps, Path(tmp), env, args.set)[0])
         o, p = statistics.median(results["ours"]), statistics.median(results["plain"])
         label = f" ({', '.join(args.set)})" if args.set else ""
         print(f"{procs} process(es), {threads} thread(s) each{label}: ours {o:.0f} samples/s "
