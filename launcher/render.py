@@ -41,6 +41,8 @@ def rank_env(cfg: JobConfig, launch_mode: str) -> dict[str, str]:
         "OMP_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     }
+    if launch_mode == "torchrun":  # the agent forks the ranks from a preloaded server (entry/agent.py)
+        env["LAUNCH_PRELOAD_RANKS"] = "1" if cfg.job.preload_ranks else "0"
     env.update(cfg.cluster.env)
     return env
 

@@ -19,14 +19,16 @@ def test_lightning_compat_refuses_versions_it_was_not_written_for() -> None:
 
 def test_no_module_but_the_compat_one_touches_lightning_or_torchmetrics_internals() -> None:
     """Every `x._name` attribute in launcher/ is on launch's own objects, or in lightning_compat
-    (Lightning's and torchmetrics' internals) or torchrun_compat (torchrun's, which touches nothing
-    of Lightning's)."""
+    (Lightning's and torchmetrics' internals), torchrun_compat (torchrun's, which touches nothing
+    of Lightning's) or cpython_compat (CPython's: its fork guard, fork server and exit handlers)."""
     ours = {"self", "cls", "handler", "stream", "os", "sys"}
     found = []
     torchrun = (REPO / "launcher" / "entry" / "torchrun_compat.py").read_text()
     assert "lightning" not in torchrun.replace("lightning_compat", "") and "torchmetrics" not in torchrun
+    cpython = (REPO / "launcher" / "runtime" / "cpython_compat.py").read_text()
+    assert "lightning" not in cpython.replace("lightning_compat", "") and "torchmetrics" not in cpython
     for path in sorted((REPO / "launcher").rglob("*.py")):
-        if path.name in ("lightning_compat.py", "torchrun_compat.py"):
+        if path.name in ("lightning_compat.py", "torchrun_compat.py", "cpython_compat.py"):
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

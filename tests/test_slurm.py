@@ -476,7 +476,13 @@ def kill_a_node_under(cluster_file: Path, job: Path, tmp_path: Path, at_step: in
 
 
 def revive_node(node: str) -> None:
+    """Bring a killed node back into service for the tests after this one, as an administrator
+    would: its slurmd started again, then the node set DOWN and RESUMEd, which ends at once what
+    SLURM still had COMPLETING on it (left alone, slurmctld resends the job's termination only
+    every 30-45 s; the lost-node test waits for that on purpose, this cleanup need not)."""
     subprocess.run(["slurmd", "-N", node], check=True)
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=launch-test-revived"], check=True)
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=True)
     wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
                                     text=True).stdout.split()[:1] == ["idle"], 240, f"{node} to be idle again", Path("."))
 

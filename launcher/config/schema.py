@@ -87,9 +87,7 @@ class JobSection:
     # Copy the job's own code (its modules in the submit directory) into the run directory at submit;
     # every attempt imports that copy: a requeue trains the code submitted. False: the directory live.
     snapshot_code: bool = True
-    # Every rank records a digest of each piece of state at every training batch (fingerprints/): what
-    # `launch verify` compares to name the first state that diverged (a hash of the weights a step).
-    fingerprints: bool = False
+    fingerprints: bool = False  # per-batch digests of every piece of state in fingerprints/ (what `launch verify` compares)
     # Drills `launch verify` runs (at steps it draws): stop as if preempted after each of these steps
     drill_preempt_at_steps: list[int] = field(default_factory=list)
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
@@ -112,6 +110,7 @@ class JobSection:
     # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
     straggler_factor: float = bounded(1.2, OFF_OR_ABOVE_ONE)
     straggler_exclude_factor: float = bounded(0.0, OFF_OR_ABOVE_ONE)  # a straggler this much slower: a bad node (0: off)
+    preload_ranks: bool = True  # torchrun forks a node's ranks from one process that imported torch once (docs/failures.md)
     preflight: bool = True  # check each rank's device, a collective, the run directory (and node_check) first
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS` writes
     # these two), relative to the submit directory: every Trainer it builds is launch's (docs/scripts.md).

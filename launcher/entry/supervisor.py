@@ -48,7 +48,13 @@ def stop(agents: list[subprocess.Popen], run: RunDir, grace: float) -> None:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
-    leftovers = processes_of(run)  # workers orphaned by an agent that died first
+    end_leftovers(run, 0.0)  # workers orphaned by an agent that died first
+
+
+def end_leftovers(run: RunDir, wait_s: float) -> None:
+    """No process of an ended attempt outlives it: what is still there after `wait_s` (a rank's
+    data-loader workers, an agent's fork server finishing its exit) is SIGKILLed."""
+    leftovers = wait_gone(processes_of(run), wait_s) if wait_s else processes_of(run)
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -126,6 +132,7 @@ def main(argv: list[str]) -> int:
                 break
             time.sleep(0.2)
         codes = [a.wait() for a in agents]
+        end_leftovers(run, 5.0)
         elapsed = round(time.time() - first_start, 1)
         if cancelled:
             run.add_event(Event.CANCELLED, elapsed_s=elapsed)

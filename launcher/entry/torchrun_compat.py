@@ -11,6 +11,7 @@ such restart spent waiting. FAILED_PEER_GRACE_S is for logs and error records to
 
 from __future__ import annotations
 
+import logging
 import signal
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -53,4 +54,63 @@ def shorten_the_shutdown_after_a_failure(installed: str | None = None) -> bool:
 
     close_soon_after_a_failure.launch_failure_grace = True  # type: ignore[attr-defined]
     PContext.close = close_soon_after_a_failure  # type: ignore[method-assign]
+    return True
+
+
+def run_forked(argv: list[str], entry: Any, module: str, installed: str | None = None) -> bool:
+    """torchrun's `main(argv)`, with its workers started from the fork server: `entry(*args)` in a
+    forked child instead of `python -u -m module *args` in a new interpreter. torchrun's own path
+    (`run`): its arguments parsed, its launch config made from them; only the entry point and the
+    start method differ. False, and nothing run, on a torch this was not written for or a command
+    that is not `-m module`."""
+    if not written_for(installed):
+        return False
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    args = parse_args(argv)
+    if not args.module or args.training_script != module or args.no_python:
+        return False
+    if args.master_port is None:  # as torchrun's run() does (only the static rendezvous reads it)
+        args.master_port = 29500
+    config, _, cmd_args = config_from_args(args)
+    if cmd_args[:3] != ["-u", "-m", module]:
+        return False
+    config.start_method = "forkserver"
+    _stop_forked_peers_soon_after_a_failure()
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_failure_in_one_line)
+    elastic_launch(config=config, entrypoint=entry)(*cmd_args[3:])
+    return True
+
+
+def _stop_forked_peers_soon_after_a_failure() -> None:
+    """Forked workers are torch.multiprocessing's: when one fails, its process context's join
+    (which torchrun's poll calls before its own close) SIGTERMs the others and SIGKILLs them
+    after 30 s. Made FAILED_PEER_GRACE_S, as for workers started as commands."""
+    from torch.multiprocessing.spawn import ProcessContext
+
+    join = ProcessContext.join
+    if getattr(join, "launch_failure_grace", False):
+        return
+
+    def join_and_stop_soon(self: Any, timeout: float | None = None, grace_period: float | None = None) -> bool:
+        if grace_period is not None:
+            return join(self, timeout, grace_period)
+        wait = self._join_procs_with_timeout  # torch's: after its SIGTERM, join for 30 s, then SIGKILL
+        self._join_procs_with_timeout = lambda seconds: wait(min(seconds, FAILED_PEER_GRACE_S))
+        try:
+            return join(self, timeout)
+        finally:
+            del self._join_procs_with_timeout
+
+    join_and_stop_soon.launch_failure_grace = True  # type: ignore[attr-defined]
+    ProcessContext.join = join_and_stop_soon  # type: ignore[method-assign]
+
+
+def _failure_in_one_line(record: logging.LogRecord) -> bool:
+    """torchrun logs a forked worker's failure with the traceback of its own join (seven lines of
+    torch internals that name only an exit code): the line is kept, the traceback dropped."""
+    if record.exc_info and str(record.msg).startswith("failed (exitcode"):
+        record.exc_info = None
+        record.exc_text = None
     return True

@@ -125,3 +125,32 @@ def guard_forks() -> bool:
     except (AttributeError, OSError):  # no __register_atfork: not glibc
         return False
     return True
+
+
+def run_exit_handlers() -> None:
+    """Run the interpreter's exit handlers (atexit) now, and clear them: a child that
+    multiprocessing started (a rank forked from its node's fork server) ends by `os._exit`, which
+    skips them, and a rank's loggers and trackers (wandb, logging's flush) rely on them as they do
+    at a plain interpreter's exit."""
+    import atexit
+
+    atexit._run_exitfuncs()  # CPython's own exit path calls this (Modules/atexitmodule.c); it also clears them
+
+
+def start_the_fork_server(preload: str) -> None:
+    """Start multiprocessing's fork server now (its "forkserver" start method), importing `preload`
+    (a module name), so that it imports alongside its parent's own start-up."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload([preload])
+    forkserver.ensure_running()
+
+
+def stop_the_fork_server() -> None:
+    """End this process's fork server (if it started one) and wait for it: it would otherwise end
+    only once it notices its parent gone, after the parent's exit, and a run that has ended must
+    have no process left."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # what CPython's own tests use; a no-op when none runs

@@ -275,3 +275,30 @@ class SampleRecordingMLP(PreemptableMLP):
         loss = super().training_step(batch, batch_idx)
         self.log("global_loss", loss, on_step=True, on_epoch=False, sync_dist=True, batch_size=len(y))
         return loss
+
+
+class ProbedMLP(PreemptableMLP):
+    """Records, on every rank, what its process is (tests/test_preload.py): its parent's command
+    line, the threads torch uses, its environment's rank as torchmetrics and Lightning see it, its
+    command line; and an exit handler that writes a file when the interpreter's exit handlers run."""
+
+    def __init__(self, probe_dir: str = "", **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.probe_dir = probe_dir
+
+    def setup(self, stage: str) -> None:
+        import atexit
+        import json
+        import os
+        import sys
+
+        from lightning_utilities.core.rank_zero import rank_zero_only
+        from torchmetrics.utilities.prints import rank_zero_only as metrics_rank_zero_only
+
+        rank = int(os.environ["RANK"])
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        probe = {"rank": rank, "pid": os.getpid(), "parent": parent, "threads": torch.get_num_threads(),
+                 "omp": os.environ.get("OMP_NUM_THREADS"), "argv": sys.argv, "lightning_rank": rank_zero_only.rank,
+                 "torchmetrics_rank": metrics_rank_zero_only.rank, "local_rank": int(os.environ["LOCAL_RANK"])}
+        Path(self.probe_dir, f"rank-{rank}.json").write_text(json.dumps(probe))
+        atexit.register(Path(self.probe_dir, f"exit-{rank}").write_text, "the exit handlers ran")

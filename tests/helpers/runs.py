@@ -118,18 +118,9 @@ def kill_every_process(run_dir: Path) -> None:
 
 
 def rank_pid(run_dir: Path, rank: int) -> int:
-    needle = f"LAUNCH_RUN_DIR={run_dir}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in env and f"RANK={rank}".encode() in env and b"TORCHELASTIC_RUN_ID" in b"".join(env):
-            if any(e.startswith(b"LOCAL_RANK=") for e in env):
-                return int(entry.name)
-    raise AssertionError(f"no process for rank {rank}")
+    """The process of `rank` in the run's current attempt: its alive marker names it (a forked rank
+    carries its fork server's environment in /proc, not its own)."""
+    return json.loads((run_dir / "errors" / f"rank-{rank}.alive").read_text())["pid"]
 
 
 def submit(job: Path, runs: Path, *extra: str) -> Path:

@@ -103,8 +103,12 @@ up() {
 }
 
 down_daemons() {
-    scancel --full --signal=KILL --user=root 2>/dev/null || true  # no job survives into the next cluster
-    scancel --user=root 2>/dev/null || true
+    # No job survives into the next cluster. Only a running controller is asked: without one each
+    # scancel retries its connection for 18 s.
+    if pgrep -x slurmctld >/dev/null; then
+        scancel --full --signal=KILL --user=root 2>/dev/null || true
+        scancel --user=root 2>/dev/null || true
+    fi
     for f in "$DIR"/slurmd-n*.pid "$DIR"/slurmctld.pid; do
         [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true
     done

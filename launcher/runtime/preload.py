@@ -1,0 +1,32 @@
+"""What the fork server of a node's ranks imports once (`job.preload_ranks`, launcher.entry.agent).
+
+A rank spends ~5 s of CPU importing torch, torchmetrics and what they pull in (torchvision,
+torch._dynamo, scipy, matplotlib) before it does anything: at 4 ranks a node on few cores, every
+attempt's start and every restart waits for it. torchrun's agent starts its ranks from one fork
+server (Python's multiprocessing "forkserver": a fresh single-threaded interpreter that forks each
+child) that imported these once; a rank then imports only Lightning, launch and the job's code.
+
+Nothing here may start a thread or touch a device (a fork copies only the calling thread, and CUDA
+cannot be used in a child forked after it was initialised): importing torch does neither. The
+server ignores the signals that stop a run (SLURM's scancel signals every process of the job):
+only the agent may end it; each rank puts back the dispositions the server inherited
+(launcher.runtime.forked) before it installs its own handlers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+INHERITED = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+for _signum in STOP_SIGNALS:
+    signal.signal(_signum, signal.SIG_IGN)
+
+# torch._dynamo: Lightning imports it (1.3 s); torchmetrics: torchvision, scipy, matplotlib if installed
+PRELOADED = ("numpy", "torch", "torch._dynamo", "torch.distributed", "torchmetrics")
+for _name in PRELOADED:
+    try:
+        importlib.import_module(_name)
+    except Exception:  # noqa: BLE001 - a rank imports it again and reports what is wrong there
+        pass
