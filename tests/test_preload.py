@@ -37,8 +37,33 @@ def test_forked_ranks_train_bit_for_bit_what_fresh_interpreters_train_and_are_se
         assert all((tmp_path / f"probes-{preload}" / f"exit-{r}").is_file() for r in range(3)), preload
         for p in probes:
             assert p["lightning_rank"] == p["rank"] and p["torchmetrics_rank"] == p["local_rank"], p
-            assert str(p["threads"]) == p["omp"], p
+            assert str(p["threads"]) == p["omp"] and p["start_method"] == "fork", p  # DataLoader workers by fork
             assert p["argv"][0].endswith("launcher/runtime/__main__.py") and p["argv"][1] == str(runs[preload]), p
         from_server = ["multiprocessing.forkserver" in p["parent"] for p in probes]
         assert from_server == [preload == "true"] * 3, [p["parent"] for p in probes]
     assert len({p["pid"] for p in probes}) == 3
+
+
+def test_the_fork_server_s_imports_leave_cuda_alone_and_start_no_thread() -> None:
+    """A child forked after CUDA was initialised cannot use CUDA, and a fork copies only the thread
+    that forks: the server's preload (launcher/runtime/preload.py), run in a fresh interpreter with
+    CUDA's device query watched, must ask for no device and start no Python thread (the idle BLAS
+    worker pools numpy and scipy start at import are native and stop around a fork, as every
+    DataLoader worker's fork relies on). It also ignores the signals that stop a run, and remembers
+    the dispositions it was started with."""
+    import subprocess
+    import sys
+
+    probe = """
+import signal, threading, torch
+asked = []
+count = torch._C._cuda_getDeviceCount
+torch._C._cuda_getDeviceCount = lambda *a: asked.append(1) or count(*a)
+from launcher.runtime import preload
+threads = threading.active_count()
+ignored = all(signal.getsignal(s) is signal.SIG_IGN for s in preload.STOP_SIGNALS)
+print(len(asked), torch.cuda.is_initialized(), threads, ignored, preload.INHERITED[signal.SIGTERM] is signal.SIG_DFL)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "False", "1", "True", "True"], out.stdout + out.stderr

@@ -1,10 +1,12 @@
 """A rank started by fork from its node's fork server (launcher.runtime.preload), made what
 `python -u -m launcher.runtime RUN_DIR` would be: the server's signal dispositions undone, its own
-command line, a fresh numpy seed, torchmetrics' rank, the thread count of its environment, and
-the interpreter's exit handlers run at its end (a forked child leaves by os._exit)."""
+command line, fork as the default start method of its own children, a fresh numpy seed,
+torchmetrics' rank, the thread count of its environment, and the interpreter's exit handlers run
+at its end (a forked child leaves by os._exit)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
@@ -33,6 +35,9 @@ def rank(*argv: str) -> None:
 
 def _as_a_fresh_interpreter() -> None:
     """What the server set up from its own environment, set up from the rank's."""
+    # A child of the fork server starts its own children (DataLoader workers) by fork server too,
+    # each a new interpreter importing torch (5 s of CPU a worker); a fresh interpreter forks them.
+    multiprocessing.set_start_method(None, force=True)
     if "numpy" in sys.modules:  # every fork would draw the server's stream (random reseeds itself)
         sys.modules["numpy"].random.seed()
     prints = sys.modules.get("torchmetrics.utilities.prints")

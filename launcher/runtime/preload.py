@@ -6,11 +6,13 @@ attempt's start and every restart waits for it. torchrun's agent starts its rank
 server (Python's multiprocessing "forkserver": a fresh single-threaded interpreter that forks each
 child) that imported these once; a rank then imports only Lightning, launch and the job's code.
 
-Nothing here may start a thread or touch a device (a fork copies only the calling thread, and CUDA
-cannot be used in a child forked after it was initialised): importing torch does neither. The
-server ignores the signals that stop a run (SLURM's scancel signals every process of the job):
-only the agent may end it; each rank puts back the dispositions the server inherited
-(launcher.runtime.forked) before it installs its own handlers.
+Nothing here may start a Python thread or touch a device (a fork copies only the calling thread,
+and CUDA cannot be used in a child forked after it was initialised): importing these does neither
+(tests/test_preload.py; the idle BLAS pools numpy and scipy start are native and stop around a
+fork, as in every DataLoader worker's fork). The server ignores the signals that stop a run
+(SLURM's scancel signals every process of the job): only the agent may end it; each rank puts
+back the dispositions the server inherited (launcher.runtime.forked) before it installs its own
+handlers.
 """
 
 from __future__ import annotations

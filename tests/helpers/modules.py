@@ -289,6 +289,7 @@ class ProbedMLP(PreemptableMLP):
     def setup(self, stage: str) -> None:
         import atexit
         import json
+        import multiprocessing
         import os
         import sys
 
@@ -299,6 +300,7 @@ class ProbedMLP(PreemptableMLP):
         parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         probe = {"rank": rank, "pid": os.getpid(), "parent": parent, "threads": torch.get_num_threads(),
                  "omp": os.environ.get("OMP_NUM_THREADS"), "argv": sys.argv, "lightning_rank": rank_zero_only.rank,
-                 "torchmetrics_rank": metrics_rank_zero_only.rank, "local_rank": int(os.environ["LOCAL_RANK"])}
+                 "torchmetrics_rank": metrics_rank_zero_only.rank, "local_rank": int(os.environ["LOCAL_RANK"]),
+                 "start_method": multiprocessing.get_start_method()}
         Path(self.probe_dir, f"rank-{rank}.json").write_text(json.dumps(probe))
         atexit.register(Path(self.probe_dir, f"exit-{rank}").write_text, "the exit handlers ran")
