@@ -67,3 +67,19 @@ print(len(asked), torch.cuda.is_initialized(), threads, ignored, preload.INHERIT
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "False", "1", "True", "True"], out.stdout + out.stderr
+
+
+def test_a_cancelled_run_of_forked_ranks_ends_as_soon_as_they_saved(tmp_path: Path) -> None:
+    """`launch cancel`: torchrun's agent, signalled, closes its workers instead of polling them; a
+    forked rank that saved and returned must not then wait for the agent's poll until the close
+    SIGKILLs it (30 s later): the run is cancelled within seconds of the save, its checkpoint kept."""
+    from tests.helpers.launch import run_launch
+    from tests.helpers.runs import events, progress_step, wait_for
+
+    run_dir = submit(write_job(tmp_path, "cancelled", sleep=0.05, epochs=30), tmp_path / "runs", "--procs", "3")
+    wait_for(lambda: progress_step(run_dir) >= 5, 120, "training", run_dir)
+    cancel = run_launch("cancel", str(run_dir))
+    assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr
+    by_name = {e["event"]: e for e in events(run_dir)}
+    assert by_name["preempted"]["signal"] == "SIGTERM" and (run_dir / "checkpoints" / "preempt.ckpt").is_file()
+    assert by_name["cancelled"]["t"] - by_name["preempted"]["t"] < 10, (by_name["preempted"], by_name["cancelled"])

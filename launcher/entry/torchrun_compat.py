@@ -78,6 +78,7 @@ def run_forked(argv: list[str], entry: Any, module: str, installed: str | None =
         return False
     config.start_method = "forkserver"
     _stop_forked_peers_soon_after_a_failure()
+    _let_forked_workers_end_when_closing()
     logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_failure_in_one_line)
     elastic_launch(config=config, entrypoint=entry)(*cmd_args[3:])
     return True
@@ -105,6 +106,26 @@ def _stop_forked_peers_soon_after_a_failure() -> None:
 
     join_and_stop_soon.launch_failure_grace = True  # type: ignore[attr-defined]
     ProcessContext.join = join_and_stop_soon  # type: ignore[method-assign]
+
+
+def _let_forked_workers_end_when_closing() -> None:
+    """A forked worker that returned waits, before it exits, until the agent has read every
+    worker's return value (the agent's poll then releases them all). When the agent closes the
+    workers instead (it was signalled: a cancel, SLURM's SIGTERM; or one failed), it no longer
+    polls: a rank that saved on the signal and returned would wait out the whole close (30 s) and
+    be SIGKILLed. Closing releases them first."""
+    from torch.distributed.elastic.multiprocessing.api import MultiprocessContext
+
+    close = MultiprocessContext._close
+    if getattr(close, "launch_release", False):
+        return
+
+    def release_then_close(self: Any, death_sig: signal.Signals, timeout: int = 30) -> None:
+        self._worker_finished_event.set()
+        return close(self, death_sig, timeout)
+
+    release_then_close.launch_release = True  # type: ignore[attr-defined]
+    MultiprocessContext._close = release_then_close  # type: ignore[method-assign]
 
 
 def _failure_in_one_line(record: logging.LogRecord) -> bool:
