@@ -17,6 +17,7 @@ handlers.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import signal
 
@@ -32,3 +33,8 @@ for _name in PRELOADED:
         importlib.import_module(_name)
     except Exception:  # noqa: BLE001 - a rank imports it again and reports what is wrong there
         pass
+
+# Everything imported so far lives as long as the server and its ranks: kept out of the collector
+# (CPython's advice before a fork), so that no collection in a rank walks it or writes to its
+# pages (which a fork shares until written), and the server's own exit skips it (1.1 s -> 0.2 s).
+gc.freeze()
