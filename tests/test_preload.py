@@ -76,7 +76,8 @@ def test_a_cancelled_run_of_forked_ranks_ends_as_soon_as_they_saved(tmp_path: Pa
     from tests.helpers.launch import run_launch
     from tests.helpers.runs import events, progress_step, wait_for
 
-    run_dir = submit(write_job(tmp_path, "cancelled", sleep=0.05, epochs=30), tmp_path / "runs", "--procs", "3")
+    run_dir = submit(write_job(tmp_path, "cancelled", sleep=0.05, epochs=30), tmp_path / "runs", "--procs", "3",
+                     "--set", "job.preload_ranks=true")
     wait_for(lambda: progress_step(run_dir) >= 5, 120, "training", run_dir)
     cancel = run_launch("cancel", str(run_dir))
     assert cancel.returncode == 0 and "cancelled" in cancel.stdout, cancel.stdout + cancel.stderr

@@ -15,7 +15,7 @@
 cd /home/me/project
 export LAUNCH_BACKEND=slurm
 export LAUNCH_MODE=torchrun
-export LAUNCH_PRELOAD_RANKS=1
+export LAUNCH_PRELOAD_RANKS=0
 export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
 export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
