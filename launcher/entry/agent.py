@@ -1,5 +1,5 @@
 """`python -m launcher.entry.agent TORCHRUN_ARGS`: torchrun's agent for one node, quiet about a
-failed rank, its ranks started from a preloaded fork server.
+failed rank, its ranks (opt-in) forked from a preloaded fork server.
 
 torchrun ends a failed attempt with its ChildFailedError as an uncaught traceback (some forty
 lines in the console, naming only exit codes). launch already records every rank's failure and
