@@ -24,7 +24,7 @@ from launcher.backends.local import processes_of
 from launcher.entry import torchrun_compat
 from launcher.rundir import RunDir
 from tests.helpers.launch import REPO, run_launch
-from tests.helpers.runs import kill_every_process
+from tests.helpers.runs import kill_every_process, rank_pid
 from tests.helpers.values import NASTY, SECRETS
 
 pytestmark = pytest.mark.multiprocess
@@ -96,10 +96,6 @@ def wait_for_failure(run_dir: Path, within: float = 60) -> tuple[float, dict]:
     start = time.monotonic()
     wait_for(lambda: ended(run_dir), within, "the job to fail", run_dir)
     return time.monotonic() - start, status(run_dir)
-
-
-def rank_pid(run_dir: Path, rank: int) -> int:
-    return json.loads((run_dir / "errors" / f"rank-{rank}.alive").read_text())["pid"]
 
 
 # --------------------------------------------------------------------------- dead and hung ranks

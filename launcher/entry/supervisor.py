@@ -54,7 +54,7 @@ def stop(agents: list[subprocess.Popen], run: RunDir, grace: float) -> None:
 def end_leftovers(run: RunDir, wait_s: float) -> None:
     """No process of an ended attempt outlives it: what is still there after `wait_s` (a rank's
     data-loader workers, an agent's fork server finishing its exit) is SIGKILLed."""
-    leftovers = wait_gone(processes_of(run), wait_s) if wait_s else processes_of(run)
+    leftovers = wait_gone(processes_of(run), wait_s)
     for pid in leftovers:
         try:
             os.kill(pid, signal.SIGKILL)

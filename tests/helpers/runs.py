@@ -120,7 +120,12 @@ def kill_every_process(run_dir: Path) -> None:
 def rank_pid(run_dir: Path, rank: int) -> int:
     """The process of `rank` in the run's current attempt: its alive marker names it (a forked rank
     carries its fork server's environment in /proc, not its own)."""
-    return json.loads((run_dir / "errors" / f"rank-{rank}.alive").read_text())["pid"]
+    from launcher.records import AliveMarker
+    from launcher.rundir import RunDir
+
+    marker = AliveMarker.read(RunDir(run_dir).alive_marker(rank))
+    assert marker is not None and marker.pid is not None, f"no alive marker for rank {rank} in {run_dir}"
+    return marker.pid
 
 
 def submit(job: Path, runs: Path, *extra: str) -> Path:
