@@ -1,11 +1,14 @@
-"""The cost of launch's exact-resume DDP setting: find_unused_parameters=True (DDP then never
-rebuilds its gradient buckets, so every attempt reduces in the same order; see
-launcher/runtime/strategy.py). A plain DDP loop, the same model and data, with and without it.
+"""The cost of keeping DDP's gradient buckets in one layout (exact resume; see
+launcher/runtime/ddp_compat.py), in a plain DDP loop with the same model and data, three ways:
+DDP's default (its buckets rebuilt after the first step: not exact), launch's default (the buckets
+laid out once before the first step, `ddp_compat.fix_bucket_layout`), and
+`find_unused_parameters=True` (`job.find_unused_parameters`: DDP never rebuilds, and walks the
+autograd graph every step).
 
     python bench/ddp_buckets.py [--procs 2] [--repeats 5] [--steps 40]
 
-Each repeat runs both settings back to back (paired, to cancel this VM's drift); the ratio is the
-median of the per-repeat ratios of median step times: > 1 means the exact setting is slower.
+Each repeat runs the three back to back (paired, to cancel this VM's drift); a ratio is the median
+of the per-repeat ratios of median step times to DDP's default: > 1 means slower.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.getcwd())
+from launcher.runtime import ddp_compat  # noqa: E402
+
+SETTINGS = ("default", "launch", "unused")
 
 
 def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...], int]:
@@ -38,12 +44,14 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...], int]:
     return SmallCNN(), (1, 28, 28), 64
 
 
-def rank_main(rank: int, world: int, port: int, name: str, exact: bool, steps: int, out: object) -> None:
+def rank_main(rank: int, world: int, port: int, name: str, setting: str, steps: int, out: object) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     model, shape, batch = build(name)
-    ddp = DistributedDataParallel(model, find_unused_parameters=exact)
+    ddp = DistributedDataParallel(model, find_unused_parameters=setting == "unused")
+    if setting == "launch" and not ddp_compat.fix_bucket_layout(ddp):
+        raise SystemExit("fix_bucket_layout did nothing")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(rank)
     x, y = torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
@@ -60,12 +68,12 @@ def rank_main(rank: int, world: int, port: int, name: str, exact: bool, steps: i
     dist.destroy_process_group()
 
 
-def step_time(name: str, exact: bool, procs: int, steps: int) -> float:
+def step_time(name: str, setting: str, procs: int, steps: int) -> float:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(rank_main, args=(procs, port, name, exact, steps, out), nprocs=procs)
+    mp.spawn(rank_main, args=(procs, port, name, setting, steps, out), nprocs=procs)
     return out.get()
 
 
@@ -78,19 +86,20 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for name in args.models.split(","):
-        ratios, plain_times, exact_times = [], [], []
+        times: dict[str, list[float]] = {setting: [] for setting in SETTINGS}
         for _ in range(args.repeats):
-            plain = step_time(name, False, args.procs, args.steps)
-            exact = step_time(name, True, args.procs, args.steps)
-            plain_times.append(plain)
-            exact_times.append(exact)
-            ratios.append(exact / plain)
-        results[name] = {"plain_step_ms": round(1000 * statistics.median(plain_times), 2),
-                         "exact_step_ms": round(1000 * statistics.median(exact_times), 2),
-                         "ratio": round(statistics.median(ratios), 4), "ratios": [round(r, 4) for r in ratios]}
-        r = results[name]
-        print(f"{name}: step {r['plain_step_ms']} ms plain, {r['exact_step_ms']} ms with find_unused_parameters: "
-              f"ratio {r['ratio']} (repeats {min(r['ratios'])}-{max(r['ratios'])})", flush=True)
+            for setting in SETTINGS:
+                times[setting].append(step_time(name, setting, args.procs, args.steps))
+        result = {f"{s}_step_ms": round(1000 * statistics.median(t), 2) for s, t in times.items()}
+        for setting in SETTINGS[1:]:
+            ratios = [a / b for a, b in zip(times[setting], times["default"], strict=True)]
+            result[f"{setting}_ratio"] = round(statistics.median(ratios), 4)
+            result[f"{setting}_ratios"] = [round(r, 4) for r in ratios]
+        results[name] = result
+        print(f"{name}: median step {result['default_step_ms']} ms DDP's default, {result['launch_step_ms']} ms "
+              f"launch's fixed layout (ratio {result['launch_ratio']}, repeats {result['launch_ratios']}), "
+              f"{result['unused_step_ms']} ms find_unused_parameters (ratio {result['unused_ratio']}, "
+              f"repeats {result['unused_ratios']})", flush=True)
     print(json.dumps({"procs": args.procs, "steps": args.steps, "results": results}))
 
 

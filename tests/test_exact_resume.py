@@ -18,7 +18,6 @@ import torch.multiprocessing as mp
 
 from launcher.rundir import RunDir
 from launcher.runtime import beat_channel, cpython_compat
-from launcher.runtime.strategy import EXACT_DDP_KWARGS
 from tests.helpers.launch import run_launch
 from tests.helpers.runs import (
     assert_same_training,
@@ -71,19 +70,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def rewrap_difference(world: int, ddp_kwargs: dict) -> float:
+def rewrap_differences(world: int, settings: list[tuple[dict, bool]]) -> tuple[list[float], bool]:
     from tests.helpers.ddp_rewrap import rank_main
 
     out = mp.get_context("spawn").SimpleQueue()
-    mp.spawn(rank_main, args=(world, free_port(), ddp_kwargs, out), nprocs=world)
+    mp.spawn(rank_main, args=(world, free_port(), settings, out), nprocs=world)
     return out.get()
 
 
 def test_ddp_rewrapped_mid_run_at_world_size_4_reduces_in_the_same_order_with_launchs_settings() -> None:
     """The root cause of the world-size difference: DDP's first iteration reduces the gradients in
     another bucket layout than the iterations after it, and every resume is a first iteration."""
-    assert rewrap_difference(4, {}) > 0  # torch's default: the resumed step sums in another order
-    assert rewrap_difference(4, EXACT_DDP_KWARGS) == 0  # launch's: the layout never changes
+    (default, fixed, unused), untouched = rewrap_differences(4, [({}, False), ({}, True),
+                                                                 ({"find_unused_parameters": True}, False)])
+    assert default > 0  # torch's default: the resumed step sums in another order
+    assert fixed == 0  # launch's: the buckets laid out once, before the first step (ddp_compat)
+    assert unused == 0  # job.find_unused_parameters: DDP never rebuilds
+    assert untouched  # laying them out changed no weight, gradient or RNG state
 
 
 @pytest.fixture(scope="module")

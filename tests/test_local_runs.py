@@ -153,6 +153,22 @@ def test_a_failing_rank_fails_the_run_with_its_rank_and_error(digits_job, tmp_pa
     assert json.loads((run_dir / "errors" / "rank-1.json").read_text())["type"] == "RuntimeError"
 
 
+def test_a_model_with_unused_parameters_is_told_the_key_that_trains_it(digits_job, tmp_path) -> None:
+    """launch lays DDP's gradient buckets out once and does not look for unused parameters each
+    step (runtime/ddp_compat.py): a model that has them fails in one line naming the key, and with
+    the key it trains."""
+    job = digits_job(name="unused", model="tests.helpers.modules.UnusedParameterMLP")
+    result, run_dir = submit(str(job), runs=tmp_path / "runs")
+    assert result.returncode == 1
+    info = status(run_dir)
+    assert info["state"] == "failed" and info["restarts"] == 0, info
+    assert "UnusedParameters: some parameters of the model got no gradient in the last step (DDP cannot reduce " \
+           "them): set job.find_unused_parameters = true" in info["error"], info["error"]
+    result, run_dir = submit(str(job), "--set", "job.find_unused_parameters=true", runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert status(run_dir)["state"] == "completed"
+
+
 def test_cancel_stops_every_process_of_a_running_job(digits_job, tmp_path) -> None:
     job = digits_job(name="long", epochs=1000)
     result = run_launch("submit", str(job), "--runs-dir", str(tmp_path / "runs"))

@@ -81,9 +81,10 @@ class JobSection:
     # random augmentation, in the workers or not, then draws the same in every attempt.
     seed_per_sample: bool = True
     # DDP keeps one gradient-bucket layout for the whole run, so a resumed attempt sums gradients
-    # in the same order (exact resume at 3+ ranks). False: DDP's own rebuild (a few % faster on
-    # large models; a resumed run then differs from an uninterrupted one in the last bits).
+    # in the same order (exact resume at 3+ ranks). False: DDP's own layout, rebuilt after the first
+    # step of every attempt (a resumed run then differs from an uninterrupted one in the last bits).
     fixed_ddp_buckets: bool = True
+    find_unused_parameters: bool = False  # DDP's: true if some parameters get no gradient in a step (costs a graph walk a step)
     # Copy the job's own code (its modules in the submit directory) into the run directory at submit;
     # every attempt imports that copy: a requeue trains the code submitted. False: the directory live.
     snapshot_code: bool = True

@@ -98,7 +98,7 @@ def launch_trainer_args(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any],
         strategy = LaunchFSDPStrategy(world_size=cfg.world_size, **common)
     else:
         strategy = LaunchDDPStrategy(fixed_buckets=cfg.job.fixed_ddp_buckets, checkpoint_io=AtomicCheckpointIO(),
-                                     **common)
+                                     find_unused_parameters=cfg.job.find_unused_parameters, **common)
     ck = cfg.checkpoint
     checkpoint = [] if not checkpointing else [ModelCheckpoint(
         dirpath=run.checkpoints,

@@ -65,9 +65,6 @@ def quiet_lightning_advice() -> None:
     output.route_logging(NAME, FABRIC)
     # LaunchDDPStrategy evaluates every sample exactly once, so Lightning's advice is moot.
     warnings.filterwarnings("ignore", message=r".*Using `DistributedSampler` with the dataloaders")
-    # launch asks DDP to look for unused parameters so that its buckets never change layout
-    # (strategy.EXACT_DDP_KWARGS); torch's advice to turn that off for speed is moot here.
-    warnings.filterwarnings("ignore", message=r".*find_unused_parameters=True was specified")
     # launch resumes the data position itself (runtime/samplers.py), exactly: Lightning's warning
     # that a mid-epoch resume of a plain DataLoader "can cause unreliable results" is not true here
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, IterableDataset
 
+from launcher.runtime import ddp_compat, signals
 from launcher.runtime import lightning_compat as compat
-from launcher.runtime import signals
 from launcher.runtime.checkpoint_io import BackgroundWriter, cpu_copy
 from launcher.runtime.lightning_api import DDPStrategy, RunningStage, UnrepeatedDistributedSampler
 from launcher.runtime.samplers import (
@@ -23,18 +23,6 @@ from launcher.runtime.streams import Replay, continue_by_replay
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
 _LOADER_SEEDS = {stage: 1_000_003 * (i + 1) for i, stage in enumerate(RunningStage)}
-
-# DDP splits the gradients into buckets and all-reduces each bucket as one buffer. Its first
-# iteration uses one bucket in parameter order; after it, DDP rebuilds the buckets in the order the
-# gradients became ready. A resumed attempt is a new DDP, so its first step reduces with the first
-# layout while the uninterrupted run, at that step, uses the rebuilt one. A ring all-reduce sums
-# each chunk of the buffer starting from a different rank, so an element's summation order depends
-# on its offset: at 3 or more ranks the resumed step differs in the last bits (at 2, a+b == b+a).
-# DDP never rebuilds when it looks for unused parameters: the layout then depends on the model
-# alone, the same in every attempt. The price is one walk of the autograd graph per step
-# (bench/README.md measures it).
-EXACT_DDP_KWARGS: dict[str, Any] = {"find_unused_parameters": True}
-
 
 def stateful(obj: Any) -> bool:
     return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
@@ -191,17 +179,41 @@ class ExactData:
         return super().reduce(tensor, group=group, reduce_op=reduce_op)  # type: ignore[misc]
 
 
+class UnusedParameters(RuntimeError):
+    """Some parameters got no gradient in a step, which DDP without `find_unused_parameters` refuses."""
+
+
 class LaunchDDPStrategy(ExactData, DDPStrategy):
     """DDP whose results do not depend on where an attempt started: exact data (ExactData), and
-    gradient buckets that never change layout (EXACT_DDP_KWARGS)."""
+    gradient buckets that never change layout: laid out once before the first step
+    (ddp_compat.fix_bucket_layout), or, with `find_unused_parameters` (DDP then never rebuilds),
+    as DDP first lays them out."""
 
     strategy_name = "launch_ddp"
 
     def __init__(self, *, seed_samples: bool = True, preemptible: bool = True, fixed_buckets: bool = True,
-                 **kwargs: Any) -> None:
-        super().__init__(**(EXACT_DDP_KWARGS if fixed_buckets else {}), **kwargs)
+                 find_unused_parameters: bool = False, **kwargs: Any) -> None:
+        self.fix_layout = fixed_buckets and not find_unused_parameters and ddp_compat.available()
+        self.finds_unused = find_unused_parameters or (fixed_buckets and not self.fix_layout)
+        super().__init__(find_unused_parameters=self.finds_unused, **kwargs)
         self.init_exact_data(seed_samples, preemptible)
         self.background = BackgroundWriter()
+
+    def configure_ddp(self) -> None:
+        super().configure_ddp()
+        if self.fix_layout and not ddp_compat.fix_bucket_layout(self.model) and self.is_global_zero:
+            print("launch: warning: DDP's gradient buckets could not be laid out once (sparse gradients?): a resumed "
+                  "run may differ from an uninterrupted one in the last bits; job.find_unused_parameters = true "
+                  "keeps them fixed", flush=True)
+
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().training_step(*args, **kwargs)
+        except RuntimeError as exc:  # DDP's words, which name a DDP argument launch's users do not pass
+            if self.finds_unused or "find_unused_parameters=True" not in str(exc):
+                raise
+            raise UnusedParameters("some parameters of the model got no gradient in the last step (DDP cannot "
+                                   "reduce them): set job.find_unused_parameters = true") from exc
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
         self.background.wait()  # one write at a time, in order

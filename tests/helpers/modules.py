@@ -67,6 +67,14 @@ class FailingMLP(MLP):
         return super().training_step(batch, batch_idx)
 
 
+class UnusedParameterMLP(MLP):
+    """An MLP with a layer its forward never uses: its parameters get no gradient in any step."""
+
+    def __init__(self, **kwargs) -> None:  # noqa: ANN003
+        super().__init__(**kwargs)
+        self.unused = torch.nn.Linear(4, 4)
+
+
 class ReportingMLP(MLP):
     """Every rank writes the metrics it ended with (and its world size) to `report_dir`."""
 

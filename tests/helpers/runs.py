@@ -244,7 +244,6 @@ def lit_reference(runs: Path) -> Path:
 # third-party adverts (issue 27: the console tells the truth)
 UNTRUE_IN_CONSOLE = (
     "your dataloader is not resumable",  # Lightning: "can cause unreliable results"
-    "find_unused_parameters=True was specified",  # torch's DDP advice (launch's fixed buckets need it)
     "`weights_only` was not set",  # Lightning, at every save of launch's own checkpoints
     "exists and is not empty",  # Lightning, at every resume into the run's checkpoints/
     "The `srun` command is available",  # Lightning's guess; launch chooses the environment
