@@ -475,6 +475,11 @@ def kill_a_node_under(cluster_file: Path, job: Path, tmp_path: Path, at_step: in
     return run_dir, json.loads((run_dir / "slurm.json").read_text())["job_id"], victim["host"]
 
 
+def node_state(node: str) -> list[str]:
+    """`node`'s state as sinfo shows it (["idle"], ["down*"], ...; [] if sinfo shows nothing)."""
+    return subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True, text=True).stdout.split()[:1]
+
+
 def revive_node(node: str) -> None:
     """Bring a killed node back into service for the tests after this one, as an administrator
     would: the node set DOWN, which ends at once what SLURM still had COMPLETING on it (left alone,
@@ -484,12 +489,9 @@ def revive_node(node: str) -> None:
     "Invalid node state specified", which failed two tests once)."""
     subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=launch-test-revived"], check=True)
     subprocess.run(["slurmd", "-N", node], check=True)
-    state = lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,  # noqa: E731
-                                   text=True).stdout.split()[:1]
     resume = subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True, text=True)
-    assert resume.returncode == 0 or state() == ["idle"] or "Invalid node state" in resume.stderr, resume.stderr
-    wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
-                                    text=True).stdout.split()[:1] == ["idle"], 240, f"{node} to be idle again", Path("."))
+    assert resume.returncode == 0 or node_state(node) == ["idle"] or "Invalid node state" in resume.stderr, resume.stderr
+    wait_for(lambda: node_state(node) == ["idle"], 240, f"{node} to be idle again", Path("."))
 
 
 def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_file, slurm_baseline, tmp_path) -> None:
@@ -546,8 +548,7 @@ def test_a_lost_node_restarts_the_job_on_healthy_nodes_within_seconds(cluster_fi
     assert_same_training(run_dir, slurm_baseline)
     # once the node is back SLURM lets the old job go; it is not requeued behind the run's back
     wait_for(lambda: old_state() in ("", "COMPLETED", "FAILED"), 240, "the old job to end", run_dir)
-    wait_for(lambda: subprocess.run(["sinfo", "-h", "-n", node, "-o", "%T"], capture_output=True,
-                                    text=True).stdout.split()[:1] == ["idle"], 240, f"{node} to be idle again", run_dir)
+    wait_for(lambda: node_state(node) == ["idle"], 240, f"{node} to be idle again", run_dir)
 
 
 def test_a_node_set_down_is_recorded_as_slurm_s_requeue_and_trains_again_within_30_s(cluster_file, slurm_baseline,

@@ -36,7 +36,7 @@ def supported(ddp: Any) -> bool:
     """Whether `fix_bucket_layout` applies: this torch, DDP's C++ reducer, no unused-parameter
     search, no static graph, no DDP mixed precision, no sparse gradients."""
     reducer = getattr(ddp, "reducer", None)
-    return (torch.__version__.startswith(WRITTEN_FOR + ".")
+    return (available()
             and all(callable(getattr(reducer, name, None)) for name in ("_rebuild_buckets", "prepare_for_backward"))
             and not getattr(ddp, "_use_python_reducer", True)
             and not ddp.find_unused_parameters and not ddp.static_graph
