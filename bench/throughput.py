@@ -3,9 +3,12 @@ loop, same model, data, batch size, optimizer, steps and threads per process.
 
     python bench/throughput.py [--procs 2 1] [--steps 200] [--repeats 3]
     python bench/throughput.py --procs 2 --steps 300 --repeats 6 --variant defaults= --lightning --rotate
+    python bench/throughput.py --procs 2 --repeats 6 --variant defaults= --rotate --tuned-baseline
 
 Alternates the two, takes the median samples/s of each (steps after the first 20 only), and prints
-the ratio ours/plain last.
+the ratio ours/plain last. launch's ranks run with glibc's malloc thresholds fixed
+(job.tuned_allocator); the baselines with glibc's defaults, as a script under a bare torchrun
+does, unless --tuned-baseline gives them launch's settings too (launch's own cost alone).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from launcher.render import TUNED_ALLOCATOR
 
 REPO = Path(__file__).resolve().parent.parent
 WARMUP = 20
@@ -80,6 +85,7 @@ def paired(args: argparse.Namespace) -> None:
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        base_env = {**env, **TUNED_ALLOCATOR} if args.tuned_baseline else env
         plain_runs: list[float] = []
         ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
         plain_steps: list[float] = []
@@ -91,12 +97,12 @@ def paired(args: argparse.Namespace) -> None:
                     order = order[i % len(order):] + order[:i % len(order)]
                 for run in order:
                     if run is None:
-                        rate, step = plain(procs, args.steps, Path(tmp), env)
+                        rate, step = plain(procs, args.steps, Path(tmp), base_env)
                         plain_runs.append(rate)
                         plain_steps.append(step)
                         continue
                     if run[0] == LIGHTNING:
-                        rate, step = lightning(procs, args.steps, Path(tmp), env)
+                        rate, step = lightning(procs, args.steps, Path(tmp), base_env)
                     else:
                         rate, step = ours(procs, args.steps, Path(tmp), env, run[1])
                     ours_runs[run[0]].append(rate)
@@ -136,6 +142,8 @@ def main() -> None:
                         help="paired mode: repeat i starts i places later in the order plain, variants")
     parser.add_argument("--lightning", action="store_true",
                         help="paired mode: also run the same model in a plain Lightning Trainer (bench/lightning_ddp.py)")
+    parser.add_argument("--tuned-baseline", action="store_true",
+                        help="the baselines get launch's malloc thresholds too (render.TUNED_ALLOCATOR): launch's own cost")
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
@@ -145,10 +153,11 @@ def main() -> None:
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        base_env = {**env, **TUNED_ALLOCATOR} if args.tuned_baseline else env
         results: dict[str, list[float]] = {"ours": [], "plain": []}
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):
-                results["plain"].append(plain(procs, args.steps, Path(tmp), env)[0])
+                results["plain"].append(plain(procs, args.steps, Path(tmp), base_env)[0])
                 results["ours"].append(ours(procs, args.steps, Path(tmp), env, args.set)[0])
         o, p = statistics.median(results["ours"]), statistics.median(results["plain"])
         label = f" ({', '.join(args.set)})" if args.set else ""

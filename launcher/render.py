@@ -20,6 +20,13 @@ AGENT_MODULE = "launcher.entry.agent"  # torchrun (torch.distributed.run), quiet
 BATCH_HOOKS_MODULE = "launcher.entry.slurm_hooks"
 WATCH_MODULE = "launcher.entry.watch"
 RESTART_IN_ALLOCATION = 3  # the end hook's exit status for "start the next attempt as a new srun step"
+# glibc's malloc with fixed thresholds (job.tuned_allocator): a block under 32 MiB comes from the
+# heap, and freed memory is given back to the system only past 1 GiB. By default glibc maps large
+# blocks afresh and trims the heap as soon as a step frees them, so every step page-faults its
+# activations back in (bench/throughput.py's CNN on CPU: 1,000-8,000 faults a step, up to a quarter
+# of it), by an amount that depends on the process's history: a rank forked from the fork server
+# inherits the server's, which made forked ranks slower than fresh ones until these were fixed.
+TUNED_ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ def rank_env(cfg: JobConfig, launch_mode: str) -> dict[str, str]:
     }
     if launch_mode == "torchrun":  # the agent forks the ranks from a preloaded server (entry/agent.py)
         env["LAUNCH_PRELOAD_RANKS"] = "1" if cfg.job.preload_ranks else "0"
-    env.update(cfg.cluster.env)
+    if cfg.job.tuned_allocator:
+        env.update(TUNED_ALLOCATOR)
+    env.update(cfg.cluster.env)  # the profile's own values win (cluster.env)
     return env
 
 

@@ -89,8 +89,7 @@ class JobSection:
     # every attempt imports that copy: a requeue trains the code submitted. False: the directory live.
     snapshot_code: bool = True
     fingerprints: bool = False  # per-batch digests of every piece of state in fingerprints/ (what `launch verify` compares)
-    # Drills `launch verify` runs (at steps it draws): stop as if preempted after each of these steps
-    drill_preempt_at_steps: list[int] = field(default_factory=list)
+    drill_preempt_at_steps: list[int] = field(default_factory=list)  # a drill: stop as if preempted after each of these steps
     drill_kill_at_step: int = bounded(0, NOT_NEGATIVE)  # a drill: SIGKILL every process of the run (local) at this step
     # Automatic restart from the newest complete checkpoint after a failed attempt, at most this often
     max_restarts: int = bounded(3, NOT_NEGATIVE)
@@ -111,7 +110,8 @@ class JobSection:
     # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
     straggler_factor: float = bounded(1.2, OFF_OR_ABOVE_ONE)
     straggler_exclude_factor: float = bounded(0.0, OFF_OR_ABOVE_ONE)  # a straggler this much slower: a bad node (0: off)
-    preload_ranks: bool = False  # true: torchrun forks a node's ranks from one process that imported torch (docs/failures.md)
+    preload_ranks: bool = True  # torchrun forks a node's ranks from one process that imported torch once (docs/failures.md)
+    tuned_allocator: bool = True  # glibc's malloc keeps freed memory to reuse, not page-faulted back each step (docs/failures.md)
     preflight: bool = True  # check each rank's device, a collective, the run directory (and node_check) first
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS` writes
     # these two), relative to the submit directory: every Trainer it builds is launch's (docs/scripts.md).

@@ -16,6 +16,8 @@ cd /home/me/project
 export LAUNCH_BACKEND=slurm
 export LAUNCH_MODE=srun
 export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
+export MALLOC_MMAP_THRESHOLD_=33554432
+export MALLOC_TRIM_THRESHOLD_=1073741824
 export OMP_NUM_THREADS=1
 export PYTHONUNBUFFERED=1
 export SUBMITIT_EXECUTOR=slurm

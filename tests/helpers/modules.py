@@ -288,7 +288,8 @@ class SampleRecordingMLP(PreemptableMLP):
 class ProbedMLP(PreemptableMLP):
     """Records, on every rank, what its process is (tests/test_preload.py): its parent's command
     line, the threads torch uses, its environment's rank as torchmetrics and Lightning see it, its
-    command line; and an exit handler that writes a file when the interpreter's exit handlers run."""
+    command line, its allocator's settings and what a step's allocations cost it in page faults;
+    and an exit handler that writes a file when the interpreter's exit handlers run."""
 
     def __init__(self, probe_dir: str = "", **kwargs) -> None:  # noqa: ANN003
         super().__init__(**kwargs)
@@ -304,11 +305,14 @@ class ProbedMLP(PreemptableMLP):
         from lightning_utilities.core.rank_zero import rank_zero_only
         from torchmetrics.utilities.prints import rank_zero_only as metrics_rank_zero_only
 
+        from tests.helpers.allocs import step_faults
+
         rank = int(os.environ["RANK"])
         parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         probe = {"rank": rank, "pid": os.getpid(), "parent": parent, "threads": torch.get_num_threads(),
                  "omp": os.environ.get("OMP_NUM_THREADS"), "argv": sys.argv, "lightning_rank": rank_zero_only.rank,
                  "torchmetrics_rank": metrics_rank_zero_only.rank, "local_rank": int(os.environ["LOCAL_RANK"]),
-                 "start_method": multiprocessing.get_start_method()}
+                 "start_method": multiprocessing.get_start_method(), "step_faults": step_faults(),
+                 "malloc": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}}
         Path(self.probe_dir, f"rank-{rank}.json").write_text(json.dumps(probe))
         atexit.register(Path(self.probe_dir, f"exit-{rank}").write_text, "the exit handlers ran")

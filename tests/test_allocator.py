@@ -1,0 +1,51 @@
+"""job.tuned_allocator (launcher/render.py TUNED_ALLOCATOR): every rank's glibc malloc keeps the
+memory a step frees for the next step, instead of mapping its large blocks afresh and trimming the
+heap each time, which page-faults the step's memory back in on every step (and by an amount that
+depends on the process's history: a rank forked from the fork server inherited the server's)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from launcher import config, render
+from tests.helpers.allocs import BLOCK, BLOCKS, ROUNDS
+from tests.helpers.launch import REPO
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def faults(env: dict[str, str]) -> int:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-m", "tests.helpers.allocs"], cwd=REPO, env={**clean, **env},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout)
+
+
+def test_the_tuned_allocator_reuses_a_steps_freed_memory_where_glibc_faults_it_back_in_every_step() -> None:
+    step_pages = BLOCKS * BLOCK // PAGE
+    assert faults({}) >= ROUNDS * step_pages * 0.9  # glibc's defaults: the whole step, every step
+    assert faults(render.TUNED_ALLOCATOR) < step_pages  # tuned: not one step's worth over all of them
+
+
+def test_every_rank_gets_the_tuned_allocator_unless_the_job_or_the_profile_says_otherwise(write) -> None:
+    job = write("job.toml", """
+        [job]
+        name = "alloc"
+        [model]
+        class_path = "mlp"
+        [data]
+        class_path = "digits"
+    """)
+    def env(mode: str, *sets: str) -> dict[str, str]:
+        return render.rank_env(config.resolve(config.Request(job_file=str(job), overrides=sets)), mode)
+
+    for mode in ("torchrun", "srun"):
+        tuned = env(mode)
+        assert {k: tuned[k] for k in render.TUNED_ALLOCATOR} == render.TUNED_ALLOCATOR, tuned
+        off = env(mode, "job.tuned_allocator=false")
+        assert not any(k.startswith("MALLOC_") for k in off), off
+        own = env(mode, 'cluster.env={ MALLOC_TRIM_THRESHOLD_ = "0" }')
+        assert own["MALLOC_TRIM_THRESHOLD_"] == "0" and own["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20), own
