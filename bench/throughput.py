@@ -3,12 +3,13 @@ loop, same model, data, batch size, optimizer, steps and threads per process.
 
     python bench/throughput.py [--procs 2 1] [--steps 200] [--repeats 3]
     python bench/throughput.py --procs 2 --steps 300 --repeats 6 --variant defaults= --lightning --rotate
-    python bench/throughput.py --procs 2 --repeats 6 --variant defaults= --rotate --tuned-baseline
+    python bench/throughput.py --procs 2 --repeats 6 --variant defaults= --rotate --glibc-baseline
 
 Alternates the two, takes the median samples/s of each (steps after the first 20 only), and prints
 the ratio ours/plain last. launch's ranks run with glibc's malloc thresholds fixed
-(job.tuned_allocator); the baselines with glibc's defaults, as a script under a bare torchrun
-does, unless --tuned-baseline gives them launch's settings too (launch's own cost alone).
+(job.tuned_allocator), and so do the baselines: the ratio is launch's own cost, like for like.
+--glibc-baseline runs the baselines with glibc's defaults instead, as a script under a bare
+torchrun runs (what a user moving to launch gains, the allocator included).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def paired(args: argparse.Namespace) -> None:
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        base_env = {**env, **TUNED_ALLOCATOR} if args.tuned_baseline else env
+        base_env = env if args.glibc_baseline else {**env, **TUNED_ALLOCATOR}
         plain_runs: list[float] = []
         ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
         plain_steps: list[float] = []
@@ -142,8 +143,8 @@ def main() -> None:
                         help="paired mode: repeat i starts i places later in the order plain, variants")
     parser.add_argument("--lightning", action="store_true",
                         help="paired mode: also run the same model in a plain Lightning Trainer (bench/lightning_ddp.py)")
-    parser.add_argument("--tuned-baseline", action="store_true",
-                        help="the baselines get launch's malloc thresholds too (render.TUNED_ALLOCATOR): launch's own cost")
+    parser.add_argument("--glibc-baseline", action="store_true",
+                        help="the baselines with glibc's malloc defaults, not launch's thresholds (render.TUNED_ALLOCATOR)")
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
@@ -153,7 +154,7 @@ def main() -> None:
     for procs in args.procs:
         threads = max(1, (os.cpu_count() or 1) // procs)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        base_env = {**env, **TUNED_ALLOCATOR} if args.tuned_baseline else env
+        base_env = env if args.glibc_baseline else {**env, **TUNED_ALLOCATOR}
         results: dict[str, list[float]] = {"ours": [], "plain": []}
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):

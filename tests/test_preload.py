@@ -1,4 +1,4 @@
-"""Ranks forked from the agent's preloaded fork server (job.preload_ranks, on by default;
+"""Ranks forked from the agent's preloaded fork server (job.preload_ranks, opt-in;
 launcher/entry/agent.py, launcher/runtime/preload.py, launcher/runtime/forked.py) train bit for bit
 what ranks started as fresh interpreters train, and are what a fresh interpreter would be."""
 

@@ -1,5 +1,5 @@
 """`python -m launcher.entry.agent TORCHRUN_ARGS`: torchrun's agent for one node, quiet about a
-failed rank, its ranks forked from a preloaded fork server.
+failed rank, its ranks (opt-in) forked from a preloaded fork server.
 
 torchrun ends a failed attempt with its ChildFailedError as an uncaught traceback (some forty
 lines in the console, naming only exit codes). launch already records every rank's failure and
@@ -7,7 +7,7 @@ says in one line what happened and what it does next, so this entry point runs t
 that exception into one line and torchrun's exit code (1). It also gives the other ranks of a
 failed attempt 10 s, not torchrun's 30 s, between its SIGTERM and its SIGKILL (torchrun_compat.py).
 
-With LAUNCH_PRELOAD_RANKS=1 (job.preload_ranks, on by default) the node's ranks are forked from one
+With LAUNCH_PRELOAD_RANKS=1 (job.preload_ranks = true; off by default) the node's ranks are forked from one
 fork server that imported torch and torchmetrics once (launcher/runtime/preload.py), started before
 the agent imports torch so that the two imports run side by side: ~5 s of CPU less for each rank
 start. Everything else is torchrun unchanged: its arguments, its rendezvous, its handling of
