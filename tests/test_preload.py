@@ -5,17 +5,15 @@ what ranks started as fresh interpreters train, and are what a fresh interpreter
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from launcher import render
-from tests.helpers.allocs import BLOCK, BLOCKS
+from tests.helpers.allocs import STEP_PAGES
 from tests.helpers.runs import assert_same_tensors, final_state, metric_rows, submit, wait_end, write_job
 
 pytestmark = pytest.mark.multiprocess
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def test_forked_ranks_train_bit_for_bit_what_fresh_interpreters_train_and_are_set_up_as_they_are(tmp_path: Path) -> None:
@@ -45,7 +43,7 @@ def test_forked_ranks_train_bit_for_bit_what_fresh_interpreters_train_and_are_se
             assert p["argv"][0].endswith("launcher/runtime/__main__.py") and p["argv"][1] == str(runs[preload]), p
             # job.tuned_allocator, in effect in the forked rank as in the fresh one: a step's freed
             # memory is reused, not faulted back in (tests/test_allocator.py has glibc's defaults)
-            assert p["malloc"] == render.TUNED_ALLOCATOR and p["step_faults"] < BLOCKS * BLOCK // PAGE, p
+            assert p["malloc"] == render.TUNED_ALLOCATOR and p["step_faults"] < STEP_PAGES, p
         from_server = ["multiprocessing.forkserver" in p["parent"] for p in probes]
         assert from_server == [preload == "true"] * 3, [p["parent"] for p in probes]
     assert len({p["pid"] for p in probes}) == 3

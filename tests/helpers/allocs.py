@@ -5,15 +5,17 @@ costs (tests/test_allocator.py); ProbedMLP records it inside a rank (tests/test_
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 
 BLOCK = 6 << 20  # a CNN activation of bench/throughput.py's size: above glibc's default thresholds
 BLOCKS = 3
 ROUNDS = 20
+STEP_PAGES = BLOCKS * BLOCK // os.sysconf("SC_PAGE_SIZE")  # what one step writes, in pages
 
 
 def step_faults(rounds: int = ROUNDS) -> int:
-    """Minor page faults of `rounds` steps after a first one (which faults its memory in in any case)."""
+    """Minor page faults of `rounds` steps after a first one (which faults its memory in whatever the settings)."""
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
