@@ -70,6 +70,14 @@ def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> tuple[f
     return measured(cmd, timings, procs, env)
 
 
+def environments(procs: int, args: argparse.Namespace) -> tuple[int, dict[str, str], dict[str, str]]:
+    """Threads per process, ours' environment, and the baselines' (launch's malloc thresholds unless
+    --glibc-baseline; launch's ranks get theirs from the job, job.tuned_allocator)."""
+    threads = max(1, (os.cpu_count() or 1) // procs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return threads, env, env if args.glibc_baseline else {**env, **TUNED_ALLOCATOR}
+
+
 LIGHTNING = "plain-lightning"  # the label of the Lightning baseline among the variants
 
 
@@ -84,9 +92,7 @@ def paired(args: argparse.Namespace) -> None:
         label, _, sets = item.partition("=")
         variants.append((label, [s for s in sets.split(";") if s]))
     for procs in args.procs:
-        threads = max(1, (os.cpu_count() or 1) // procs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        base_env = env if args.glibc_baseline else {**env, **TUNED_ALLOCATOR}
+        threads, env, base_env = environments(procs, args)
         plain_runs: list[float] = []
         ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
         plain_steps: list[float] = []
@@ -152,9 +158,7 @@ def main() -> None:
         paired(args)
         return
     for procs in args.procs:
-        threads = max(1, (os.cpu_count() or 1) // procs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        base_env = env if args.glibc_baseline else {**env, **TUNED_ALLOCATOR}
+        threads, env, base_env = environments(procs, args)
         results: dict[str, list[float]] = {"ours": [], "plain": []}
         with tempfile.TemporaryDirectory() as tmp:
             for _ in range(args.repeats):
