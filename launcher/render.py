@@ -49,7 +49,8 @@ def rank_env(cfg: JobConfig, launch_mode: str) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     }
     if launch_mode == "torchrun":  # the agent forks the ranks from a preloaded server (entry/agent.py)
-        env["LAUNCH_PRELOAD_RANKS"] = "1" if cfg.job.preload_ranks else "0"
+        preload = cfg.job.preload_ranks
+        env["LAUNCH_PRELOAD_RANKS"] = "auto" if preload == "auto" else "1" if preload else "0"
     if cfg.job.tuned_allocator:
         env.update(TUNED_ALLOCATOR)
     env.update(cfg.cluster.env)  # the profile's own values win (cluster.env)

@@ -1,4 +1,5 @@
-"""Ranks forked from the agent's preloaded fork server (job.preload_ranks, opt-in;
+"""Ranks forked from the agent's preloaded fork server (job.preload_ranks; "auto", the default: where a
+node's ranks are at least its cores;
 launcher/entry/agent.py, launcher/runtime/preload.py, launcher/runtime/forked.py) train bit for bit
 what ranks started as fresh interpreters train, and are what a fresh interpreter would be."""
 
@@ -89,3 +90,36 @@ def test_a_cancelled_run_of_forked_ranks_ends_as_soon_as_they_saved(tmp_path: Pa
     by_name = {e["event"]: e for e in events(run_dir)}
     assert by_name["preempted"]["signal"] == "SIGTERM" and (run_dir / "checkpoints" / "preempt.ckpt").is_file()
     assert by_name["cancelled"]["t"] - by_name["preempted"]["t"] < 10, (by_name["preempted"], by_name["cancelled"])
+
+
+@pytest.mark.parametrize(("setting", "argv", "cores", "forked"), [
+    ("auto", ["--nnodes", "1", "--nproc-per-node", "4"], 2, True),     # a laptop, a CPU node, CI
+    ("auto", ["--nproc-per-node=2"], 2, True),                         # as many ranks as cores
+    ("auto", ["--nproc_per_node", "8"], 96, False),                    # a GPU node: cores to spare
+    ("auto", ["--nproc-per-node", "1"], 2, False),                     # agent and rank: one core each
+    ("auto", ["--nproc-per-node", "gpu"], 1, False),                   # a word: not counted, not forked
+    ("auto", ["--nnodes", "1"], 1, False),
+    ("1", ["--nproc-per-node", "1"], 96, True),                        # job.preload_ranks = true
+    ("0", ["--nproc-per-node", "8"], 1, False),                        # job.preload_ranks = false
+])
+def test_auto_forks_the_ranks_where_the_node_s_ranks_are_at_least_its_cores(setting, argv, cores, forked) -> None:
+    """job.preload_ranks = "auto": forking saves start-up where the agent and its ranks would import
+    on more processes than the node has cores, and nothing where cores outnumber them."""
+    from launcher.entry.agent import preload_wanted
+
+    assert preload_wanted(setting, argv, cores) is forked
+
+
+def test_every_torchrun_rank_environment_says_how_ranks_start() -> None:
+    """The default renders "auto" (the agent decides on the node, from the cores it may use); true
+    and false render what they say; srun mode starts every rank itself and renders none."""
+    from launcher import config
+    from tests.helpers.launch import REPO
+
+    def env(mode: str, *sets: str) -> dict[str, str]:
+        job = str(REPO / "jobs" / "digits.toml")
+        return render.rank_env(config.resolve(config.Request(job_file=job, overrides=sets)), mode)
+
+    assert env("torchrun")["LAUNCH_PRELOAD_RANKS"] == "auto" and "LAUNCH_PRELOAD_RANKS" not in env("srun")
+    for value, rendered in (("auto", "auto"), ("true", "1"), ("false", "0")):
+        assert env("torchrun", f"job.preload_ranks={value}")["LAUNCH_PRELOAD_RANKS"] == rendered

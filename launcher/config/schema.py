@@ -110,7 +110,7 @@ class JobSection:
     # the other ranks' median is a straggler: an event and a status line (docs/health.md). 0: off.
     straggler_factor: float = bounded(1.2, OFF_OR_ABOVE_ONE)
     straggler_exclude_factor: float = bounded(0.0, OFF_OR_ABOVE_ONE)  # a straggler this much slower: a bad node (0: off)
-    preload_ranks: bool = False  # true: torchrun forks a node's ranks from one process that imported torch (docs/failures.md)
+    preload_ranks: bool | Literal["auto"] = "auto"  # fork ranks from one process that imported torch; auto: ranks >= cores
     tuned_allocator: bool = True  # glibc's malloc keeps freed memory to reuse, not page-faulted back each step (docs/failures.md)
     preflight: bool = True  # check each rank's device, a collective, the run directory (and node_check) first
     # A plain Lightning script instead of [model] and [data] (`launch submit train.py -- ARGS` writes

@@ -15,7 +15,7 @@
 cd /home/me/project
 export LAUNCH_BACKEND=slurm
 export LAUNCH_MODE=torchrun
-export LAUNCH_PRELOAD_RANKS=0
+export LAUNCH_PRELOAD_RANKS=auto
 export LAUNCH_RUN_DIR=/shared/runs/mnist/RUN
 export MALLOC_MMAP_THRESHOLD_=33554432
 export MALLOC_TRIM_THRESHOLD_=1073741824
