@@ -99,7 +99,7 @@ def _follow(run: RunDir, path: Path | None, out: TextIO) -> RunStatus:
             time.sleep(0.2)
             _pump(current, pos, out)
             return backends.status(run)
-        time.sleep(0.5)
+        time.sleep(0.25)
 
 
 def _follow_or_detach(run: RunDir, path: Path | None) -> RunStatus | None:

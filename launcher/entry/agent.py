@@ -79,4 +79,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cpython_compat.exit_now(main(sys.argv[1:]))
