@@ -40,13 +40,22 @@ def median_step_ms(timings: Path) -> float:
     return 1000 * statistics.median(json.loads(timings.read_text())[WARMUP:])
 
 
-def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> tuple[float, float]:
-    """Run one configuration: its samples/s and its median step (ms)."""
+def median_cpu_ms(timings: Path) -> float:
+    """The median CPU time of rank zero's training thread in a step (bench/common.py's StepTimer):
+    the step's own work, without the waits that wall time on a shared machine includes."""
+    return 1000 * statistics.median(json.loads(Path(f"{timings}.cpu").read_text())[WARMUP:])
+
+
+Measured = tuple[float, float, float]  # samples/s, median step (ms), median CPU a step (ms)
+
+
+def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> Measured:
+    """Run one configuration: its samples/s, its median step and its median CPU a step (ms)."""
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    return samples_per_s(timings, procs), median_step_ms(timings)
+    return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings)
 
 
-def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> tuple[float, float]:
+def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> Measured:
     timings = tmp / "ours.json"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "bench/throughput.toml", "--procs", str(procs),
            "--runs-dir", str(tmp / "runs"), "--follow", "--set", f"trainer.max_steps={steps}",
@@ -56,14 +65,14 @@ def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]
     return measured(cmd, timings, procs, env)
 
 
-def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> tuple[float, float]:
+def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
     timings = tmp / "plain.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "bench/plain_ddp.py", str(steps), str(timings)]
     return measured(cmd, timings, procs, env)
 
 
-def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> tuple[float, float]:
+def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
     timings = tmp / "lightning.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
            "bench/lightning_ddp.py", str(steps), str(timings), str(tmp / "lightning")]
@@ -84,19 +93,23 @@ LIGHTNING = "plain-lightning"  # the label of the Lightning baseline among the v
 def paired(args: argparse.Namespace) -> None:
     """Each repeat: plain once, then every variant of ours; a variant's ratio is the median of its
     per-repeat ratios to that repeat's plain run, which cancels the machine's slow drift. With
-    --rotate, repeat i starts i places later in that order, so no run is always first or last."""
+    --rotate, repeat i starts i places later in that order, so no run is always first or last.
+    With --against LABEL (plain Lightning's with --lightning; may repeat), every other variant is
+    also paired with that one."""
     variants = []
     if args.lightning:
         variants.append((LIGHTNING, []))
     for item in args.variant:
         label, _, sets = item.partition("=")
         variants.append((label, [s for s in sets.split(";") if s]))
+    against = args.against or ([LIGHTNING] if args.lightning else [])
+    for label in against:
+        if label not in [v for v, _ in variants]:
+            raise SystemExit(f"--against {label}: not a variant ({', '.join(v for v, _ in variants)})")
     for procs in args.procs:
         threads, env, base_env = environments(procs, args)
-        plain_runs: list[float] = []
-        ours_runs: dict[str, list[float]] = {label: [] for label, _ in variants}
-        plain_steps: list[float] = []
-        ours_steps: dict[str, list[float]] = {label: [] for label, _ in variants}
+        plain_runs: list[Measured] = []
+        ours_runs: dict[str, list[Measured]] = {label: [] for label, _ in variants}
         with tempfile.TemporaryDirectory() as tmp:
             for i in range(args.repeats):
                 order: list[tuple[str, list[str]] | None] = [None, *variants]  # None: the hand-written loop
@@ -104,37 +117,38 @@ def paired(args: argparse.Namespace) -> None:
                     order = order[i % len(order):] + order[:i % len(order)]
                 for run in order:
                     if run is None:
-                        rate, step = plain(procs, args.steps, Path(tmp), base_env)
-                        plain_runs.append(rate)
-                        plain_steps.append(step)
-                        continue
-                    if run[0] == LIGHTNING:
-                        rate, step = lightning(procs, args.steps, Path(tmp), base_env)
+                        plain_runs.append(plain(procs, args.steps, Path(tmp), base_env))
+                    elif run[0] == LIGHTNING:
+                        ours_runs[run[0]].append(lightning(procs, args.steps, Path(tmp), base_env))
                     else:
-                        rate, step = ours(procs, args.steps, Path(tmp), env, run[1])
-                    ours_runs[run[0]].append(rate)
-                    ours_steps[run[0]].append(step)
-                print(f"repeat {i + 1}: plain {plain_runs[-1]:.0f}, "
-                      + ", ".join(f"{label} {ours_runs[label][-1]:.0f}" for label, _ in variants)
+                        ours_runs[run[0]].append(ours(procs, args.steps, Path(tmp), env, run[1]))
+                print(f"repeat {i + 1}: plain {plain_runs[-1][0]:.0f}, "
+                      + ", ".join(f"{label} {ours_runs[label][-1][0]:.0f}" for label, _ in variants)
                       + (f" (first: {'plain' if order[0] is None else order[0][0]})" if args.rotate else ""), flush=True)
         for label, sets in variants:
-            ratios = [o / p for o, p in zip(ours_runs[label], plain_runs, strict=True)]
-            print(f"{procs} process(es), {threads} thread(s) each, {label}: ours {statistics.median(ours_runs[label]):.0f} "
-                  f"samples/s, plain {statistics.median(plain_runs):.0f}; paired ratios "
+            runs = ours_runs[label]
+            ratios = [o[0] / p[0] for o, p in zip(runs, plain_runs, strict=True)]
+            print(f"{procs} process(es), {threads} thread(s) each, {label}: ours {statistics.median(r[0] for r in runs):.0f} "
+                  f"samples/s, plain {statistics.median(p[0] for p in plain_runs):.0f}; paired ratios "
                   f"{[round(r, 3) for r in ratios]}; ratio ours/plain {statistics.median(ratios):.3f}")
-            step_ratios = [p / o for o, p in zip(ours_steps[label], plain_steps, strict=True)]
-            print(f"    median step: ours {statistics.median(ours_steps[label]):.1f} ms, plain "
-                  f"{statistics.median(plain_steps):.1f} ms; paired {[round(r, 3) for r in step_ratios]}; "
-                  f"median-step ratio plain/ours {statistics.median(step_ratios):.3f}")
-            if args.lightning and label != LIGHTNING:
-                vs = [o / lit for o, lit in zip(ours_runs[label], ours_runs[LIGHTNING], strict=True)]
-                vs_steps = [lit / o for o, lit in zip(ours_steps[label], ours_steps[LIGHTNING], strict=True)]
-                print(f"    against plain Lightning: samples/s ratio {statistics.median(vs):.3f} "
-                      f"{[round(r, 3) for r in vs]}; median-step ratio {statistics.median(vs_steps):.3f}")
+            for name, i in (("median step", 1), ("median CPU a step", 2)):
+                step_ratios = [p[i] / o[i] for o, p in zip(runs, plain_runs, strict=True)]
+                print(f"    {name}: ours {statistics.median(r[i] for r in runs):.1f} ms, plain "
+                      f"{statistics.median(p[i] for p in plain_runs):.1f} ms; paired {[round(r, 3) for r in step_ratios]}; "
+                      f"ratio plain/ours {statistics.median(step_ratios):.3f}")
+            for other in (o for o in against if o != label):
+                base = ours_runs[other]
+                vs = [[o[0] / b[0] for o, b in zip(runs, base, strict=True)]]
+                vs += [[b[i] / o[i] for o, b in zip(runs, base, strict=True)] for i in (1, 2)]
+                print(f"    against {other}: samples/s ratio {statistics.median(vs[0]):.3f} "
+                      f"{[round(r, 3) for r in vs[0]]}; median-step ratio {statistics.median(vs[1]):.3f} "
+                      f"{[round(r, 3) for r in vs[1]]}; CPU-a-step ratio {statistics.median(vs[2]):.3f} "
+                      f"{[round(r, 3) for r in vs[2]]}")
             if args.out:
                 with open(args.out, "a") as fh:
-                    fh.write(json.dumps({"label": label, "procs": procs, "ours": ours_runs[label], "plain": plain_runs,
-                                         "ratio": statistics.median(ratios), "paired": ratios, "sets": sets}) + "\n")
+                    fh.write(json.dumps({"label": label, "procs": procs, "ours": [r[0] for r in runs],
+                                         "plain": [p[0] for p in plain_runs], "ratio": statistics.median(ratios),
+                                         "paired": ratios, "sets": sets}) + "\n")
 
 
 def main() -> None:
@@ -149,12 +163,14 @@ def main() -> None:
                         help="paired mode: repeat i starts i places later in the order plain, variants")
     parser.add_argument("--lightning", action="store_true",
                         help="paired mode: also run the same model in a plain Lightning Trainer (bench/lightning_ddp.py)")
+    parser.add_argument("--against", action="append", default=[], metavar="LABEL",
+                        help="paired mode: also pair every other variant with this one (default: plain Lightning's)")
     parser.add_argument("--glibc-baseline", action="store_true",
                         help="the baselines with glibc's malloc defaults, not launch's thresholds (render.TUNED_ALLOCATOR)")
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
-    if args.variant or args.lightning:
+    if args.variant or args.lightning or args.against:
         paired(args)
         return
     for procs in args.procs:
