@@ -49,6 +49,13 @@ def median_cpu_ms(timings: Path) -> float:
 Measured = tuple[float, float, float]  # samples/s, median step (ms), median CPU a step (ms)
 
 
+def paired_ratios(runs: list[Measured], base: list[Measured]) -> list[list[float]]:
+    """Repeat by repeat, `runs` against `base`: samples/s runs/base, then median step and CPU a step
+    base/runs (each above 1 where `runs` is faster)."""
+    pairs = list(zip(runs, base, strict=True))
+    return [[r[0] / b[0] for r, b in pairs], *[[b[i] / r[i] for r, b in pairs] for i in (1, 2)]]
+
+
 def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> Measured:
     """Run one configuration: its samples/s, its median step and its median CPU a step (ms)."""
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
@@ -127,19 +134,16 @@ def paired(args: argparse.Namespace) -> None:
                       + (f" (first: {'plain' if order[0] is None else order[0][0]})" if args.rotate else ""), flush=True)
         for label, sets in variants:
             runs = ours_runs[label]
-            ratios = [o[0] / p[0] for o, p in zip(runs, plain_runs, strict=True)]
+            ratios, *step_ratios = paired_ratios(runs, plain_runs)
             print(f"{procs} process(es), {threads} thread(s) each, {label}: ours {statistics.median(r[0] for r in runs):.0f} "
                   f"samples/s, plain {statistics.median(p[0] for p in plain_runs):.0f}; paired ratios "
                   f"{[round(r, 3) for r in ratios]}; ratio ours/plain {statistics.median(ratios):.3f}")
-            for name, i in (("median step", 1), ("median CPU a step", 2)):
-                step_ratios = [p[i] / o[i] for o, p in zip(runs, plain_runs, strict=True)]
+            for i, (name, paired_step) in enumerate(zip(("median step", "median CPU a step"), step_ratios, strict=True), start=1):
                 print(f"    {name}: ours {statistics.median(r[i] for r in runs):.1f} ms, plain "
-                      f"{statistics.median(p[i] for p in plain_runs):.1f} ms; paired {[round(r, 3) for r in step_ratios]}; "
-                      f"ratio plain/ours {statistics.median(step_ratios):.3f}")
+                      f"{statistics.median(p[i] for p in plain_runs):.1f} ms; paired {[round(r, 3) for r in paired_step]}; "
+                      f"ratio plain/ours {statistics.median(paired_step):.3f}")
             for other in (o for o in against if o != label):
-                base = ours_runs[other]
-                vs = [[o[0] / b[0] for o, b in zip(runs, base, strict=True)]]
-                vs += [[b[i] / o[i] for o, b in zip(runs, base, strict=True)] for i in (1, 2)]
+                vs = paired_ratios(runs, ours_runs[other])
                 print(f"    against {other}: samples/s ratio {statistics.median(vs[0]):.3f} "
                       f"{[round(r, 3) for r in vs[0]]}; median-step ratio {statistics.median(vs[1]):.3f} "
                       f"{[round(r, 3) for r in vs[1]]}; CPU-a-step ratio {statistics.median(vs[2]):.3f} "

@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
-from launcher import config, render
+from launcher import render
 from tests.helpers.allocs import ROUNDS, STEP_PAGES
-from tests.helpers.launch import REPO
+from tests.helpers.launch import REPO, rendered_rank_env
 
 
 def faults(env: dict[str, str]) -> int:
@@ -37,13 +37,10 @@ def test_every_rank_gets_the_tuned_allocator_unless_the_job_or_the_profile_says_
         class_path = "digits"
     """)
 
-    def env(mode: str, *sets: str) -> dict[str, str]:
-        return render.rank_env(config.resolve(config.Request(job_file=str(job), overrides=sets)), mode)
-
     for mode in ("torchrun", "srun"):
-        tuned = env(mode)
+        tuned = rendered_rank_env(job, mode)
         assert {k: tuned[k] for k in render.TUNED_ALLOCATOR} == render.TUNED_ALLOCATOR, tuned
-        off = env(mode, "job.tuned_allocator=false")
+        off = rendered_rank_env(job, mode, "job.tuned_allocator=false")
         assert not any(k.startswith("MALLOC_") for k in off), off
-        own = env(mode, 'cluster.env={ MALLOC_TRIM_THRESHOLD_ = "0" }')
+        own = rendered_rank_env(job, mode, 'cluster.env={ MALLOC_TRIM_THRESHOLD_ = "0" }')
         assert own["MALLOC_TRIM_THRESHOLD_"] == "0" and own["MALLOC_MMAP_THRESHOLD_"] == str(32 << 20), own

@@ -113,13 +113,10 @@ def test_auto_forks_the_ranks_where_the_node_s_ranks_are_at_least_its_cores(sett
 def test_every_torchrun_rank_environment_says_how_ranks_start() -> None:
     """The default renders "auto" (the agent decides on the node, from the cores it may use); true
     and false render what they say; srun mode starts every rank itself and renders none."""
-    from launcher import config
-    from tests.helpers.launch import REPO
+    from tests.helpers.launch import REPO, rendered_rank_env
 
-    def env(mode: str, *sets: str) -> dict[str, str]:
-        job = str(REPO / "jobs" / "digits.toml")
-        return render.rank_env(config.resolve(config.Request(job_file=job, overrides=sets)), mode)
-
-    assert env("torchrun")["LAUNCH_PRELOAD_RANKS"] == "auto" and "LAUNCH_PRELOAD_RANKS" not in env("srun")
+    job = REPO / "jobs" / "digits.toml"
+    assert rendered_rank_env(job, "torchrun")["LAUNCH_PRELOAD_RANKS"] == "auto"
+    assert "LAUNCH_PRELOAD_RANKS" not in rendered_rank_env(job, "srun")
     for value, rendered in (("auto", "auto"), ("true", "1"), ("false", "0")):
-        assert env("torchrun", f"job.preload_ranks={value}")["LAUNCH_PRELOAD_RANKS"] == rendered
+        assert rendered_rank_env(job, "torchrun", f"job.preload_ranks={value}")["LAUNCH_PRELOAD_RANKS"] == rendered

@@ -18,3 +18,10 @@ def run_launch(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | N
         [sys.executable, "-m", "launcher.cli", *args],
         cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
     )
+
+
+def rendered_rank_env(job: Path | str, mode: str, *sets: str) -> dict[str, str]:
+    """The environment launch renders for every rank of `job` (with `--set` overrides) in `mode`."""
+    from launcher import config, render
+
+    return render.rank_env(config.resolve(config.Request(job_file=str(job), overrides=sets)), mode)
