@@ -137,7 +137,8 @@ class HookTimedCNN(TimedCNN):
             ddp._post_forward = self._timed("DDP pre/post forward (bucket bookkeeping)", ddp._post_forward)
         # per-sample seeding runs inside the loader's fetch (num_workers = 0: on the training thread)
         samplers.seed_all = self._timed("per-sample seeding (data fetch)", samplers.seed_all)
-        samplers._rngs_kept = _timed_context(self, "per-sample seeding (data fetch)", samplers._rngs_kept)
+        samplers._saved_rngs = self._timed("per-sample seeding (data fetch)", samplers._saved_rngs)
+        samplers._put_back = self._timed("per-sample seeding (data fetch)", samplers._put_back)
         # off the training thread: the progress writer and the heartbeat's sends (node-local, or the node's file)
         progress.RunProgress._write = self._timed("[thread] progress.json writes", progress.RunProgress._write)
         beat_channel.BeatChannel.publish = self._timed("[thread] heartbeat sends", beat_channel.BeatChannel.publish)
@@ -157,22 +158,3 @@ class HookTimedCNN(TimedCNN):
 
 
 WARMUP_STEPS = 20
-
-
-def _timed_context(model: HookTimedCNN, label: str, make):  # noqa: ANN001, ANN202
-    """A context manager factory whose enter and exit are timed under `label`."""
-    from contextlib import contextmanager
-
-    @contextmanager
-    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        start = time.perf_counter()
-        with make(*args, **kwargs):
-            entered = time.perf_counter()
-            try:
-                yield
-            finally:
-                left = time.perf_counter()
-        if model.counting:
-            model.spent[label] = model.spent.get(label, 0.0) + (entered - start) + (time.perf_counter() - left)
-
-    return timed

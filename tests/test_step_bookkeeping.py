@@ -1,0 +1,151 @@
+"""Lightning's per-step bookkeeping, lightened (lightning_compat.lighten_step_bookkeeping): each
+fast path does what Lightning's own code does, and skips only work without effect. (Every
+bit-for-bit test of the suite runs with them: logged rows and weights.)"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from launcher.runtime import lightning_compat as compat
+from launcher.runtime.lightning_api import Callback, LightningModule, Trainer, module
+
+compat.lighten_step_bookkeeping()
+
+
+def test_a_logged_record_on_the_values_device_is_left_as_it_is_and_moved_as_lightning_moves_it_otherwise() -> None:
+    results = module("trainer.connectors.logger_connector.result")._ResultCollection(training=True)
+    for value, size in ((1.5, 4), (2.0, 2)):
+        results.log("training_step", "loss", torch.tensor(value), on_step=False, on_epoch=True, batch_size=size)
+    record = results["training_step.loss"]
+    assert record.value.item() == 1.5 * 4 + 2.0 * 2 and record.cumulated_batch_size.item() == 6  # Lightning's sums
+    defaults, meta = record._defaults, record.meta
+    assert record.to(torch.device("cpu")) is record
+    assert record._defaults is defaults and record.meta is meta  # nothing rebuilt, nothing copied
+    record.to(torch.device("meta"))  # elsewhere: Lightning's own move
+    assert record.value.device.type == "meta" and record.cumulated_batch_size.device.type == "meta"
+    assert record._defaults is not defaults and record.meta == meta
+
+
+def _decorated(fn):  # noqa: ANN001, ANN202
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _Steps:
+    def step(self, batch, batch_idx): ...  # noqa: ANN001, ANN201
+
+    def batch_only(self, batch): ...  # noqa: ANN001, ANN201
+
+    def anything(self, *args): ...  # noqa: ANN002, ANN201
+
+    @_decorated
+    def iterator(self, dataloader_iter): ...  # noqa: ANN001, ANN201
+
+
+def test_a_hook_signature_is_read_once_a_function_and_answers_as_lightning_does(monkeypatch) -> None:
+    original = module("utilities.signature_utils").is_param_in_hook_signature
+    checked = module("core.module").is_param_in_hook_signature
+    assert checked is not original
+    assert all(module(name).is_param_in_hook_signature is checked for name in compat._SIGNATURE_USERS)
+    hooks = [_Steps().step, _Steps().batch_only, _Steps().anything, _Steps().iterator, _Steps.step, _Steps.batch_only]
+    questions = [("batch_idx", False, 2), ("dataloader_iter", True, None), ("batch_idx", False, None),
+                 ("dataloader_iter", False, None)]
+    for hook in hooks:
+        for question in questions:
+            assert checked(hook, *question) == original(hook, *question), (hook, question)
+            assert checked(hook, *question) == original(hook, *question), (hook, question)
+    reads = []
+    real = inspect.getfullargspec
+    monkeypatch.setattr(inspect, "getfullargspec", lambda fn: reads.append(fn) or real(fn))
+
+    def training_step(self, batch): ...  # noqa: ANN001, ANN202
+
+    for _ in range(5):
+        assert checked(training_step.__get__(object()), "batch_idx", min_args=2) is False  # a new bound method each time
+    assert len(reads) == 1
+
+    def training_step(self, batch, batch_idx): ...  # noqa: ANN001, ANN202, F811
+
+    assert checked(training_step.__get__(object()), "batch_idx", min_args=2) is True  # another function: read again
+    assert len(reads) == 2
+
+
+class _Tiny(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=4)
+
+
+class _Recorder(Callback):
+    """Records every hook call it sees, with the LightningModule's current hook name then."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def _seen(self, name: str, pl_module: LightningModule) -> None:
+        self.calls.append((name, pl_module._current_fx_name))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001, ANN201
+        self._seen("start", pl_module)
+
+    def on_before_backward(self, trainer, pl_module, loss):  # noqa: ANN001, ANN201
+        self._seen("before_backward", pl_module)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):  # noqa: ANN001, ANN201
+        self._seen("before_optimizer_step", pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001, ANN201
+        self._seen("end", pl_module)
+
+
+class _Quiet(Callback):
+    """Overrides no hook; counts how often its state key (the profiler's label) is formatted."""
+
+    reads = 0
+
+    @property
+    def state_key(self) -> str:
+        _Quiet.reads += 1
+        return "_Quiet"
+
+
+def _hook_calls(tmp_path, steps: int, profiler: str | None) -> tuple[list, int]:  # noqa: ANN001
+    calls: list = []
+    instance_hooked = Callback()  # a hook set on the instance, as tools that wrap callbacks do
+    instance_hooked.on_train_batch_end = lambda trainer, pl_module, *args: calls.append(("instance", len(args)))
+    _Quiet.reads = 0
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, profiler=profiler,
+                      default_root_dir=tmp_path, callbacks=[_Recorder(calls), _Quiet(), instance_hooked])
+    compat.disable_lightning_signal_handling(trainer)
+    trainer.fit(_Tiny())
+    return calls, _Quiet.reads
+
+
+def test_without_a_profiler_callbacks_see_every_hook_lightning_calls_and_no_labels_are_formatted(tmp_path) -> None:
+    lean, lean_reads = _hook_calls(tmp_path / "a", 3, None)
+    profiled, profiled_reads = _hook_calls(tmp_path / "b", 3, "simple")  # a profiler: Lightning's own dispatch
+    assert lean == profiled
+    assert lean[:5] == [("start", "on_train_batch_start"), ("before_backward", "on_before_backward"),
+                        ("before_optimizer_step", "on_before_optimizer_step"), ("end", "on_train_batch_end"),
+                        ("instance", 3)]
+    assert len(lean) == 3 * 5
+    longer, longer_reads = _hook_calls(tmp_path / "c", 9, None)
+    assert len(longer) == 9 * 5
+    assert longer_reads == lean_reads < profiled_reads  # none a step: labels only where a profiler uses them
