@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import subprocess
+import sys
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime.lightning_api import Callback, LightningModule, Trainer, module
+from tests.helpers.launch import REPO
 
 compat.lighten_step_bookkeeping()
 
@@ -149,3 +153,15 @@ def test_without_a_profiler_callbacks_see_every_hook_lightning_calls_and_no_labe
     longer, longer_reads = _hook_calls(tmp_path / "c", 9, None)
     assert len(longer) == 9 * 5
     assert longer_reads == lean_reads < profiled_reads  # none a step: labels only where a profiler uses them
+
+
+def test_the_fast_paths_stay_out_where_the_environment_says_so() -> None:
+    """LAUNCH_LIGHTNING_FAST_PATHS=0 (cluster.env): Lightning as shipped, to rule launch out."""
+    probe = ("from launcher.runtime import lightning_compat as c; c.lighten_step_bookkeeping(); "
+             "print(c._ResultMetric.to.__qualname__, c._call._call_callback_hooks.__qualname__, "
+             "c.module('core.module').is_param_in_hook_signature.__qualname__)")
+    shipped = "_ResultMetric.to _call_callback_hooks is_param_in_hook_signature"
+    for value, expected in (("0", shipped), ("1", None)):
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True,
+                             env={**os.environ, "LAUNCH_LIGHTNING_FAST_PATHS": value}).stdout.strip()
+        assert (out == shipped) == (expected is not None), out

@@ -85,18 +85,12 @@ def disable_lightning_signal_handling(trainer: Trainer) -> None:
 
 # --------------------------------------------------------------------------- Lightning's per-step Python
 #
-# Three pieces of Lightning's own bookkeeping that run on every training step and redo work whose
-# answer cannot have changed (bench/README, section 1: together about 3 % of a 55 ms CPU step of
-# the benchmark model, measured with py-spy on rank zero). Each fast path does exactly what
-# Lightning does whenever its precondition fails, and otherwise skips only work with no effect:
-# - `self.log` moves the logged metric's whole record to the value's device on every call, which
-#   rebuilds each of its dicts and deep-copies its metadata even when everything is already there;
-# - `self.log` and the training loop read the training_step's signature (inspect.getfullargspec)
-#   on every call; a function's signature is fixed, so it is read once per function;
-# - every hook call walks every callback, formats each one's state key for the profiler's label
-#   and enters a profiling context, also for callbacks that do not override the hook (the base
-#   Callback's hooks do nothing); without a profiler (Lightning's PassThroughProfiler) the label
-#   is never used, and the do-nothing hooks are skipped.
+# Lightning's own bookkeeping that runs every training step and redoes work whose answer cannot
+# have changed (about 4 % of the benchmark's step, bench/README section 1). Each fast path runs
+# Lightning's code wherever its precondition fails, and otherwise skips only work without effect:
+# `self.log` moving an already-placed record (a rebuild of its dicts, a deep copy of its metadata);
+# the training_step's signature, read at every `self.log` and batch; and, without a profiler, the
+# label formatted for every callback at every hook call and the calls of hooks it does not override.
 
 _call = module("trainer.call")
 _ResultMetric = module("trainer.connectors.logger_connector.result")._ResultMetric
@@ -110,8 +104,9 @@ _lightened: list[bool] = []
 
 def lighten_step_bookkeeping() -> None:
     """Install the three fast paths above in this process's Lightning (once; they hold for any
-    Trainer of the process, since each falls back to Lightning's own code where it does not apply)."""
-    if _lightened:
+    Trainer of the process, since each falls back to Lightning's own code where it does not apply).
+    LAUNCH_LIGHTNING_FAST_PATHS=0 in the ranks' environment (cluster.env) leaves Lightning as shipped."""
+    if _lightened or os.environ.get("LAUNCH_LIGHTNING_FAST_PATHS", "1") == "0":
         return
     _lightened.append(True)
     _ResultMetric.to = _moved_unless_there(_ResultMetric.to)
@@ -130,13 +125,8 @@ def _on_device(value: Any, device: torch.device) -> bool:
         return True
     if isinstance(value, torch.Tensor | Metric):
         return value.device == device
-    if isinstance(value, dict):
-        for item in value.values():
-            if not _on_device(item, device):
-                return False
-        return True
-    if isinstance(value, list | tuple):
-        for item in value:
+    if isinstance(value, dict | list | tuple):
+        for item in value.values() if isinstance(value, dict) else value:
             if not _on_device(item, device):
                 return False
         return True
@@ -150,11 +140,7 @@ _NOTHING_TO_MOVE = frozenset({type(None), bool, int, float, str, set, torch.devi
 
 def _moved_unless_there(to: Any) -> Any:
     def moved(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not kwargs and len(args) == 1 and type(args[0]) is torch.device:
-            device = args[0]
-            for value in self.__dict__.values():
-                if not _on_device(value, device):
-                    return to(self, *args, **kwargs)
+        if not kwargs and len(args) == 1 and type(args[0]) is torch.device and _on_device(self.__dict__, args[0]):
             return self
         return to(self, *args, **kwargs)
 
