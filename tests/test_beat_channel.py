@@ -91,7 +91,8 @@ def test_a_finished_leader_waits_for_its_node_then_its_ranks_write_their_own(run
 
 
 def test_a_new_attempt_s_leader_removes_the_node_local_files_of_an_earlier_one(run: RunDir) -> None:
-    earlier = node_local_dir(run.run_id, "n1", 0, 1)  # an attempt whose ranks had another parent
+    # an attempt whose ranks had another parent (not pid 1: a test process may be init's child)
+    earlier = node_local_dir(run.run_id, "n1", 0, os.getppid() + 1)
     earlier.mkdir()
     (earlier / "rank-7.json").write_text(beat(7, "n1", 1.0).dumps())
     # live: another node of this run on the same machine, and another run's
