@@ -54,7 +54,10 @@ def write_job(tmp: Path, name: str, sleep: float, epochs: int = 5, model: str = 
 
 
 def events(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    """The run's events; a last line still being appended (no newline yet) is left for the next read."""
+    text = (run_dir / "events.jsonl").read_text()
+    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+    return [json.loads(line) for line in lines]
 
 
 def count(run_dir: Path, name: str) -> int:
