@@ -54,10 +54,10 @@ def write_job(tmp: Path, name: str, sleep: float, epochs: int = 5, model: str = 
 
 
 def events(run_dir: Path) -> list[dict]:
-    """The run's events; a last line still being appended (no newline yet) is left for the next read."""
-    text = (run_dir / "events.jsonl").read_text()
-    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
-    return [json.loads(line) for line in lines]
+    """The run's events, read as launch reads them (a line still being appended is not one yet)."""
+    from launcher.rundir import RunDir
+
+    return RunDir(run_dir).read_events()
 
 
 def count(run_dir: Path, name: str) -> int:
