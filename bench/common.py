@@ -38,11 +38,13 @@ class SyntheticDataModule(pl.LightningDataModule):
 class StepTimer:
     """Rank zero's wall time of each training step, and its training thread's CPU time in it (which
     leaves out the waits: another rank's, the machine's other work), written as JSON for the bench
-    scripts: the wall times to `out`, the CPU times to `out.cpu`."""
+    scripts: the wall times to `out`, the CPU times to `out.cpu`, and the wall-clock span of the
+    steps after the first WARMUP_STEPS to `out.span`."""
 
     def __init__(self, out: str | None) -> None:
         self.out, self.times, self.cpu_times = out, [], []
         self._t = self._cpu = None
+        self._counted_from: float | None = None  # the wall clock where the steps after warm-up begin
 
     def lap(self) -> None:
         """Time between consecutive calls: the whole step, data loading and hooks included."""
@@ -50,12 +52,16 @@ class StepTimer:
         if self._t is not None:
             self.times.append(now - self._t)
             self.cpu_times.append(cpu - self._cpu)
+        if len(self.times) == WARMUP_STEPS and self._counted_from is None:
+            self._counted_from = time.time()
         self._t, self._cpu = now, cpu
 
     def save(self, rank: int) -> None:
         if self.out and rank == 0:
             Path(self.out).write_text(json.dumps(self.times))
             Path(f"{self.out}.cpu").write_text(json.dumps(self.cpu_times))
+            # the wall-clock span of the counted steps (bench/cpu_shares.py reads the machine in it)
+            Path(f"{self.out}.span").write_text(json.dumps([self._counted_from, time.time()]))
 
 
 class TimedCNN(SmallCNN):

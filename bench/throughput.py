@@ -62,28 +62,41 @@ def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> 
     return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings)
 
 
-def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> Measured:
+def ours_command(procs: int, steps: int, tmp: Path, sets: list[str]) -> tuple[list[str], Path]:
+    """launch's run of the benchmark job, and where its step timings land."""
     timings = tmp / "ours.json"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "bench/throughput.toml", "--procs", str(procs),
            "--runs-dir", str(tmp / "runs"), "--follow", "--set", f"trainer.max_steps={steps}",
            "--set", f'model.init_args.timings="{timings}"']
     for item in sets:
         cmd += ["--set", item]
-    return measured(cmd, timings, procs, env)
+    return cmd, timings
+
+
+def plain_command(procs: int, steps: int, tmp: Path) -> tuple[list[str], Path]:
+    """The hand-written loop under a bare torchrun, and where its step timings land."""
+    timings = tmp / "plain.json"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+            "bench/plain_ddp.py", str(steps), str(timings)], timings
+
+
+def lightning_command(procs: int, steps: int, tmp: Path) -> tuple[list[str], Path]:
+    """The same model in a plain Lightning Trainer under a bare torchrun, and where its step timings land."""
+    timings = tmp / "lightning.json"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
+            "bench/lightning_ddp.py", str(steps), str(timings), str(tmp / "lightning")], timings
+
+
+def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]) -> Measured:
+    return measured(*ours_command(procs, steps, tmp, sets), procs, env)
 
 
 def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
-    timings = tmp / "plain.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
-           "bench/plain_ddp.py", str(steps), str(timings)]
-    return measured(cmd, timings, procs, env)
+    return measured(*plain_command(procs, steps, tmp), procs, env)
 
 
 def lightning(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
-    timings = tmp / "lightning.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
-           "bench/lightning_ddp.py", str(steps), str(timings), str(tmp / "lightning")]
-    return measured(cmd, timings, procs, env)
+    return measured(*lightning_command(procs, steps, tmp), procs, env)
 
 
 def environments(procs: int, args: argparse.Namespace) -> tuple[int, dict[str, str], dict[str, str]]:
