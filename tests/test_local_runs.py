@@ -140,6 +140,27 @@ def test_validation_metrics_are_exact_on_an_odd_validation_set(digits_job, tmp_p
     assert rows["2"]["val_loss"] == pytest.approx(rows["1"]["val_loss"], rel=1e-6)  # float sums, other order
 
 
+def test_a_model_s_own_collectives_at_the_epoch_end_meet_every_other_rank_s(digits_job, tmp_path) -> None:
+    """At world size 3, a model whose on_train_epoch_end gathers across ranks and logs a synchronised
+    value: every rank reaches the epoch end's collectives in the same order, the gathered and logged
+    values are right, and progress.json has the epoch's metrics. Rank zero's progress writer and its
+    progress bar (Lightning's, pytorch-lightning issue 21264) once read the metrics at the epoch's
+    end on rank zero alone, which computed its synchronised values there before the model's hook:
+    rank zero's collectives met the model's on the other ranks, and the run hung at its first epoch
+    end (either reader alone hangs it)."""
+    job = digits_job(name="gathers", model="tests.helpers.modules.EpochGatheringMLP", epochs=2)
+    result, run_dir = submit(str(job), "--procs", "3", "--set", "job.stall_timeout_s=30", "--set", "job.test_after_fit=false",
+                         "--set", "trainer.enable_progress_bar=true", runs=tmp_path / "runs")
+    assert result.returncode == 0, result.stderr + result.stdout[-3000:]
+    epoch_rows = [r for r in metric_rows(run_dir) if r.get("rank_sum")]
+    assert [(r["epoch"], float(r["rank_sum"]), float(r["gathered_ranks"])) for r in epoch_rows] == \
+        [("0", 3.0, 3.0), ("1", 3.0, 3.0)], epoch_rows
+    assert all(r.get("train_loss_epoch") and r.get("train_acc") for r in epoch_rows), epoch_rows
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["stage"] == "fit-done" and progress["epoch"] == 2, progress
+    assert progress["metrics"]["rank_sum"] == 3.0 and "train_loss_epoch" in progress["metrics"], progress
+
+
 def test_a_failing_rank_fails_the_run_with_its_rank_and_error(digits_job, tmp_path) -> None:
     job = digits_job(name="fails", model="tests.helpers.modules.FailingMLP", epochs=3)
     start = time.monotonic()

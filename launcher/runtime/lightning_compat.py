@@ -4,8 +4,8 @@ Every use of an underscore attribute of Lightning (either namespace: `pytorch_li
 `lightning_fabric`, or `lightning.pytorch` with `lightning.fabric`; lightning_api.py says which a
 rank runs) or torchmetrics, and every subclass that overrides a private method of theirs, is here
 and nowhere else in launch, so that an upgrade breaks in one place that can be listed. Importing
-this module checks that the installed versions are the ones it was written for, and fails with one
-line when they are not.
+this module checks that the installed versions are the ones it was written for
+(lightning_versions.py), and fails with one line when they are not.
 """
 
 from __future__ import annotations
@@ -14,44 +14,9 @@ import csv
 import inspect
 import os
 import time
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from launcher.config.components import DISTRIBUTIONS, lightning_in_use
-
-# The major.minor versions every touchpoint below was written and tested for (pinned in pyproject;
-# each Lightning distribution ships its Fabric: lightning_fabric in pytorch-lightning).
-WRITTEN_FOR = {"pytorch-lightning": "2.6", "lightning": "2.6", "torchmetrics": "1.9"}
-
-
-class IncompatibleVersions(RuntimeError):
-    """The installed Lightning or torchmetrics is not the one launch's internals were written for."""
-
-
-def version_problem(installed: dict[str, str | None] | None = None, packages: tuple[str, ...] | None = None) -> str | None:
-    """What differs between the installed versions of `packages` (the ones this rank imports;
-    default all of WRITTEN_FOR) and WRITTEN_FOR, as one line; None if nothing."""
-    packages = packages or tuple(WRITTEN_FOR)
-    if installed is None:
-        installed = {}
-        for package in packages:
-            try:
-                installed[package] = version(package)
-            except PackageNotFoundError:
-                installed[package] = None
-    wrong = [f"{pkg} {installed.get(pkg) or 'missing'} (needs {want}.x)" for pkg, want in WRITTEN_FOR.items()
-             if pkg in packages and ".".join(str(installed.get(pkg)).split(".")[:2]) != want]
-    if not wrong:
-        return None
-    return ("launch's Lightning internals (launcher/runtime/lightning_compat.py) were written for other versions: "
-            f"{', '.join(wrong)}; install the versions pinned in pyproject.toml (pip install -e .)")
-
-
-def check_versions() -> None:
-    problem = version_problem(packages=(DISTRIBUTIONS[lightning_in_use()], "torchmetrics"))
-    if problem:
-        raise IncompatibleVersions(problem)
-
+from launcher.runtime.lightning_versions import IncompatibleVersions, check_versions, version_problem  # noqa: F401 (theirs)
 
 check_versions()
 
@@ -386,6 +351,19 @@ class TimedProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=1)
         self.every_s = every_s
         self._drawn_at = 0.0
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
+        # Lightning's bar reads the metrics here, on rank zero alone, which computes the epoch's
+        # synchronised values (collectives) there before the module's epoch-end hook: a collective
+        # of the model's in that hook then meets these on the other ranks and the run hangs
+        # (pytorch-lightning issue 21264). The epoch's values show at the next redraw, or the end.
+        if self._leave:
+            self.train_progress_bar.close()
+
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
+        if not self.train_progress_bar.disable:  # every rank has computed the last epoch's values
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+        super().on_train_end(trainer, pl_module)
 
     def _should_update(self, current: int, total: int) -> bool:
         if not self.is_enabled:

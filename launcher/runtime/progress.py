@@ -19,8 +19,9 @@ class RunProgress(Callback):
     Every step hands the position to a writer thread, which replaces the file as fast as it can
     (at most 20 times a second), so the file trails the run by one write, not by a fixed interval,
     and the training loop never waits on the filesystem. The metrics are read only every
-    `metrics_every_s` and at the end of an epoch or a validation: reading them copies device
-    tensors to the host, which waits for the accelerator.
+    `metrics_every_s`, after an epoch and at the end of a validation: reading them copies device
+    tensors to the host, which waits for the accelerator. Rank zero never reads them where that
+    would compute synchronised values (a collective) that the other ranks compute later.
     """
 
     MIN_WRITE_GAP_S = 0.05
@@ -30,6 +31,7 @@ class RunProgress(Callback):
         self._metrics: dict[str, float] = {}
         self._metrics_at = 0.0
         self._first_step_seen = False
+        self._epoch_ended = False  # an epoch ended: write its metrics at the next epoch's start
         self._latest: tuple[int, dict[str, Any]] | None = None  # (sequence, record), replaced whole
         self._written = 0  # sequence of the record on disk
         self._seq = 0
@@ -109,7 +111,16 @@ class RunProgress(Callback):
         self.publish(trainer, "fit")
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.write(trainer, "fit")
+        # Not written here: reading the metrics now would compute the epoch's values, whose
+        # synchronisation is a collective, on rank zero alone and before the module's own epoch-end
+        # hook; its collectives would then meet other ones on the other ranks (a model's all_gather
+        # there hung). Lightning computes them on every rank after the epoch-end hooks.
+        self._epoch_ended = True
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_ended:  # the last epoch's values, computed by now (the run's end: on_fit_end)
+            self._epoch_ended = False
+            self.write(trainer, "fit")
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.sanity_checking:

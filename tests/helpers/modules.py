@@ -217,6 +217,16 @@ class StepSyncValidationMLP(MLP):
         self.log("val_step_count", float(len(batch[1])), on_step=True, on_epoch=False, sync_dist=True)
 
 
+class EpochGatheringMLP(MLP):
+    """Runs collectives of its own at each training epoch's end, as a model that gathers its
+    predictions or logs synchronised epoch values does: an all_gather, and a log with sync_dist."""
+
+    def on_train_epoch_end(self) -> None:
+        ranks = self.all_gather(torch.tensor(float(self.global_rank)))
+        self.log("gathered_ranks", ranks.sum(), sync_dist=False, rank_zero_only=False)
+        self.log("rank_sum", float(self.global_rank), sync_dist=True, reduce_fx="sum")
+
+
 class SlowTestMLP(PreemptableMLP):
     """PreemptableMLP whose test takes a few seconds (time to signal it there)."""
 
