@@ -42,10 +42,12 @@ def fsdp_job(tmp: Path, name: str, sleep: float, epochs: int, extra: str = "", *
 
 @pytest.fixture(scope="module")
 def baseline_2(tmp_path_factory) -> Path:
-    """An uninterrupted FSDP run on 2 ranks, with the 100 MB buffer that makes a save take a while."""
+    """An uninterrupted FSDP run on 2 ranks, with the 100 MB buffer that makes a save take a while,
+    and TensorBoard histograms of its sharded parameters (logging only: the runs it is compared with
+    train the same without them)."""
     tmp = tmp_path_factory.mktemp("fsdp2")
-    run_dir = submit(fsdp_job(tmp, "fsdp", 0.0, 3, model="BigPreemptableMLP", extra_args=", ballast_mb = 100"),
-                     tmp / "runs")
+    run_dir = submit(fsdp_job(tmp, "fsdp", 0.0, 3, model="BigPreemptableMLP", extra_args=", ballast_mb = 100",
+                              extra="\n[logging]\nhistograms = true\n"), tmp / "runs")
     info = wait_end(run_dir)
     assert info["state"] == "completed", info
     return run_dir
@@ -70,6 +72,13 @@ def test_fsdp_shards_the_model_on_disk_and_learns_what_ddp_learns(baseline_2, tm
     marker = json.loads((last / "complete.json").read_text())
     assert marker["global_step"] == 3 * STEPS_PER_EPOCH and marker["world_size"] == 2
     assert not list((baseline_2 / "checkpoints").glob(".*"))  # nothing partial left behind
+    # each epoch's histogram of a sharded parameter holds the whole of it, not rank zero's shard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(baseline_2 / "tensorboard"), size_guidance={"histograms": 0})
+    acc.Reload()
+    counts = [event.histogram_value.num for event in acc.Histograms("net.1.weight")]
+    assert counts == [MODEL_ARGS["in_features"] * MODEL_ARGS["hidden"]] * 3, counts
     full = read_checkpoint(last)
     weights = sum(v.numel() for k, v in full["state_dict"].items() if k.startswith("net."))
     shard_sizes = [p.stat().st_size for p in last.glob("*.distcp")]

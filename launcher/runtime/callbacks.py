@@ -7,6 +7,8 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.tensor import DTensor
+
 from launcher.config import JobConfig, to_dict
 from launcher.rundir import RunDir, atomic_open
 from launcher.runtime.lightning_api import (
@@ -18,7 +20,6 @@ from launcher.runtime.lightning_api import (
     TensorBoardLogger,
     Trainer,
     grad_norm,
-    rank_zero_only,
 )
 from launcher.runtime.loggers import LaunchTensorBoardLogger
 
@@ -31,14 +32,21 @@ class GradNormLogger(Callback):
 
 
 class HistogramLogger(Callback):
-    """TensorBoard histograms of every parameter at the end of each training epoch (rank zero)."""
+    """TensorBoard histograms of every parameter at the end of each training epoch, written by rank
+    zero. A sharded parameter (FSDP's DTensor, whose shard TensorBoard cannot read) is gathered
+    whole first, one at a time, by every rank: a collective, in the same order on each."""
 
-    @rank_zero_only
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for name, param in pl_module.named_parameters():
-                    logger.experiment.add_histogram(name, param.detach().float().cpu(), trainer.global_step)
+        writers = [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+        if not writers:
+            return
+        for name, param in pl_module.named_parameters():
+            value = param.detach()
+            if isinstance(value, DTensor):
+                value = value.full_tensor()
+            if trainer.global_rank == 0:
+                for writer in writers:
+                    writer.add_histogram(name, value.float().cpu(), trainer.global_step)
 
 
 def flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
