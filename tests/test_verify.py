@@ -43,7 +43,7 @@ def start_verify(tmp: Path, name: str, model: str, procs: int, *args: str) -> su
 
 def test_verify_certifies_an_exact_script_and_names_a_model_attribute_outside_the_state_dict(tmp_path: Path) -> None:
     """The exact one, a plain script in the `pytorch_lightning` namespace (tests/scripts/train_pl.py:
-    its own Trainer, fit and test; verify's [trainer] limits replace its max_epochs), at 3 ranks
+    its own Trainer and progress bar, fit and test; verify's [trainer] limits replace its max_epochs), at 3 ranks
     (where a summation-order bug would show); the counting job at 1 (its counter is wrong after any
     resume, at any world size); each rank with a DataLoader worker; side by side (their start-ups
     overlap)."""
@@ -61,6 +61,8 @@ def test_verify_certifies_an_exact_script_and_names_a_model_attribute_outside_th
     for run in runs:  # on pytorch_lightning's Trainer, never importing lightning.pytorch
         console = (run / "console.log").read_text()
         assert "[launch] Trainer(max_epochs=5) in the script: the job's trainer.max_epochs = 2 replaces it" in console
+        # its own TQDMProgressBar is the run's one bar (Lightning refused a second: the run failed)
+        assert "[launch] the script's own progress bar (TQDMProgressBar) is kept: launch adds none" in console
         ran_on(run, "pytorch_lightning")
 
     out, err = counting.communicate(timeout=900)

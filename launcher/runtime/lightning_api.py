@@ -45,6 +45,7 @@ _callbacks = module("callbacks")
 EarlyStopping = _callbacks.EarlyStopping
 LearningRateMonitor = _callbacks.LearningRateMonitor
 ModelCheckpoint = _callbacks.ModelCheckpoint
+ProgressBar = _callbacks.ProgressBar
 StochasticWeightAveraging = _callbacks.StochasticWeightAveraging
 TQDMProgressBar = _callbacks.TQDMProgressBar
 

@@ -103,9 +103,12 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
         if disabled:
             say("Trainer(enable_checkpointing=False) in the script: no ModelCheckpoint (no best or epoch checkpoints; "
                 "last.ckpt is still written at the end); launch's own (preemption, periodic) still keep the run alive")
+        own_bar = next((cb for cb in callbacks if isinstance(cb, api.ProgressBar)), None)
+        if own_bar is not None:  # Lightning takes one progress bar: the script's, and launch adds none
+            say(f"the script's own progress bar ({type(own_bar).__name__}) is kept: launch adds none")
         ours = launch_trainer_args(cfg, run, session.callbacks, checkpointing=not (disabled or own_checkpoints),
                                    user_callbacks=tuple(callbacks),
-                                   progress_bar=kwargs.get("enable_progress_bar", True) is not False)
+                                   progress_bar=own_bar is None and kwargs.get("enable_progress_bar", True) is not False)
         loggers = kwargs.pop("logger", None)
         if loggers is False:
             say("Trainer(logger=False) in the script: launch still writes the run's metrics.csv and tensorboard/")

@@ -4,6 +4,7 @@ projects written before Lightning 2.0 still read: launch runs it unchanged, on t
 import argparse
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from tests.helpers.lit_pl import LitDigits, LitMLP
 
@@ -16,7 +17,8 @@ def main() -> None:
 
     pl.seed_everything(11, workers=True)
     model = LitMLP(dropout=0.3, lr=args.lr)
-    trainer = pl.Trainer(max_epochs=args.epochs, log_every_n_steps=2, enable_progress_bar=False)
+    # its own progress bar, as many scripts set one up (launch keeps it and adds none of its own)
+    trainer = pl.Trainer(max_epochs=args.epochs, log_every_n_steps=2, callbacks=[TQDMProgressBar(refresh_rate=5)])
     trainer.fit(model, datamodule=LitDigits(batch_size=32, num_workers=1))
     trainer.test(model, datamodule=trainer.datamodule, ckpt_path="best")
 
