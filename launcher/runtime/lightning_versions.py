@@ -8,8 +8,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from launcher.config.components import DISTRIBUTIONS, lightning_in_use
 
-# The major.minor versions every touchpoint in lightning_compat.py was written and tested for (pinned in pyproject;
-# each Lightning distribution ships its Fabric: lightning_fabric in pytorch-lightning).
+# The major.minor versions every touchpoint in lightning_compat.py was written and tested for
+# (pinned in pyproject; each Lightning distribution ships its Fabric: lightning_fabric in
+# pytorch-lightning).
 WRITTEN_FOR = {"pytorch-lightning": "2.6", "lightning": "2.6", "torchmetrics": "1.9"}
 
 
