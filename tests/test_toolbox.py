@@ -317,7 +317,8 @@ def test_tune_finds_a_learning_rate_and_a_batch_size_and_writes_them_into_a_job_
 @pytest.mark.multiprocess
 def test_a_four_point_grid_sweep_of_a_script_makes_four_runs_and_a_sorted_table(tmp_path: Path) -> None:
     """A plain script's own option (`args.lr`: its `--lr`) crossed with a [trainer] key the job sets
-    over the script's Trainer (`trainer.max_epochs`, replacing its max_epochs=3)."""
+    over the script's Trainer (`trainer.max_epochs`, replacing its max_epochs=3); the script's own
+    progress bar is kept."""
     result = run_launch("sweep", "tests/scripts/train_pl.py", "--runs-dir", str(tmp_path / "runs"), "--procs", "1",
                         "--set", "checkpoint.monitor='val_acc'", "--set", "checkpoint.mode='max'",
                         "--set", "trainer.limit_train_batches=6", "--set", "trainer.limit_val_batches=4",
@@ -339,6 +340,9 @@ def test_a_four_point_grid_sweep_of_a_script_makes_four_runs_and_a_sorted_table(
         assert status(run)["global_step"] == 6 * int(r["trainer.max_epochs"])
         frozen = config.load_resolved(run / "config.toml")
         assert frozen.job.args == ["--lr", str(float(r["args.lr"]))], frozen.job.args
+        # the script's own TQDMProgressBar is the run's one bar (beside launch's, Lightning refused it)
+        assert "[launch] the script's own progress bar (TQDMProgressBar) is kept: launch adds none" in \
+            (run / "console.log").read_text()
     assert "val_acc" in result.stdout and len(result.stdout.strip().splitlines()) == 5
     bad = run_launch("sweep", str(write_job(tmp_path, "job")), "--grid", "args.lr=0.1,0.2", cwd=REPO)
     assert bad.returncode == 2 and bad.stderr.startswith("launch: error: --grid/--random args.lr: an axis over a "

@@ -61,8 +61,10 @@ def test_verify_certifies_an_exact_script_and_names_a_model_attribute_outside_th
     for run in runs:  # on pytorch_lightning's Trainer, never importing lightning.pytorch
         console = (run / "console.log").read_text()
         assert "[launch] Trainer(max_epochs=5) in the script: the job's trainer.max_epochs = 2 replaces it" in console
-        # its own TQDMProgressBar is the run's one bar (Lightning refused a second: the run failed)
-        assert "[launch] the script's own progress bar (TQDMProgressBar) is kept: launch adds none" in console
+        # verify's job turns the bar off: the script's own TQDMProgressBar is left out (Lightning refuses
+        # a bar with enable_progress_bar=False: the run failed)
+        assert "[launch] the script's own progress bar (TQDMProgressBar) is left out: trainer.enable_progress_bar " \
+               "is false" in console
         ran_on(run, "pytorch_lightning")
 
     out, err = counting.communicate(timeout=900)

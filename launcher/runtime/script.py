@@ -103,12 +103,17 @@ def run_script(cfg: JobConfig, run: RunDir, rank: int) -> None:
         if disabled:
             say("Trainer(enable_checkpointing=False) in the script: no ModelCheckpoint (no best or epoch checkpoints; "
                 "last.ckpt is still written at the end); launch's own (preemption, periodic) still keep the run alive")
+        # Lightning takes one progress bar, and none with enable_progress_bar=False (the job's, if it sets it)
+        bar_wanted = kwargs.get("enable_progress_bar", True) is not False
         own_bar = next((cb for cb in callbacks if isinstance(cb, api.ProgressBar)), None)
-        if own_bar is not None:  # Lightning takes one progress bar: the script's, and launch adds none
+        if own_bar is not None and bar_wanted:
             say(f"the script's own progress bar ({type(own_bar).__name__}) is kept: launch adds none")
+        elif own_bar is not None:
+            say(f"the script's own progress bar ({type(own_bar).__name__}) is left out: trainer.enable_progress_bar "
+                "is false")
+            callbacks = [cb for cb in callbacks if not isinstance(cb, api.ProgressBar)]
         ours = launch_trainer_args(cfg, run, session.callbacks, checkpointing=not (disabled or own_checkpoints),
-                                   user_callbacks=tuple(callbacks),
-                                   progress_bar=own_bar is None and kwargs.get("enable_progress_bar", True) is not False)
+                                   user_callbacks=tuple(callbacks), progress_bar=own_bar is None and bar_wanted)
         loggers = kwargs.pop("logger", None)
         if loggers is False:
             say("Trainer(logger=False) in the script: launch still writes the run's metrics.csv and tensorboard/")
