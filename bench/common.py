@@ -52,7 +52,7 @@ class StepTimer:
         if self._t is not None:
             self.times.append(now - self._t)
             self.cpu_times.append(cpu - self._cpu)
-        if len(self.times) == WARMUP_STEPS and self._counted_from is None:
+        if len(self.times) == WARMUP_STEPS:  # once: the list grows by one a lap
             self._counted_from = time.time()
         self._t, self._cpu = now, cpu
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.throughput import REPO, WARMUP, environments, lightning_command, ours_command, plain_command  # noqa: E402
+from launcher.processes import descendants  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 POLL_S = 0.1
@@ -36,23 +37,6 @@ ROLES = ("ranks: training threads", "ranks: communication threads", "ranks: othe
 PROCESSES = (("launcher.cli", "launch's CLI (--follow)"), ("launcher.entry.supervisor", "launch's supervisor"),
              ("launcher.entry.agent", "launch's torchrun agent"), ("torch.distributed.run", "torchrun's agent"),
              ("forkserver", "the fork server"), ("resource_tracker", "multiprocessing's resource tracker"))
-
-
-def descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = defaultdict(list)
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children[int(stat[stat.rindex(")") + 2:].split()[1])].append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
 
 
 def threads(pid: int) -> dict[int, tuple[str, float]]:
@@ -82,7 +66,7 @@ def sampled(cmd: list[str], env: dict[str, str]) -> dict[tuple[int, int, str], l
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None:
         now = time.time()
-        for pid in descendants(proc.pid):
+        for pid in [proc.pid, *descendants(proc.pid)]:
             if pid not in cmdlines:
                 try:
                     cmdlines[pid] = Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
@@ -117,7 +101,7 @@ def shares(samples: dict[tuple[int, int, str], list[tuple[float, float]]], span:
     return out
 
 
-def measure(name: str, cmd: list[str], timings: Path, env: dict[str, str]) -> tuple[dict[str, float], float]:
+def measure(cmd: list[str], timings: Path, env: dict[str, str]) -> tuple[dict[str, float], float]:
     samples = sampled(cmd, env)
     start, end = json.loads(Path(f"{timings}.span").read_text())
     steps = len(json.loads(timings.read_text())) - WARMUP
@@ -141,7 +125,7 @@ def main() -> None:
         }
         for i in range(args.repeats):
             for name, (cmd, timings, run_env) in configurations.items():
-                results[name].append(measure(name, cmd, timings, run_env))
+                results[name].append(measure(cmd, timings, run_env))
                 print(f"repeat {i + 1}: {name} done ({results[name][-1][1]:.1f} steps/s)", flush=True)
     labels = [*ROLES] + sorted({label for runs in results.values() for shares_, _ in runs for label in shares_} - set(ROLES))
     names = list(results)

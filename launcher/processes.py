@@ -25,6 +25,25 @@ def processes_of(run: RunDir) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    """Every living process below `pid` on this machine (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def pid_runs(pid: int, run: RunDir) -> bool:
     """True if `pid` is alive and has the run's directory on its command line (pids get reused)."""
     try:

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from launcher.processes import descendants
 from launcher.runtime import cpython_compat
 
 HOLD_S = 1.0
@@ -133,24 +134,6 @@ def gloo_rank(rank: int, world: int, port: int, guard: bool, iterations: int) ->
         for _ in DataLoader(list(range(8)), batch_size=4, num_workers=1, multiprocessing_context="fork"):
             pass
     dist.destroy_process_group()
-
-
-def descendants(pid: int) -> list[int]:
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, queue = [], [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            found.append(child)
-            queue.append(child)
-    return found
 
 
 def gloo(mode: str, iterations: int, world: int = 3, within_s: float = 60) -> dict:
