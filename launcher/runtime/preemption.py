@@ -37,6 +37,7 @@ from launcher.rundir import checkpoint_bytes
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.lightning_api import Callback, LightningModule, StochasticWeightAveraging, Trainer, TrainerFn
+from launcher.runtime.rank_states import gather_to_rank_zero
 from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
 from launcher.runtime.strategy import ExactData, stateful
 from launcher.runtime.streams import replays
@@ -302,11 +303,8 @@ class PreemptionHandler(Callback):
             "accumulators": compat.epoch_accumulators(trainer) if batches is not None else {},
             "data": _data_state(trainer, batches) if batches is not None else {},
         }
-        if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
-            ranks: list[Any] = [None] * trainer.world_size
-            dist.all_gather_object(ranks, mine)
-        else:
-            ranks = [mine]
+        # only rank zero writes the checkpoint: the other ranks' copy of this entry has no "ranks"
+        ranks = gather_to_rank_zero(mine, trainer.world_size)
         checkpoint["launch"] = {"world_size": trainer.world_size, "ranks": ranks, "epoch": epoch,
                                 "batches_in_epoch": batches, "global_batch": _global_batch(trainer)}
 
