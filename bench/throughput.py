@@ -46,7 +46,23 @@ def median_cpu_ms(timings: Path) -> float:
     return 1000 * statistics.median(json.loads(Path(f"{timings}.cpu").read_text())[WARMUP:])
 
 
-Measured = tuple[float, float, float]  # samples/s, median step (ms), median CPU a step (ms)
+def epoch_end_ms(timings: Path, procs: int) -> float:
+    """What the epoch ends cost, in ms a counted step: each step that spans one (an epoch's last
+    batch, through the next epoch's first fetch) less the median step, summed over the counted
+    steps (the model checkpoints, metric syncs and loggers of plain Lightning and launch; the
+    sampler's new epoch and the metric sync of the hand-written loop)."""
+    sys.path.insert(0, str(REPO))
+    from bench.common import BATCH, SAMPLES
+
+    per_epoch = SAMPLES // (BATCH * procs)
+    times = json.loads(timings.read_text())
+    counted = range(WARMUP, len(times))
+    median = statistics.median(times[i] for i in counted)
+    return 1000 * sum(times[i] - median for i in counted if i % per_epoch == per_epoch - 1) / len(counted)
+
+
+# samples/s, median step (ms), median CPU a step (ms), the epoch ends (ms a step)
+Measured = tuple[float, float, float, float]
 
 
 def paired_ratios(runs: list[Measured], base: list[Measured]) -> list[list[float]]:
@@ -57,9 +73,10 @@ def paired_ratios(runs: list[Measured], base: list[Measured]) -> list[list[float
 
 
 def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> Measured:
-    """Run one configuration: its samples/s, its median step and its median CPU a step (ms)."""
+    """Run one configuration: its samples/s, its median step, its median CPU a step and what its
+    epoch ends cost a step (ms)."""
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
-    return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings)
+    return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings), epoch_end_ms(timings, procs)
 
 
 def ours_command(procs: int, steps: int, tmp: Path, sets: list[str]) -> tuple[list[str], Path]:
@@ -155,6 +172,8 @@ def paired(args: argparse.Namespace) -> None:
                 print(f"    {name}: ours {statistics.median(r[i] for r in runs):.1f} ms, plain "
                       f"{statistics.median(p[i] for p in plain_runs):.1f} ms; paired {[round(r, 3) for r in paired_step]}; "
                       f"ratio plain/ours {statistics.median(paired_step):.3f}")
+            print(f"    epoch ends: ours {statistics.median(r[3] for r in runs):.2f} ms a step, plain "
+                  f"{statistics.median(p[3] for p in plain_runs):.2f} ms a step (medians)")
             for other in (o for o in against if o != label):
                 vs = paired_ratios(runs, ours_runs[other])
                 print(f"    against {other}: samples/s ratio {statistics.median(vs[0]):.3f} "

@@ -15,9 +15,10 @@ from launcher.runtime import callbacks as job_callbacks
 from launcher.runtime import trackers
 from launcher.runtime.checkpoint_io import AtomicCheckpointIO
 from launcher.runtime.heartbeat import Heartbeat
-from launcher.runtime.lightning_api import ModelCheckpoint, SLURMEnvironment, TorchElasticEnvironment, Trainer, seed_everything
+from launcher.runtime.lightning_api import SLURMEnvironment, TorchElasticEnvironment, Trainer, seed_everything
 from launcher.runtime.lightning_compat import TimedProgressBar, disable_lightning_signal_handling
 from launcher.runtime.loggers import ContinuingCSVLogger, LaunchTensorBoardLogger
+from launcher.runtime.model_checkpoint import LaunchModelCheckpoint
 from launcher.runtime.optimizers import install_optimizer
 from launcher.runtime.progress import RunProgress
 from launcher.runtime.strategy import LaunchDDPStrategy
@@ -100,7 +101,7 @@ def launch_trainer_args(cfg: JobConfig, run: RunDir, extra_callbacks: list[Any],
         strategy = LaunchDDPStrategy(fixed_buckets=cfg.job.fixed_ddp_buckets, checkpoint_io=AtomicCheckpointIO(),
                                      find_unused_parameters=cfg.job.find_unused_parameters, **common)
     ck = cfg.checkpoint
-    checkpoint = [] if not checkpointing else [ModelCheckpoint(
+    checkpoint = [] if not checkpointing else [LaunchModelCheckpoint(
         dirpath=run.checkpoints,
         filename=ck.filename,
         monitor=ck.monitor,
