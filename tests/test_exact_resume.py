@@ -92,9 +92,14 @@ def test_ddp_rewrapped_mid_run_at_world_size_4_reduces_in_the_same_order_with_la
 @pytest.fixture(scope="module")
 def world4_baseline(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("world4")
-    run_dir = submit(write(tmp, "w4", sleep=0.0), tmp / "runs", *WORLD)
+    report = tmp / "last.jsonl"
+    probe = f'[[callbacks]]\nclass_path = "tests.helpers.modules.LastCheckpointProbe"\ninit_args = {{ report = "{report}" }}\n'
+    run_dir = submit(write(tmp, "w4", sleep=0.0, extra=probe), tmp / "runs", *WORLD)
     info = wait_end(run_dir, timeout=400)
     assert info["state"] == "completed" and info["world_size"] == 4, info
+    # each epoch end's last.ckpt: written at the first, then the top-k file of its step (a hard link)
+    looks = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(look["epoch"], look["linked"]) for look in looks] == [(1, False), (2, True), (3, True)], looks
     # it learns (so its weights depend on every random draw: dropout, noise, augmentation)
     assert float([r for r in metric_rows(run_dir) if r["val_acc"]][-1]["val_acc"]) > 0.3  # chance: 0.1
     return run_dir

@@ -79,7 +79,7 @@ class LaunchModelCheckpoint(ModelCheckpoint):
                 and self._last_global_step_saved == trainer.global_step
                 and os.path.abspath(source) != os.path.abspath(filepath) and not own_save_hooks(trainer)):
             linked = link_atomically(Path(source), Path(filepath)) if trainer.is_global_zero else True
-            if trainer.strategy.broadcast(linked):  # every rank links or every rank saves
+            if trainer.strategy.reduce_boolean_decision(linked, all=True):  # every rank links, or every rank saves
                 self._last_checkpoint_saved = filepath  # Lightning's bookkeeping after a save
                 if trainer.is_global_zero:
                     for logger in trainer.loggers:

@@ -274,6 +274,29 @@ class BatchCounter(Callback):
         self.batches, self.loss_sum = state["batches"], state["loss_sum"]
 
 
+class LastCheckpointProbe(Callback):
+    """Rank zero, after each epoch's checkpoints (at the next epoch's start, and at the end of
+    training, before launch's final save): is last.ckpt the top-k file of its step (one inode)?
+    Appended to `report` as JSON lines."""
+
+    def __init__(self, report: str) -> None:
+        self.report = report
+
+    def _look(self, trainer) -> None:  # noqa: ANN001
+        directory = Path(trainer.checkpoint_callback.dirpath)
+        last = directory / "last.ckpt"
+        if trainer.is_global_zero and last.exists():
+            linked = any(p.stat().st_ino == last.stat().st_ino for p in directory.glob("epoch=*.ckpt"))
+            with open(self.report, "a") as fh:
+                fh.write(json.dumps({"epoch": trainer.current_epoch, "linked": linked}) + "\n")
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self._look(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self._look(trainer)
+
+
 class SampleRecordingMLP(PreemptableMLP):
     """Writes which samples each rank trained at each optimizer step (a digest of each input row)
     to `record_dir`, and logs the loss over every rank's batch (sync_dist: the global batch's mean)."""
