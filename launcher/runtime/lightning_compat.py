@@ -24,7 +24,14 @@ check_versions()
 import torch  # noqa: E402
 from torchmetrics import Metric  # noqa: E402
 
-from launcher.runtime.lightning_api import CSVLogger, TQDMProgressBar, Trainer, fabric_module, module  # noqa: E402
+from launcher.runtime.lightning_api import (  # noqa: E402
+    CSVLogger,
+    ModelCheckpoint,
+    TQDMProgressBar,
+    Trainer,
+    fabric_module,
+    module,
+)
 
 _convert_params = fabric_module("utilities.logger")._convert_params
 _flatten_dict = fabric_module("utilities.logger")._flatten_dict
@@ -272,6 +279,21 @@ def add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
 def with_sampler(dataloader: Any, sampler: Any, stage: Any) -> Any:
     """A copy of `dataloader` drawing from `sampler`, made as Lightning makes its own."""
     return _update_dataloader(dataloader, sampler, mode=stage)
+
+
+# --------------------------------------------------------------------------- ModelCheckpoint
+def model_checkpoint_saved(callback: Any) -> tuple[str, int]:
+    """The file a ModelCheckpoint saved last, and the global step it saved it at."""
+    return callback._last_checkpoint_saved, callback._last_global_step_saved
+
+
+def record_model_checkpoint_link(callback: Any, filepath: str) -> None:
+    """What ModelCheckpoint records of a save, for last.ckpt linked (runtime/model_checkpoint.py)."""
+    callback._last_checkpoint_saved = filepath
+
+
+def lightning_model_checkpoint_save(callback: Any, trainer: Trainer, filepath: str) -> None:
+    ModelCheckpoint._save_checkpoint(callback, trainer, filepath)
 
 
 # --------------------------------------------------------------------------- torchmetrics

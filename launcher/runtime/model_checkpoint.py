@@ -12,7 +12,7 @@ the previous last.ckpt or the new one). Both hold the same state when
   second save (launch's preemption handler and heartbeat would put the same).
 Otherwise, and where the filesystem makes no hard links (a sharded checkpoint is a directory),
 Lightning's own save runs. Overrides ModelCheckpoint's `_save_checkpoint` (Lightning 2.6, as
-lightning_versions checks) and keeps its bookkeeping after a save.
+lightning_versions checks), its bookkeeping read and kept through lightning_compat.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 from weakref import proxy
 
 from launcher.rundir import fsync_dir
+from launcher.runtime import lightning_compat as compat
 from launcher.runtime.heartbeat import Heartbeat
 from launcher.runtime.lightning_api import Callback, LightningModule, ModelCheckpoint
 from launcher.runtime.preemption import PreemptionHandler
@@ -74,17 +75,17 @@ class LaunchModelCheckpoint(ModelCheckpoint):
         return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
-        source = self._last_checkpoint_saved
+        source, step = compat.model_checkpoint_saved(self)
         if (self.links and source and filepath == self.last_model_path and self._written_with_last == filepath
-                and self._last_global_step_saved == trainer.global_step
-                and os.path.abspath(source) != os.path.abspath(filepath) and not own_save_hooks(trainer)):
+                and step == trainer.global_step and os.path.abspath(source) != os.path.abspath(filepath)
+                and not own_save_hooks(trainer)):
             linked = link_atomically(Path(source), Path(filepath)) if trainer.is_global_zero else True
             if trainer.strategy.reduce_boolean_decision(linked, all=True):  # every rank links, or every rank saves
-                self._last_checkpoint_saved = filepath  # Lightning's bookkeeping after a save
+                compat.record_model_checkpoint_link(self, filepath)  # Lightning's bookkeeping after a save
                 if trainer.is_global_zero:
                     for logger in trainer.loggers:
                         logger.after_save_checkpoint(proxy(self))
                 return
             self.links = False
         self._written_with_last = self.last_model_path
-        super()._save_checkpoint(trainer, filepath)
+        compat.lightning_model_checkpoint_save(self, trainer, filepath)
