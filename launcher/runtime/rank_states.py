@@ -39,36 +39,31 @@ class _Bytes:
 
 
 def _packable(value: Any) -> bool:
-    # anything else (a subclass, a GPU or sparse tensor, one that needs a gradient) pickles as before
+    # anything else (a subclass, a GPU, sparse or quantized tensor, one that needs a gradient) pickles as before
     return (type(value) is torch.Tensor and value.device.type == "cpu" and value.layout is torch.strided
-            and not value.requires_grad)
+            and not value.is_quantized and not value.requires_grad)
+
+
+def _through(obj: Any, leaf: Any) -> Any:
+    """`obj` with `leaf` applied to each value inside its dicts, lists and plain tuples (other
+    containers, a namedtuple among them, are values: left whole)."""
+    if type(obj) is dict:
+        return {k: _through(v, leaf) for k, v in obj.items()}
+    if type(obj) is list:
+        return [_through(v, leaf) for v in obj]
+    if type(obj) is tuple:
+        return tuple(_through(v, leaf) for v in obj)
+    return leaf(obj)
 
 
 def pack(obj: Any) -> Any:
-    """`obj` with its plain CPU tensors as `_Bytes`, through dicts, lists and plain tuples (other
-    containers, a namedtuple among them, are left whole and pickled as they are)."""
-    if _packable(obj):
-        return _Bytes(obj)
-    if type(obj) is dict:
-        return {k: pack(v) for k, v in obj.items()}
-    if type(obj) is list:
-        return [pack(v) for v in obj]
-    if type(obj) is tuple:
-        return tuple(pack(v) for v in obj)
-    return obj
+    """`obj` with its plain CPU tensors as `_Bytes` (tensors inside other containers pickle as before)."""
+    return _through(obj, lambda value: _Bytes(value) if _packable(value) else value)
 
 
 def unpack(obj: Any) -> Any:
     """The inverse of `pack`: each `_Bytes` a tensor again."""
-    if type(obj) is _Bytes:
-        return obj.tensor()
-    if type(obj) is dict:
-        return {k: unpack(v) for k, v in obj.items()}
-    if type(obj) is list:
-        return [unpack(v) for v in obj]
-    if type(obj) is tuple:
-        return tuple(unpack(v) for v in obj)
-    return obj
+    return _through(obj, lambda value: value.tensor() if type(value) is _Bytes else value)
 
 
 def gather_to_rank_zero(mine: Any, world_size: int) -> list[Any] | None:
