@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime.lightning_api import Callback, LightningModule, ModelCheckpoint, Trainer
 from launcher.runtime.model_checkpoint import LaunchModelCheckpoint, link_atomically
+from tests.helpers.modules import last_ckpt_linked
 from tests.helpers.runs import assert_same_tensors
 
 EPOCHS = 3
@@ -55,8 +56,7 @@ class _LastCheckpoints(Callback):
     def _look(self) -> None:
         last = self.dirpath / "last.ckpt"
         if last.exists() and len(self.seen) < EPOCHS:
-            linked = any(p.stat().st_ino == last.stat().st_ino for p in self.dirpath.glob("epoch=*.ckpt"))
-            self.seen.append((linked, torch.load(last, map_location="cpu", weights_only=False)))
+            self.seen.append((last_ckpt_linked(self.dirpath), torch.load(last, map_location="cpu", weights_only=False)))
 
     def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self._look()

@@ -274,6 +274,12 @@ class BatchCounter(Callback):
         self.batches, self.loss_sum = state["batches"], state["loss_sum"]
 
 
+def last_ckpt_linked(directory: Path) -> bool:
+    """Is `directory`'s last.ckpt one of its epoch checkpoints under another name (one inode)?"""
+    inode = (directory / "last.ckpt").stat().st_ino
+    return any(p.stat().st_ino == inode for p in directory.glob("epoch=*.ckpt"))
+
+
 class LastCheckpointProbe(Callback):
     """Rank zero, after each epoch's checkpoints (at the next epoch's start, and at the end of
     training, before launch's final save): is last.ckpt the top-k file of its step (one inode)?
@@ -284,11 +290,9 @@ class LastCheckpointProbe(Callback):
 
     def _look(self, trainer) -> None:  # noqa: ANN001
         directory = Path(trainer.checkpoint_callback.dirpath)
-        last = directory / "last.ckpt"
-        if trainer.is_global_zero and last.exists():
-            linked = any(p.stat().st_ino == last.stat().st_ino for p in directory.glob("epoch=*.ckpt"))
+        if trainer.is_global_zero and (directory / "last.ckpt").exists():
             with open(self.report, "a") as fh:
-                fh.write(json.dumps({"epoch": trainer.current_epoch, "linked": linked}) + "\n")
+                fh.write(json.dumps({"epoch": trainer.current_epoch, "linked": last_ckpt_linked(directory)}) + "\n")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
         self._look(trainer)
