@@ -145,6 +145,7 @@ class HookTimedCNN(TimedCNN):
         samplers.seed_all = self._timed("per-sample seeding (data fetch)", samplers.seed_all)
         samplers._saved_rngs = self._timed("per-sample seeding (data fetch)", samplers._saved_rngs)
         samplers._put_back = self._timed("per-sample seeding (data fetch)", samplers._put_back)
+        samplers._moved_unseeded = self._timed("per-sample seeding (data fetch)", samplers._moved_unseeded)
         # off the training thread: the progress writer and the heartbeat's sends (node-local, or the node's file)
         progress.RunProgress._write = self._timed("[thread] progress.json writes", progress.RunProgress._write)
         beat_channel.BeatChannel.publish = self._timed("[thread] heartbeat sends", beat_channel.BeatChannel.publish)

@@ -8,9 +8,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from launcher.runtime import samplers
 from launcher.runtime.samplers import SampleKey, sample_seed, seed_each_sample
 
 
@@ -70,3 +72,88 @@ def test_workers_draw_the_same_samples_as_the_main_process() -> None:
     in_workers = list(DataLoader(threaded, sampler=keys, batch_size=4, num_workers=2, collate_fn=list))
     assert in_main == in_workers
     assert [s for batch in in_main for s in batch] == [drawn_under(k.seed, int(k)) for k in keys]
+
+
+class SometimesAugmenting(Dataset):
+    """Draws from python's random for odd indices only, and from nothing else (13: fails)."""
+
+    def __len__(self) -> int:
+        return 16
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        if index % 2:
+            if index == 13:
+                np.random.rand()  # a generator not reseeded yet, moved before the fetch fails
+                raise ValueError("a broken sample")
+            return index, random.random()
+        return index, 0.0
+
+
+def main_states() -> tuple[torch.Tensor, np.ndarray, object]:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def same_states(a: tuple[torch.Tensor, np.ndarray, object], b: tuple[torch.Tensor, np.ndarray, object]) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_the_main_process_reseeds_only_the_generators_its_data_draws_from_and_samples_stay_exact(monkeypatch) -> None:
+    monkeypatch.setattr(samplers, "_DRAWN", set())
+    dataset = SometimesAugmenting()
+    seed_each_sample(dataset)
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    before = main_states()
+    even = [SampleKey(i, sample_seed(3, 1, i)) for i in (0, 2, 4)]
+    assert dataset.__getitems__(even) == [(0, 0.0), (2, 0.0), (4, 0.0)]
+    assert samplers.drawn_from() == set() and same_states(main_states(), before)
+    # A batch that draws from random unseeded is seen to, and fetched again with random reseeded:
+    # every sample is what seeding all three gives, and from then on random is reseeded.
+    mixed = [SampleKey(i, sample_seed(3, 1, i)) for i in (6, 7, 9, 8)]
+    expected = []
+    for key in mixed:
+        random.seed(key.seed)
+        expected.append(SometimesAugmenting()[int(key)])
+    random.setstate(before[2])
+    assert dataset.__getitems__(mixed) == expected
+    assert samplers.drawn_from() == {"random"} and same_states(main_states(), before)
+    assert dataset[mixed[1]] == expected[1]
+    # A fetch that raises puts every generator back.
+    with pytest.raises(ValueError):
+        dataset.__getitems__([SampleKey(i, sample_seed(3, 1, i)) for i in (11, 13)])
+    assert same_states(main_states(), before)
+    torch.rand(3)
+    np.random.rand(3)
+    after_draws = main_states()
+    with pytest.raises(ValueError):
+        dataset.__getitems__([SampleKey(13, 1)])
+    assert same_states(main_states(), after_draws)
+
+
+def test_workers_reseed_every_generator_for_every_sample() -> None:
+    # A worker's generators are the data pipeline's (its collate_fn draws after the fetch), so
+    # there each sample leaves all three as its own seed left them.
+    keys = [SampleKey(i, sample_seed(2, 0, i)) for i in range(4)]
+    dataset = Collating()
+    seed_each_sample(dataset)
+    drawn = list(DataLoader(dataset, sampler=keys, batch_size=2, num_workers=1, collate_fn=collate_draws))
+    expected = []
+    for pair in (keys[:2], keys[2:]):
+        random.seed(pair[1].seed)
+        np.random.seed(pair[1].seed % 2**32)
+        torch.manual_seed(pair[1].seed)
+        expected.append(([int(k) for k in pair], random.random(), float(np.random.rand()), float(torch.rand(()))))
+    assert drawn == expected
+
+
+class Collating(Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def collate_draws(batch: list[int]) -> tuple[list[int], float, float, float]:
+    return batch, random.random(), float(np.random.rand()), float(torch.rand(()))
