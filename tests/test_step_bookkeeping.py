@@ -155,12 +155,37 @@ def test_without_a_profiler_callbacks_see_every_hook_lightning_calls_and_no_labe
     assert longer_reads == lean_reads < profiled_reads  # none a step: labels only where a profiler uses them
 
 
+def test_a_pass_through_profiler_block_does_nothing_without_a_generator_and_a_subclass_still_profiles() -> None:
+    PassThrough = module("profilers").PassThroughProfiler
+    block = PassThrough().profile("run_training_batch")
+    assert not inspect.isgenerator(getattr(block, "gen", None))  # no generator made for an empty block
+    with block as name:
+        assert name == "run_training_batch"  # what Lightning's block yields
+
+    class Counting(PassThrough):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list = []
+
+        def start(self, action_name: str) -> None:
+            self.seen.append(("start", action_name))
+
+        def stop(self, action_name: str) -> None:
+            self.seen.append(("stop", action_name))
+
+    counting = Counting()
+    with counting.profile("x") as name:
+        assert name == "x" and counting.seen == [("start", "x")]
+    assert counting.seen == [("start", "x"), ("stop", "x")]
+
+
 def test_the_fast_paths_stay_out_where_the_environment_says_so() -> None:
     """LAUNCH_LIGHTNING_FAST_PATHS=0 (cluster.env): Lightning as shipped, to rule launch out."""
     probe = ("from launcher.runtime import lightning_compat as c; c.lighten_step_bookkeeping(); "
              "print(c._ResultMetric.to.__qualname__, c._call._call_callback_hooks.__qualname__, "
-             "c.module('core.module').is_param_in_hook_signature.__qualname__)")
-    shipped = "_ResultMetric.to _call_callback_hooks is_param_in_hook_signature"
+             "c.module('core.module').is_param_in_hook_signature.__qualname__, "
+             "c._PassThroughProfiler.profile.__qualname__)")
+    shipped = "_ResultMetric.to _call_callback_hooks is_param_in_hook_signature Profiler.profile"
     for value, expected in (("0", shipped), ("1", None)):
         out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True,
                              env={**os.environ, "LAUNCH_LIGHTNING_FAST_PATHS": value}).stdout.strip()

@@ -14,6 +14,7 @@ import csv
 import inspect
 import os
 import time
+from contextlib import nullcontext
 from typing import Any
 
 from launcher.runtime.lightning_versions import IncompatibleVersions, check_versions, version_problem  # noqa: F401 (theirs)
@@ -62,11 +63,11 @@ def disable_lightning_signal_handling(trainer: Trainer) -> None:
 # Lightning's code wherever its precondition fails, and otherwise skips only work without effect:
 # `self.log` moving an already-placed record (a rebuild of its dicts, a deep copy of its metadata);
 # the training_step's signature, read at every `self.log` and batch; and, without a profiler, the
-# label formatted for every callback at every hook call and the calls of hooks it does not override.
+# label formatted for every callback at every hook call, the calls of hooks it does not override,
+# and the generator behind every `profiler.profile()` block (35 a step, about 2 us each).
 
-_call = module("trainer.call")
-_ResultMetric = module("trainer.connectors.logger_connector.result")._ResultMetric
-_Metadata = module("trainer.connectors.logger_connector.result")._Metadata
+_call, _result = module("trainer.call"), module("trainer.connectors.logger_connector.result")
+_ResultMetric, _Metadata = _result._ResultMetric, _result._Metadata
 _PassThroughProfiler = module("profilers").PassThroughProfiler
 _SIGNATURE_USERS = ("core.module", "core.optimizer", "loops.training_epoch_loop", "loops.evaluation_loop",
                     "loops.prediction_loop", "loops.utilities", "trainer.configuration_validator",
@@ -75,9 +76,8 @@ _lightened: list[bool] = []
 
 
 def lighten_step_bookkeeping() -> None:
-    """Install the three fast paths above in this process's Lightning (once; they hold for any
-    Trainer of the process, since each falls back to Lightning's own code where it does not apply).
-    LAUNCH_LIGHTNING_FAST_PATHS=0 in the ranks' environment (cluster.env) leaves Lightning as shipped."""
+    """Install the fast paths above in this process's Lightning (once; each falls back to Lightning's
+    own code where it does not apply). LAUNCH_LIGHTNING_FAST_PATHS=0 leaves Lightning as shipped."""
     if _lightened or os.environ.get("LAUNCH_LIGHTNING_FAST_PATHS", "1") == "0":
         return
     _lightened.append(True)
@@ -86,6 +86,14 @@ def lighten_step_bookkeeping() -> None:
     for name in _SIGNATURE_USERS:
         module(name).is_param_in_hook_signature = checked
     _call._call_callback_hooks = _callbacks_that_act(_call._call_callback_hooks)
+    _PassThroughProfiler.profile = _unprofiled(_PassThroughProfiler.profile)
+
+
+def _unprofiled(profile: Any) -> Any:
+    def unprofiled(self: Any, action_name: str) -> Any:  # start() and stop() do nothing there
+        return nullcontext(action_name) if type(self) is _PassThroughProfiler else profile(self, action_name)
+
+    return unprofiled
 
 
 def _on_device(value: Any, device: torch.device) -> bool:
@@ -160,18 +168,15 @@ def _callbacks_that_act(call_hooks: Any) -> Any:
     return call_callback_hooks
 
 
-def checkpoint_step_interval(checkpoint: Any) -> int:
-    """A ModelCheckpoint's every_n_train_steps (0: none)."""
+def checkpoint_step_interval(checkpoint: Any) -> int:  # a ModelCheckpoint's every_n_train_steps (0: none)
     return int(checkpoint._every_n_train_steps or 0)
 
 
-def accumulating(trainer: Trainer) -> bool:
-    """Whether the batch that just ended only accumulated gradients (no optimizer step)."""
+def accumulating(trainer: Trainer) -> bool:  # the batch that just ended only accumulated gradients
     return trainer.fit_loop.epoch_loop._should_accumulate()
 
 
-def validation_follows(trainer: Trainer) -> bool:
-    """Whether Lightning runs validation after the batch that just ended."""
+def validation_follows(trainer: Trainer) -> bool:  # Lightning validates after the batch that just ended
     fit_loop = trainer.fit_loop
     return fit_loop.epoch_loop._should_check_val_fx(fit_loop._data_fetcher)
 
@@ -193,8 +198,7 @@ def restored_epoch(checkpoint: dict[str, Any]) -> int | None:
         return None
 
 
-def unwrapped_optimizer(optimizer: Any) -> Any:
-    """The torch optimizer inside a LightningOptimizer (or the optimizer itself)."""
+def unwrapped_optimizer(optimizer: Any) -> Any:  # the torch optimizer inside a LightningOptimizer
     return getattr(optimizer, "_optimizer", optimizer)
 
 
@@ -276,8 +280,7 @@ def add_epoch_accumulators(trainer: Trainer, saved: dict[str, Any]) -> None:
                 result.cumulated_batch_size
 
 
-def with_sampler(dataloader: Any, sampler: Any, stage: Any) -> Any:
-    """A copy of `dataloader` drawing from `sampler`, made as Lightning makes its own."""
+def with_sampler(dataloader: Any, sampler: Any, stage: Any) -> Any:  # a copy drawing from `sampler`, as Lightning makes it
     return _update_dataloader(dataloader, sampler, mode=stage)
 
 
