@@ -4,7 +4,11 @@ second save would write the same, and saves it as Lightning does everywhere else
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from launcher.runtime import lightning_compat as compat
 from launcher.runtime.lightning_api import Callback, LightningModule, ModelCheckpoint, Trainer
 from launcher.runtime.model_checkpoint import LaunchModelCheckpoint, link_atomically
+from tests.helpers.launch import REPO
 from tests.helpers.modules import last_ckpt_linked
 from tests.helpers.runs import assert_same_tensors
 
@@ -127,3 +132,21 @@ def test_a_link_replaces_the_previous_file_in_one_rename_and_refuses_what_it_can
     (tmp_path / "sharded").mkdir()
     assert not link_atomically(tmp_path / "sharded", last) and last.read_bytes() == b"new"
     assert not link_atomically(tmp_path / "missing.ckpt", last) and last.read_bytes() == b"new"
+
+
+def test_ranks_that_differ_on_whether_a_link_holds_the_same_all_save(tmp_path: Path) -> None:
+    # Rank zero alone has a callback with its own on_save_checkpoint: it must save last.ckpt, and so
+    # must the others, which alone would link (a rank saving while another links waited for ever).
+    out = tmp_path / "seen.json"
+    run = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3",
+                            "tests/helpers/asymmetric_saves.py", str(tmp_path / "run"), str(out)],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        output, _ = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)  # the ranks too
+        run.communicate()
+        pytest.fail("the ranks hung at the second epoch end's saves")
+    assert run.returncode == 0, output[-3000:]
+    assert json.loads(out.read_text()) == [[False, True], [False, True]]  # saved (not linked), with rank zero's note

@@ -67,7 +67,6 @@ def link_atomically(source: Path, path: Path) -> bool:
 class LaunchModelCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.links = True  # until the filesystem refuses one
         self._written_with_last: str | None = None  # the last_model_path inside the newest file saved
 
     def _generate_state_key(self, **kwargs: Any) -> str:
@@ -75,17 +74,26 @@ class LaunchModelCheckpoint(ModelCheckpoint):
         return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
 
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
-        source, step = compat.model_checkpoint_saved(self)
-        if (self.links and source and filepath == self.last_model_path and self._written_with_last == filepath
-                and step == trainer.global_step and os.path.abspath(source) != os.path.abspath(filepath)
-                and not own_save_hooks(trainer)):
-            linked = link_atomically(Path(source), Path(filepath)) if trainer.is_global_zero else True
-            if trainer.strategy.reduce_boolean_decision(linked, all=True):  # every rank links, or every rank saves
-                compat.record_model_checkpoint_link(self, filepath)  # Lightning's bookkeeping after a save
-                if trainer.is_global_zero:
-                    for logger in trainer.loggers:
-                        logger.after_save_checkpoint(proxy(self))
-                return
-            self.links = False
+        if filepath == self.last_model_path and self._linked(trainer, filepath):
+            return
         self._written_with_last = self.last_model_path
         compat.lightning_model_checkpoint_save(self, trainer, filepath)
+
+    def _linked(self, trainer: Any, filepath: str) -> bool:
+        """Link last.ckpt to the top-k file saved at this step, if it would hold the same; True if done.
+
+        Every rank comes here for every last.ckpt (Lightning names it alike on each) and every rank
+        agrees in one all-reduce, linked or not: whether a second save would be the same is found
+        rank by rank (a callback's own on_save_checkpoint may exist on one rank alone), and a rank
+        that saved while another linked would wait in the save's collectives for ever."""
+        source, step = compat.model_checkpoint_saved(self)
+        same = bool(source and self._written_with_last == filepath and step == trainer.global_step
+                    and os.path.abspath(source) != os.path.abspath(filepath) and not own_save_hooks(trainer))
+        linked = same and (link_atomically(Path(source), Path(filepath)) if trainer.is_global_zero else True)
+        if not trainer.strategy.reduce_boolean_decision(linked, all=True):  # every rank links, or every rank saves
+            return False
+        compat.record_model_checkpoint_link(self, filepath)  # Lightning's bookkeeping after a save
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+        return True
