@@ -149,11 +149,11 @@ _ALL = (0, 1, 2)  # torch's CPU generator, numpy's global RandomState, python's 
 
 def _fetch_in_main(fetch_one: Any, keys: list[SampleKey], saved: tuple[Any, ...]) -> list[Any]:
     """The main process's fetch: a generator the dataset has not drawn from yet is not reseeded (a
-    reseed costs 2-4 us, 8 us a sample for the three, 1.2 % of the benchmark's step). After the
-    batch, each of those is checked unmoved against its state before the batch; one that moved was
-    drawn from unseeded, so it joins the reseeded ones and the batch is fetched again. Every sample
-    is thus what reseeding all three gives, and a generator the data never draws from is never
-    reseeded (nor put back: it did not move)."""
+    reseed costs 2-4 us, 8 us a sample for the three: 4.4 % of the benchmark's step, whose data
+    draws nothing). After the batch, each of those is checked unmoved against its state before the
+    batch; one that moved was drawn from unseeded, so it joins the reseeded ones and the batch is
+    fetched again. Every sample is thus what reseeding all three gives, and a generator the data
+    never draws from is never reseeded (nor put back: it did not move)."""
     drawn = _ALL
     try:
         while True:
