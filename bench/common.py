@@ -165,3 +165,69 @@ class HookTimedCNN(TimedCNN):
 
 
 WARMUP_STEPS = 20
+
+
+# --------------------------------------------------------------------------- what an epoch end costs
+
+# Rank zero's epoch-end work, timed in place by EpochEndTimedCNN: (module, class, method) wrapped at
+# the class, where the class exists in this process (launch's, or Lightning's alone). No hook that
+# LaunchModelCheckpoint inspects (on_save_checkpoint) is wrapped: that would change what it does.
+EPOCH_END_PARTS = (
+    ("pytorch_lightning.loops.fit_loop", "_FitLoop", "on_advance_end"),
+    ("pytorch_lightning.callbacks.progress.tqdm_progress", "TQDMProgressBar", "on_train_epoch_end"),
+    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", "on_train_epoch_end"),
+    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", "_save_topk_checkpoint"),
+    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint", "_save_last_checkpoint"),
+    ("pytorch_lightning.trainer.connectors.checkpoint_connector", "_CheckpointConnector", "dump_checkpoint"),
+    ("launcher.runtime.checkpoint_io", "AtomicCheckpointIO", "save_checkpoint"),
+    ("lightning_fabric.plugins.io.torch_io", "TorchCheckpointIO", "save_checkpoint"),
+    ("launcher.runtime.model_checkpoint", "LaunchModelCheckpoint", "_linked"),
+    ("pytorch_lightning.trainer.connectors.logger_connector.logger_connector", "_LoggerConnector",
+     "update_train_epoch_metrics"),
+    ("pytorch_lightning.loggers.tensorboard", "TensorBoardLogger", "save"),
+    ("lightning_fabric.loggers.csv_logs", "CSVLogger", "save"),
+    ("launcher.runtime.progress", "RunProgress", "on_train_epoch_start"),
+)
+
+
+class EpochEndTimedCNN(TimedCNN):
+    """TimedCNN whose rank zero times its epoch ends in place: each of EPOCH_END_PARTS, the gather
+    of every rank's state and the collectives the Trainer makes through its strategy (which include
+    the waits for the other ranks); writes ms an epoch end to `<timings>.epoch-end.json`
+    (bench/epoch_end.py)."""
+
+    def on_fit_start(self) -> None:
+        import sys
+
+        if self.global_rank != 0:
+            return
+        self.spent: dict[str, float] = {}
+        for module_name, class_name, method in EPOCH_END_PARTS:  # only what this process has imported
+            cls = getattr(sys.modules.get(module_name), class_name, None)
+            if cls is not None and method in cls.__dict__:
+                setattr(cls, method, self._timed(f"{class_name}.{method}", cls.__dict__[method]))
+        preemption = sys.modules.get("launcher.runtime.preemption")
+        if preemption is not None:
+            preemption.gather_to_rank_zero = self._timed("gather of the ranks' states", preemption.gather_to_rank_zero)
+        strategy = self.trainer.strategy
+        for name in ("barrier", "broadcast", "reduce_boolean_decision"):
+            setattr(strategy, name, self._timed(f"strategy.{name} (collective)", getattr(strategy, name)))
+
+    def _timed(self, label: str, fn):  # noqa: ANN001, ANN202
+        spent = self.spent
+
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+
+        return timed
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self.global_rank == 0 and self.timer.out:
+            epochs = max(1, self.trainer.current_epoch)
+            Path(f"{self.timer.out}.epoch-end.json").write_text(json.dumps(
+                {"epochs": epochs, "ms": {k: v * 1e3 / epochs for k, v in self.spent.items()}}))
