@@ -94,6 +94,22 @@ def plain_ddp_setup() -> tuple[TimedCNN, DistributedDataParallel, torch.optim.Op
 
 # --------------------------------------------------------------------------- per-step cost budget
 
+def timed_into(spent: dict[str, float], label: str, fn, when=None):  # noqa: ANN001, ANN201
+    """`fn`, adding the wall time of each call to spent[label] (only while `when()` is true, if given)."""
+
+    def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if when is not None and not when():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+
+    return timed
+
+
+
 # The Trainer hooks that run on every training step (Lightning calls each callback's by name).
 STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_zero_grad",
               "on_before_optimizer_step", "on_train_batch_end")
@@ -110,18 +126,7 @@ class HookTimedCNN(TimedCNN):
         self.counting = False
 
     def _timed(self, label: str, fn):  # noqa: ANN001, ANN202
-        spent = self.spent
-
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            if not self.counting:
-                return fn(*args, **kwargs)
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-
-        return timed
+        return timed_into(self.spent, label, fn, lambda: self.counting)
 
     def on_fit_start(self) -> None:
         from launcher.runtime import beat_channel, heartbeat, progress, samplers
@@ -214,16 +219,7 @@ class EpochEndTimedCNN(TimedCNN):
             setattr(strategy, name, self._timed(f"strategy.{name} (collective)", getattr(strategy, name)))
 
     def _timed(self, label: str, fn):  # noqa: ANN001, ANN202
-        spent = self.spent
-
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
-
-        return timed
+        return timed_into(self.spent, label, fn)
 
     def on_train_end(self) -> None:
         super().on_train_end()
