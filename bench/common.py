@@ -109,7 +109,6 @@ def timed_into(spent: dict[str, float], label: str, fn, when=None):  # noqa: ANN
     return timed
 
 
-
 # The Trainer hooks that run on every training step (Lightning calls each callback's by name).
 STEP_HOOKS = ("on_train_batch_start", "on_before_backward", "on_after_backward", "on_before_zero_grad",
               "on_before_optimizer_step", "on_train_batch_end")

@@ -33,6 +33,14 @@ def drawn_under(seed: int, index: int) -> tuple[int, float, float, float]:
     return Augmenting()[index]
 
 
+def main_states() -> tuple[torch.Tensor, np.ndarray, object]:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def same_states(a: tuple[torch.Tensor, np.ndarray, object], b: tuple[torch.Tensor, np.ndarray, object]) -> bool:
+    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
 def test_each_sample_draws_from_its_own_seed_and_the_main_process_rngs_are_put_back() -> None:
     dataset = Augmenting()
     assert seed_each_sample(dataset)
@@ -41,12 +49,10 @@ def test_each_sample_draws_from_its_own_seed_and_the_main_process_rngs_are_put_b
     torch.manual_seed(123)
     np.random.seed(123)
     random.seed(123)
-    before = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+    before = main_states()
     assert dataset.__getitems__(keys) == expected  # the batch path the DataLoader takes
     assert dataset[keys[1]] == expected[1]  # and one sample alone
-    assert torch.equal(torch.get_rng_state(), before[0])
-    assert np.array_equal(np.random.get_state()[1], before[1])
-    assert random.getstate() == before[2]
+    assert same_states(main_states(), before)
     torch.manual_seed(9)
     np.random.seed(9)
     random.seed(9)
@@ -87,14 +93,6 @@ class SometimesAugmenting(Dataset):
                 raise ValueError("a broken sample")
             return index, random.random()
         return index, 0.0
-
-
-def main_states() -> tuple[torch.Tensor, np.ndarray, object]:
-    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
-
-
-def same_states(a: tuple[torch.Tensor, np.ndarray, object], b: tuple[torch.Tensor, np.ndarray, object]) -> bool:
-    return torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
 
 
 def test_the_main_process_reseeds_only_the_generators_its_data_draws_from_and_samples_stay_exact(monkeypatch) -> None:

@@ -134,12 +134,18 @@ def _fetch_seeded(fetch_one: Any, keys: list[SampleKey]) -> list[Any]:
     """Each sample fetched as if every generator were seeded with its key's seed first."""
     saved = _saved_rngs()
     if saved is None:  # a worker: every generator reseeded for every sample (its collate_fn draws after)
-        samples = []
-        for key in keys:
-            seed_all(key.seed)
-            samples.append(fetch_one(key))
-        return samples
+        return _fetch_each(fetch_one, keys, _ALL)
     return _fetch_in_main(fetch_one, keys, saved)
+
+
+def _fetch_each(fetch_one: Any, keys: list[SampleKey], which: tuple[int, ...]) -> list[Any]:
+    """Each sample fetched after the generators `which` are seeded with its key's seed."""
+    samples = []
+    for key in keys:
+        if which:
+            seed_all(key.seed, which)
+        samples.append(fetch_one(key))
+    return samples
 
 
 # The main process's generators (by their place in rng_states()) a seeded fetch was seen to draw from.
@@ -158,11 +164,7 @@ def _fetch_in_main(fetch_one: Any, keys: list[SampleKey], saved: tuple[Any, ...]
     try:
         while True:
             drawn = tuple(_DRAWN)
-            samples = []
-            for key in keys:
-                if drawn:
-                    seed_all(key.seed, drawn)
-                samples.append(fetch_one(key))
+            samples = _fetch_each(fetch_one, keys, drawn)
             moved = _moved_unseeded(saved, drawn)
             if not moved:
                 return samples
