@@ -155,3 +155,27 @@ class Collating(Dataset):
 
 def collate_draws(batch: list[int]) -> tuple[list[int], float, float, float]:
     return batch, random.random(), float(np.random.rand()), float(torch.rand(()))
+
+
+def test_the_sampler_yields_its_indices_as_keys_that_carry_each_samples_seed_pickled_or_not() -> None:
+    import pickle
+
+    from torch.utils.data import DistributedSampler
+
+    from launcher.runtime.samplers import ResumableDistributedSampler
+
+    data = list(range(40))
+    for epoch in (0, 3):
+        plain = DistributedSampler(data, num_replicas=3, rank=1, shuffle=True, seed=7)
+        ours = ResumableDistributedSampler(data, num_replicas=3, rank=1, shuffle=True, seed=7, seed_samples=True)
+        plain.set_epoch(epoch)
+        ours.set_epoch(epoch)
+        keys = list(ours)
+        assert keys == list(plain) and all(isinstance(k, SampleKey) for k in keys)
+        assert [k.seed for k in keys] == [sample_seed(7, epoch, int(k)) for k in keys]
+        sent = pickle.loads(pickle.dumps(keys))  # to a worker through its index queue
+        assert sent == keys and [k.seed for k in sent] == [k.seed for k in keys]
+        ours.set_epoch(epoch)
+        ours.resume_at(epoch, 5)
+        assert [(k, k.seed) for k in ours] == [(k, k.seed) for k in keys[5:]]
+    assert len({sample_seed(7, 0, 2), sample_seed(7, 3, 2), sample_seed(8, 0, 2)}) == 3

@@ -1,4 +1,4 @@
-"""Lightning's per-step bookkeeping, lightened (lightning_compat.lighten_step_bookkeeping): each
+"""Lightning's per-step bookkeeping, lightened (lightning_step_compat.lighten_step_bookkeeping): each
 fast path does what Lightning's own code does, and skips only work without effect. (Every
 bit-for-bit test of the suite runs with them: logged rows and weights.)"""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from launcher.runtime import lightning_compat as compat
+from launcher.runtime import lightning_step_compat as step_compat
 from launcher.runtime.lightning_api import Callback, LightningModule, Trainer, module
 from tests.helpers.launch import REPO
 
-compat.lighten_step_bookkeeping()
+step_compat.lighten_step_bookkeeping()
 
 
 def test_a_logged_record_on_the_values_device_is_left_as_it_is_and_moved_as_lightning_moves_it_otherwise() -> None:
@@ -57,7 +59,7 @@ def test_a_hook_signature_is_read_once_a_function_and_answers_as_lightning_does(
     original = module("utilities.signature_utils").is_param_in_hook_signature
     checked = module("core.module").is_param_in_hook_signature
     assert checked is not original
-    assert all(module(name).is_param_in_hook_signature is checked for name in compat._SIGNATURE_USERS)
+    assert all(module(name).is_param_in_hook_signature is checked for name in step_compat._SIGNATURE_USERS)
     hooks = [_Steps().step, _Steps().batch_only, _Steps().anything, _Steps().iterator, _Steps.step, _Steps.batch_only]
     questions = [("batch_idx", False, 2), ("dataloader_iter", True, None), ("batch_idx", False, None),
                  ("dataloader_iter", False, None)]
@@ -155,6 +157,63 @@ def test_without_a_profiler_callbacks_see_every_hook_lightning_calls_and_no_labe
     assert longer_reads == lean_reads < profiled_reads  # none a step: labels only where a profiler uses them
 
 
+class _Named(_Tiny):
+    """Records, in its own hooks and in the strategy's training_step and backward, the running
+    hook's name, and every name set on it through its class's own __setattr__ (if it has one)."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.seen.append(("training_step", self._current_fx_name))
+        return super().training_step(batch, batch_idx)
+
+    def on_train_batch_start(self, batch, batch_idx):  # noqa: ANN001, ANN201
+        self.seen.append(("on_train_batch_start", self._current_fx_name))
+
+    def on_before_zero_grad(self, optimizer):  # noqa: ANN001, ANN201
+        self.seen.append(("on_before_zero_grad", self._current_fx_name))
+
+    def backward(self, loss, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+        self.seen.append(("backward", self._current_fx_name))
+        super().backward(loss, *args, **kwargs)
+
+
+class _NamedWithSetattr(_Named):
+    def __setattr__(self, name: str, value) -> None:  # noqa: ANN001
+        if name == "_current_fx_name" and "seen" in self.__dict__:
+            self.seen.append(("set", value))
+        super().__setattr__(name, value)
+
+
+def _module_hook_names(tmp_path, model_class: type, profiler: str | None) -> list:  # noqa: ANN001
+    seen: list = []
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, profiler=profiler,
+                      default_root_dir=tmp_path)
+    compat.disable_lightning_signal_handling(trainer)
+    model = model_class(seen)
+    trainer.fit(model)
+    return seen + [("after", model._current_fx_name)]
+
+
+def test_module_and_strategy_hooks_run_under_their_names_as_in_lightning_and_a_setattr_of_its_own_still_runs(
+        tmp_path, caplog) -> None:  # noqa: ANN001
+    lean = _module_hook_names(tmp_path / "a", _Named, None)
+    assert lean == _module_hook_names(tmp_path / "b", _Named, "simple")  # a profiler: Lightning's own dispatch
+    assert lean[:4] == [("on_train_batch_start", "on_train_batch_start"), ("training_step", "training_step"),
+                        ("on_before_zero_grad", "on_before_zero_grad"), ("backward", "backward")]
+    own = _module_hook_names(tmp_path / "c", _NamedWithSetattr, None)  # the class's __setattr__ sees every name
+    assert [s for s in own if s[0] != "set"] == lean
+    assert ("set", "training_step") in own and ("set", "on_train_batch_start") in own
+    assert own == _module_hook_names(tmp_path / "d", _NamedWithSetattr, "simple")
+    with caplog.at_level(logging.DEBUG, logger=step_compat._log.name):  # its debug lines, where asked for
+        _module_hook_names(tmp_path / "e", _Named, None)
+    assert "calling lightning module hook: on_train_batch_start" in caplog.text
+    assert "calling strategy hook: training_step" in caplog.text
+
+
 def test_a_pass_through_profiler_block_does_nothing_without_a_generator_and_a_subclass_still_profiles() -> None:
     PassThrough = module("profilers").PassThroughProfiler
     block = PassThrough().profile("run_training_batch")
@@ -181,11 +240,13 @@ def test_a_pass_through_profiler_block_does_nothing_without_a_generator_and_a_su
 
 def test_the_fast_paths_stay_out_where_the_environment_says_so() -> None:
     """LAUNCH_LIGHTNING_FAST_PATHS=0 (cluster.env): Lightning as shipped, to rule launch out."""
-    probe = ("from launcher.runtime import lightning_compat as c; c.lighten_step_bookkeeping(); "
+    probe = ("from launcher.runtime import lightning_step_compat as c; c.lighten_step_bookkeeping(); "
              "print(c._ResultMetric.to.__qualname__, c._call._call_callback_hooks.__qualname__, "
              "c.module('core.module').is_param_in_hook_signature.__qualname__, "
-             "c._PassThroughProfiler.profile.__qualname__)")
-    shipped = "_ResultMetric.to _call_callback_hooks is_param_in_hook_signature Profiler.profile"
+             "c._PassThroughProfiler.profile.__qualname__, c._call._call_lightning_module_hook.__qualname__, "
+             "c._call._call_strategy_hook.__qualname__)")
+    shipped = ("_ResultMetric.to _call_callback_hooks is_param_in_hook_signature Profiler.profile "
+               "_call_lightning_module_hook _call_strategy_hook")
     for value, expected in (("0", shipped), ("1", None)):
         out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True,
                              env={**os.environ, "LAUNCH_LIGHTNING_FAST_PATHS": value}).stdout.strip()

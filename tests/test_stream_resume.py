@@ -4,7 +4,7 @@ next epoch are the uninterrupted run's.
 A stateful stream behind torchdata's StatefulDataLoader with workers is restored from launch's
 recorded state. The batches just before the epoch's end are the hard ones: a worker whose stream
 has ended carries its dataset's next-epoch state, and torchdata restores it by iterating again
-(launcher/runtime/samplers.py: _end_finished_workers). A plain stream (no state) is replayed
+(launcher/runtime/stateful_data.py: _end_finished_workers). A plain stream (no state) is replayed
 (launcher/runtime/streams.py), in the main process and with workers."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from launcher.runtime.samplers import UnresumableData, batch_state, record_batch_states
+from launcher.runtime.samplers import UnresumableData
+from launcher.runtime.stateful_data import batch_state, record_batch_states
 from launcher.runtime.streams import Replay, continue_by_replay
 from tests.helpers.streams import STREAMS, EpochStream
 

@@ -3,7 +3,8 @@
 Every use of an underscore attribute of Lightning (either namespace: `pytorch_lightning` with
 `lightning_fabric`, or `lightning.pytorch` with `lightning.fabric`; lightning_api.py says which a
 rank runs) or torchmetrics, and every subclass that overrides a private method of theirs, is here
-and nowhere else in launch, so that an upgrade breaks in one place that can be listed. Importing
+and nowhere else in launch but its second door, lightning_step_compat.py (Lightning's per-step
+Python, lightened), so that an upgrade breaks in places that can be listed. Importing
 this module checks that the installed versions are the ones it was written for
 (lightning_versions.py), and fails with one line when they are not.
 """
@@ -11,10 +12,8 @@ this module checks that the installed versions are the ones it was written for
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 import time
-from contextlib import nullcontext
 from typing import Any
 
 from launcher.runtime.lightning_versions import IncompatibleVersions, check_versions, version_problem  # noqa: F401 (theirs)
@@ -33,6 +32,7 @@ from launcher.runtime.lightning_api import (  # noqa: E402
     fabric_module,
     module,
 )
+from launcher.runtime.lightning_step_compat import lighten_step_bookkeeping  # noqa: E402
 
 _convert_params = fabric_module("utilities.logger")._convert_params
 _flatten_dict = fabric_module("utilities.logger")._flatten_dict
@@ -54,118 +54,6 @@ def disable_lightning_signal_handling(trainer: Trainer) -> None:
     trainer._signal_connector.register_signal_handlers = lambda: None
     trainer.fit_loop.epoch_loop._broadcast_sigterm_tensor = lambda: None
     lighten_step_bookkeeping()
-
-
-# --------------------------------------------------------------------------- Lightning's per-step Python
-#
-# Lightning's own bookkeeping that runs every training step and redoes work whose answer cannot
-# have changed (about 4 % of the benchmark's step, bench/README section 1). Each fast path runs
-# Lightning's code wherever its precondition fails, and otherwise skips only work without effect:
-# `self.log` moving an already-placed record (a rebuild of its dicts, a deep copy of its metadata);
-# the training_step's signature, read at every `self.log` and batch; and, without a profiler, the
-# label formatted for every callback at every hook call, the calls of hooks it does not override,
-# and the generator behind every `profiler.profile()` block (35 a step, about 2 us each).
-
-_call, _result = module("trainer.call"), module("trainer.connectors.logger_connector.result")
-_ResultMetric, _Metadata = _result._ResultMetric, _result._Metadata
-_PassThroughProfiler = module("profilers").PassThroughProfiler
-_SIGNATURE_USERS = ("core.module", "core.optimizer", "loops.training_epoch_loop", "loops.evaluation_loop",
-                    "loops.prediction_loop", "loops.utilities", "trainer.configuration_validator",
-                    "callbacks.prediction_writer")
-_lightened: list[bool] = []
-
-
-def lighten_step_bookkeeping() -> None:
-    """Install the fast paths above in this process's Lightning (once; each falls back to Lightning's
-    own code where it does not apply). LAUNCH_LIGHTNING_FAST_PATHS=0 leaves Lightning as shipped."""
-    if _lightened or os.environ.get("LAUNCH_LIGHTNING_FAST_PATHS", "1") == "0":
-        return
-    _lightened.append(True)
-    _ResultMetric.to = _moved_unless_there(_ResultMetric.to)
-    checked = _signature_read_once(module("utilities.signature_utils").is_param_in_hook_signature)
-    for name in _SIGNATURE_USERS:
-        module(name).is_param_in_hook_signature = checked
-    _call._call_callback_hooks = _callbacks_that_act(_call._call_callback_hooks)
-    _PassThroughProfiler.profile = _unprofiled(_PassThroughProfiler.profile)
-
-
-def _unprofiled(profile: Any) -> Any:
-    def unprofiled(self: Any, action_name: str) -> Any:  # start() and stop() do nothing there
-        return nullcontext(action_name) if type(self) is _PassThroughProfiler else profile(self, action_name)
-
-    return unprofiled
-
-
-def _on_device(value: Any, device: torch.device) -> bool:
-    """Whether Lightning's move of `value` (an attribute of a _ResultMetric) to `device` would
-    change nothing: every tensor and Metric in it is there already. False where this walk cannot
-    tell (a dataclass other than Lightning's log metadata: the caller then moves as Lightning does)."""
-    kind = type(value)
-    if kind in _NOTHING_TO_MOVE:
-        return True
-    if isinstance(value, torch.Tensor | Metric):
-        return value.device == device
-    if isinstance(value, dict | list | tuple):
-        for item in value.values() if isinstance(value, dict) else value:
-            if not _on_device(item, device):
-                return False
-        return True
-    return kind is _Metadata or not hasattr(value, "__dataclass_fields__")  # other objects are not moved
-
-
-# what a _ResultMetric holds besides tensors, dicts and its metadata: Lightning's move leaves these
-_NOTHING_TO_MOVE = frozenset({type(None), bool, int, float, str, set, torch.device, torch.dtype, type(len),
-                              type(_on_device), type(inspect.signature(_on_device))})
-
-
-def _moved_unless_there(to: Any) -> Any:
-    def moved(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not kwargs and len(args) == 1 and type(args[0]) is torch.device and _on_device(self.__dict__, args[0]):
-            return self
-        return to(self, *args, **kwargs)
-
-    return moved
-
-
-def _signature_read_once(check: Any) -> Any:
-    answers: dict[tuple[Any, ...], bool] = {}
-
-    def checked(hook_fx: Any, param: str, explicit: bool = False, min_args: int | None = None) -> bool:
-        key = (getattr(hook_fx, "__func__", hook_fx), type(hook_fx), param, explicit, min_args)
-        try:
-            return answers[key]
-        except KeyError:
-            if len(answers) > 1024:  # callables made anew at each call would not be seen again
-                answers.clear()
-            answers[key] = answer = check(hook_fx, param, explicit, min_args)
-            return answer
-        except TypeError:  # an unhashable callable
-            return check(hook_fx, param, explicit, min_args)
-
-    return checked
-
-
-def _callbacks_that_act(call_hooks: Any) -> Any:
-    from launcher.runtime.lightning_api import Callback
-
-    def call_callback_hooks(trainer: Any, hook_name: str, *args: Any, monitoring_callbacks: bool | None = None,
-                            **kwargs: Any) -> None:
-        if monitoring_callbacks is not None or type(trainer.profiler) is not _PassThroughProfiler:
-            call_hooks(trainer, hook_name, *args, monitoring_callbacks=monitoring_callbacks, **kwargs)
-            return
-        does_nothing = getattr(Callback, hook_name, None)
-        pl_module = trainer.lightning_module
-        if pl_module:
-            previous = pl_module._current_fx_name
-            pl_module._current_fx_name = hook_name
-        for callback in trainer.callbacks:
-            fn = getattr(callback, hook_name)
-            if callable(fn) and (does_nothing is None or getattr(fn, "__func__", None) is not does_nothing):
-                fn(trainer, trainer.lightning_module, *args, **kwargs)
-        if pl_module:
-            pl_module._current_fx_name = previous
-
-    return call_callback_hooks
 
 
 def checkpoint_step_interval(checkpoint: Any) -> int:  # a ModelCheckpoint's every_n_train_steps (0: none)

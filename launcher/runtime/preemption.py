@@ -38,7 +38,8 @@ from launcher.runtime import lightning_compat as compat
 from launcher.runtime import signals
 from launcher.runtime.lightning_api import Callback, LightningModule, StochasticWeightAveraging, Trainer, TrainerFn
 from launcher.runtime.rank_states import gather_to_rank_zero
-from launcher.runtime.samplers import ResumableDistributedSampler, batch_state
+from launcher.runtime.samplers import ResumableDistributedSampler
+from launcher.runtime.stateful_data import batch_state
 from launcher.runtime.strategy import ExactData, stateful
 from launcher.runtime.streams import replays
 

@@ -16,9 +16,9 @@ from launcher.runtime.lightning_api import DDPStrategy, RunningStage, Unrepeated
 from launcher.runtime.samplers import (
     ResumableDistributedSampler,
     UnresumableData,
-    record_batch_states,
     seed_each_sample,
 )
+from launcher.runtime.stateful_data import record_batch_states
 from launcher.runtime.streams import Replay, continue_by_replay
 
 _EVAL_STAGES = (RunningStage.VALIDATING, RunningStage.TESTING, RunningStage.SANITY_CHECKING)
