@@ -214,6 +214,20 @@ def test_module_and_strategy_hooks_run_under_their_names_as_in_lightning_and_a_s
     assert "calling strategy hook: training_step" in caplog.text
 
 
+def test_the_running_hooks_name_is_stored_without_module_setattrs_checks(monkeypatch) -> None:
+    checks = []
+    meta = type(torch.nn.Parameter)
+    real = meta.__instancecheck__
+    monkeypatch.setattr(meta, "__instancecheck__", lambda cls, obj: checks.append(obj) or real(cls, obj))
+    model = _Tiny()
+    model._current_fx_name = "training_step"  # nn.Module's __setattr__: checks the value
+    assert checks
+    checks.clear()
+    step_compat._set_hook_name(model, "on_train_batch_end")
+    assert model._current_fx_name == "on_train_batch_end" and not checks
+    assert "_current_fx_name" not in model._parameters | model._buffers | model._modules
+
+
 def test_a_pass_through_profiler_block_does_nothing_without_a_generator_and_a_subclass_still_profiles() -> None:
     PassThrough = module("profilers").PassThroughProfiler
     block = PassThrough().profile("run_training_batch")
