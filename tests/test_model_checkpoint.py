@@ -109,6 +109,42 @@ def test_a_module_with_its_own_on_save_checkpoint_gets_a_second_save(tmp_path: P
     assert [checkpoint["saves"] for _, checkpoint in seen] == [2, 4, 6]  # top-k, then last.ckpt, each epoch
 
 
+class _CountingAgreements(Callback):
+    """Counts the strategy's all-reduces of a decision (ModelCheckpoint's file checks, the link's agreement)."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        reduce = trainer.strategy.reduce_boolean_decision
+        trainer.strategy.reduce_boolean_decision = lambda decision, **kw: self.calls.append(decision) or reduce(decision, **kw)
+
+
+class _LoggingConstant(_Tiny):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.log("k", 1.0, on_step=False, on_epoch=True)  # a name field that reads the same every epoch
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("last_name", ["last", "last-{k:.0f}"])
+def test_last_ckpt_s_own_name_is_not_checked_with_a_collective_where_every_rank_names_it_alike(
+        tmp_path: Path, last_name: str) -> None:
+    class Named(LaunchModelCheckpoint):
+        CHECKPOINT_NAME_LAST = last_name  # with a field: checked each time (a metric may read differently by rank)
+
+    counting = _CountingAgreements()
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[Named(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=1), counting])
+    compat.disable_lightning_signal_handling(trainer)
+    torch.manual_seed(0)
+    trainer.fit(_LoggingConstant(), DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8))
+    # each epoch end: the top-k name checked, then last.ckpt's (only at the first, with a fixed name), then the link agreed
+    assert len(counting.calls) == (3 * EPOCHS - (EPOCHS - 1) if last_name == "last" else 3 * EPOCHS)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == (["epoch=2-step=12.ckpt", "last.ckpt"] if last_name == "last" else ["epoch=2-step=12.ckpt", "last-k=1.ckpt"])
+
+
 def test_where_the_filesystem_makes_no_links_last_ckpt_is_saved_as_lightning_saves_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def refused(*args: Any) -> None:

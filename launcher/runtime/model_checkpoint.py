@@ -73,6 +73,16 @@ class LaunchModelCheckpoint(ModelCheckpoint):
         # ModelCheckpoint's key in a checkpoint's callbacks: earlier checkpoints restore into this
         return f"{ModelCheckpoint.__qualname__}{kwargs!r}"
 
+    def file_exists(self, filepath: Any, trainer: Any) -> bool:
+        """Lightning's check (an all-reduce of rank zero's answer), skipped where its answer is not
+        read: before every last save Lightning asks whether last.ckpt's name is taken, and stops
+        asking at `filepath != last_model_path`, so for this callback's own last.ckpt any answer
+        does. Every rank skips alike: with no field in CHECKPOINT_NAME_LAST the name is the same on
+        each (a field such as a metric not synchronised could read differently by rank)."""
+        if filepath == self.last_model_path and "{" not in self.CHECKPOINT_NAME_LAST:
+            return True
+        return super().file_exists(filepath, trainer)
+
     def _save_checkpoint(self, trainer: Any, filepath: str) -> None:
         if filepath == self.last_model_path and self._linked(trainer, filepath):
             return
