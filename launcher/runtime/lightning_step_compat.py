@@ -2,7 +2,8 @@
 lightning_compat.py, which installs these with every Trainer launch builds).
 
 Lightning's own bookkeeping runs every training step and redoes work whose answer cannot have
-changed (about 4 % of the benchmark's step, bench/README section 1). Each fast path runs Lightning's
+changed (about 4 % of the benchmark's step when first measured, bench/HISTORY.md; the dispatch's
+share now, bench/README section 13). Each fast path runs Lightning's
 code wherever its precondition fails, and otherwise skips only work without effect: `self.log`
 moving an already-placed record (a rebuild of its dicts, a deep copy of its metadata); the
 training_step's signature, read at every `self.log` and batch; and, without a profiler, the label

@@ -53,9 +53,10 @@ class SampleKey(int):
 
 
 class _EpochKey(SampleKey):
-    """A SampleKey the sampler makes: int's own constructor (in C: the sampler maps an epoch's
-    indices through a subclass per epoch, no Python call a sample) and the seed derived only when
-    read (a fetch that reseeds; the pickle to a worker). 56 us a batch of 64 made one by one."""
+    """A SampleKey as the sampler makes it: by int's own constructor, in C (an epoch's indices are
+    mapped through a subclass for that epoch: no Python call a sample), its seed derived only when
+    read (by a fetch that reseeds, by the pickle to a worker). 11 us a batch of 64; 56 made one by
+    one in Python (bench/README section 13)."""
 
     of: tuple[int, int] = (0, 0)  # (job seed, epoch), on each epoch's subclass
     __new__ = int.__new__
