@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.getcwd())
 from launcher.runtime.lightning_api import Callback, LightningModule, Trainer  # noqa: E402
 from launcher.runtime.model_checkpoint import LaunchModelCheckpoint  # noqa: E402
+from launcher.runtime.rank import close_process_group  # noqa: E402
 from tests.helpers.modules import last_ckpt_linked  # noqa: E402
 
 
@@ -64,6 +65,7 @@ def main() -> None:
     trainer.fit(Tiny(), DataLoader(data, batch_size=8))
     if trainer.is_global_zero:
         out.write_text(json.dumps(note.seen))
+    close_process_group()  # as a launch rank does: left to exit, gloo's threads may abort the process
 
 
 if __name__ == "__main__":
