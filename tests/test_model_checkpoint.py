@@ -70,13 +70,14 @@ class _LastCheckpoints(Callback):
         self._look()
 
 
-def fit(root: Path, checkpoint: type, module: type = _Tiny) -> list[tuple[bool, dict[str, Any]]]:
+def fit(root: Path, checkpoint: type, module: type = _Tiny, *also: Callback) -> list[tuple[bool, dict[str, Any]]]:
+    """3 epochs with `checkpoint` (save_last, top 1) and `also`; what last.ckpt was after each."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
     looked = _LastCheckpoints(root / "checkpoints")
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
                       enable_model_summary=False, default_root_dir=root,
-                      callbacks=[checkpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=1), looked])
+                      callbacks=[checkpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=1), looked, *also])
     compat.disable_lightning_signal_handling(trainer)
     trainer.fit(module(), DataLoader(data, batch_size=8, shuffle=True))
     return looked.seen
@@ -133,12 +134,7 @@ def test_last_ckpt_s_own_name_is_not_checked_with_a_collective_where_every_rank_
         CHECKPOINT_NAME_LAST = last_name  # with a field: checked each time (a metric may read differently by rank)
 
     counting = _CountingAgreements()
-    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=EPOCHS, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path,
-                      callbacks=[Named(dirpath=tmp_path / "checkpoints", save_last=True, save_top_k=1), counting])
-    compat.disable_lightning_signal_handling(trainer)
-    torch.manual_seed(0)
-    trainer.fit(_LoggingConstant(), DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8))
+    fit(tmp_path, Named, _LoggingConstant, counting)
     # each epoch end: the top-k name checked, then last.ckpt's (only at the first, with a fixed name), then the link agreed
     assert len(counting.calls) == (3 * EPOCHS - (EPOCHS - 1) if last_name == "last" else 3 * EPOCHS)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())

@@ -136,12 +136,17 @@ def _hook_calls(tmp_path, steps: int, profiler: str | None) -> tuple[list, int]:
     instance_hooked = Callback()  # a hook set on the instance, as tools that wrap callbacks do
     instance_hooked.on_train_batch_end = lambda trainer, pl_module, *args: calls.append(("instance", len(args)))
     _Quiet.reads = 0
+    _fit(tmp_path, _Tiny(), steps, profiler, [_Recorder(calls), _Quiet(), instance_hooked])
+    return calls, _Quiet.reads
+
+
+def _fit(tmp_path, model: LightningModule, steps: int, profiler: str | None, callbacks: list) -> None:  # noqa: ANN001
+    """A bare one-device fit (no logger, checkpoint, bar or summary) with launch's Trainer set-up."""
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, profiler=profiler,
-                      default_root_dir=tmp_path, callbacks=[_Recorder(calls), _Quiet(), instance_hooked])
+                      default_root_dir=tmp_path, callbacks=callbacks)
     compat.disable_lightning_signal_handling(trainer)
-    trainer.fit(_Tiny())
-    return calls, _Quiet.reads
+    trainer.fit(model)
 
 
 def test_without_a_profiler_callbacks_see_every_hook_lightning_calls_and_no_labels_are_formatted(tmp_path) -> None:
@@ -189,12 +194,8 @@ class _NamedWithSetattr(_Named):
 
 def _module_hook_names(tmp_path, model_class: type, profiler: str | None) -> list:  # noqa: ANN001
     seen: list = []
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, profiler=profiler,
-                      default_root_dir=tmp_path)
-    compat.disable_lightning_signal_handling(trainer)
     model = model_class(seen)
-    trainer.fit(model)
+    _fit(tmp_path, model, 2, profiler, [])
     return seen + [("after", model._current_fx_name)]
 
 
