@@ -99,12 +99,14 @@ class _Tiny(LightningModule):
 
 
 class _Recorder(Callback):
-    """Records every hook call it sees, with the LightningModule's current hook name then."""
+    """Records every hook call it sees, with the LightningModule's current hook name then (and that
+    the module it is handed is the Trainer's)."""
 
     def __init__(self, calls: list) -> None:
         self.calls = calls
 
     def _seen(self, name: str, pl_module: LightningModule) -> None:
+        assert pl_module is pl_module.trainer.lightning_module
         self.calls.append((name, pl_module._current_fx_name))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # noqa: ANN001, ANN201

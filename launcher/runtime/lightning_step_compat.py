@@ -187,7 +187,7 @@ def _callbacks_that_act(call_hooks: Any) -> Any:
         for callback in trainer.callbacks:
             fn = getattr(callback, hook_name)
             if callable(fn) and (does_nothing is None or getattr(fn, "__func__", None) is not does_nothing):
-                fn(trainer, trainer.lightning_module, *args, **kwargs)
+                fn(trainer, pl_module, *args, **kwargs)
         if pl_module:
             _set_hook_name(pl_module, previous)
 
