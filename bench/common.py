@@ -10,6 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -77,6 +78,19 @@ class TimedCNN(SmallCNN):
 
     def on_train_end(self) -> None:
         self.timer.save(self.global_rank)
+
+
+def hand_written_step(net, accuracy, optimizer, x, y, loss_sum, samples) -> None:  # noqa: ANN001
+    """One step of the hand-written loop: forward, loss, the module's torchmetrics accuracy, the
+    epoch loss's running sums (updated in place), zero_grad, backward, the optimizer's step."""
+    logits = net(x)
+    loss = F.cross_entropy(logits, y)
+    accuracy(logits, y)
+    loss_sum += loss.detach() * len(y)
+    samples += len(y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def plain_ddp_setup() -> tuple[TimedCNN, DistributedDataParallel, torch.optim.Optimizer, DistributedSampler,

@@ -10,10 +10,9 @@ import sys
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from bench.common import StepTimer, plain_ddp_setup  # noqa: E402
+from bench.common import StepTimer, hand_written_step, plain_ddp_setup  # noqa: E402
 
 
 def main() -> None:
@@ -31,14 +30,7 @@ def main() -> None:
         loss_sum, samples = torch.zeros(()), torch.zeros(())
         for x, y in loader:
             timer.lap()
-            logits = ddp(x)
-            loss = F.cross_entropy(logits, y)
-            accuracy(logits, y)
-            loss_sum += loss.detach() * len(y)
-            samples += len(y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            hand_written_step(ddp, accuracy, optimizer, x, y, loss_sum, samples)
             done += 1
             if done >= steps:
                 break

@@ -66,31 +66,33 @@ def _median_step_us(starts: list[float]) -> float:
     return 1e6 * statistics.median(steps[WARMUP:])
 
 
+def _nvml_check_off() -> None:
+    """Importing Lightning turns torch's NVML-based CUDA check on; off again, as a CPU rank of launch
+    has it (runtime/build.py) and a loop without Lightning would: else every optimizer step loads
+    NVML (about 75 us here), in all three configurations alike."""
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+
+
 def one(config: str, steps: int) -> dict[str, float]:
     """One configuration in this process: its median step and self.log's time a call (us)."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader
+
+    from bench.common import hand_written_step
+    from launcher.runtime.lightning_api import LightningModule, Trainer
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     loader = DataLoader(_data(steps * BATCH), batch_size=BATCH, shuffle=True)
     if config == "loop":
         model = _module()
+        _nvml_check_off()
         optimizer, accuracy = model.configure_optimizers(), model.train_acc
         loss_sum, samples = torch.zeros(()), torch.zeros(())
         for x, y in loader:
             model.starts.append(time.perf_counter())
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            accuracy(logits, y)
-            loss_sum += loss.detach() * len(y)
-            samples += len(y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            hand_written_step(model, accuracy, optimizer, x, y, loss_sum, samples)
         return {"step_us": _median_step_us(model.starts), "log_us": 0.0}
-    from launcher.runtime.lightning_api import LightningModule, Trainer
 
     if config == "launch":
         from launcher.runtime import lightning_step_compat
@@ -109,6 +111,7 @@ def one(config: str, steps: int) -> dict[str, float]:
 
     LightningModule.log = timed_log
     model = _module()
+    _nvml_check_off()
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0)
@@ -152,14 +155,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--one", choices=CONFIGS, help=argparse.SUPPRESS)  # a child: one configuration
     args = parser.parse_args()
-    # As a CPU rank of launch runs (runtime/build.py) and a script without Lightning would: torch's
-    # optimizer step does not ask NVML for the GPUs every step.
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     if args.one:
         print(json.dumps(one(args.one, args.steps)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     results: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
     for i in range(args.repeats):
         order = CONFIGS[i % 3:] + CONFIGS[:i % 3]
