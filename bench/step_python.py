@@ -84,9 +84,9 @@ def one(config: str, steps: int) -> dict[str, float]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     loader = DataLoader(_data(steps * BATCH), batch_size=BATCH, shuffle=True)
+    model = _module()
+    _nvml_check_off()
     if config == "loop":
-        model = _module()
-        _nvml_check_off()
         optimizer, accuracy = model.configure_optimizers(), model.train_acc
         loss_sum, samples = torch.zeros(()), torch.zeros(())
         for x, y in loader:
@@ -110,8 +110,6 @@ def one(config: str, steps: int) -> dict[str, float]:
             spent[1] += 1
 
     LightningModule.log = timed_log
-    model = _module()
-    _nvml_check_off()
     trainer = Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0)
