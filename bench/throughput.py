@@ -4,6 +4,7 @@ loop, same model, data, batch size, optimizer, steps and threads per process.
     python bench/throughput.py [--procs 2 1] [--steps 200] [--repeats 3]
     python bench/throughput.py --procs 2 --steps 300 --repeats 6 --variant defaults= --lightning --rotate
     python bench/throughput.py --procs 2 --repeats 6 --variant defaults= --rotate --glibc-baseline
+    python bench/throughput.py --procs 2 --repeats 5 --variant defaults= --commit before=2540c91 --rotate
 
 Alternates the two, takes the median samples/s of each (steps after the first 20 only), and prints
 the ratio ours/plain last. launch's ranks run with glibc's malloc thresholds fixed
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -42,8 +44,10 @@ def median_step_ms(timings: Path) -> float:
 
 def median_cpu_ms(timings: Path) -> float:
     """The median CPU time of rank zero's training thread in a step (bench/common.py's StepTimer):
-    the step's own work, without the waits that wall time on a shared machine includes."""
-    return 1000 * statistics.median(json.loads(Path(f"{timings}.cpu").read_text())[WARMUP:])
+    the step's own work, without the waits that wall time on a shared machine includes; NaN where
+    the run did not write it (a --commit older than the CPU timings)."""
+    cpu = Path(f"{timings}.cpu")
+    return 1000 * statistics.median(json.loads(cpu.read_text())[WARMUP:]) if cpu.is_file() else math.nan
 
 
 def epoch_end_ms(timings: Path, procs: int) -> float:
@@ -108,6 +112,27 @@ def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]
     return measured(*ours_command(procs, steps, tmp, sets), procs, env)
 
 
+def exported(rev: str, tmp: Path) -> Path:
+    """The repository's tree at `rev` (`git archive`: no worktree registered, nothing of this checkout
+    touched), where launch at that commit runs from its own job file and bench/common.py."""
+    tree = tmp / f"tree-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def at_commit(tree: Path, procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
+    """launch as it was at an exported commit, on the same job: its CLI and its ranks import that
+    tree's `launcher` (PYTHONPATH, the working directory), with the baselines' environment (the malloc
+    thresholds it may not set itself: like for like; glibc's with --glibc-baseline)."""
+    own = tmp / f"at-{tree.name}"  # its own timings: an older StepTimer writes no .cpu, none of ours may be read
+    own.mkdir(exist_ok=True)
+    cmd, timings = ours_command(procs, steps, own, [])
+    subprocess.run(cmd, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, check=True, capture_output=True)
+    return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings), epoch_end_ms(timings, procs)
+
+
 def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
     return measured(*plain_command(procs, steps, tmp), procs, env)
 
@@ -139,6 +164,8 @@ def paired(args: argparse.Namespace) -> None:
     for item in args.variant:
         label, _, sets = item.partition("=")
         variants.append((label, [s for s in sets.split(";") if s]))
+    commits = dict(item.partition("=")[::2] for item in args.commit)  # label -> rev
+    variants += [(label, []) for label in commits]
     against = args.against or ([LIGHTNING] if args.lightning else [])
     for label in against:
         if label not in [v for v, _ in variants]:
@@ -148,6 +175,7 @@ def paired(args: argparse.Namespace) -> None:
         plain_runs: list[Measured] = []
         ours_runs: dict[str, list[Measured]] = {label: [] for label, _ in variants}
         with tempfile.TemporaryDirectory() as tmp:
+            trees = {label: exported(rev, Path(tmp)) for label, rev in commits.items()}
             for i in range(args.repeats):
                 order: list[tuple[str, list[str]] | None] = [None, *variants]  # None: the hand-written loop
                 if args.rotate:
@@ -157,6 +185,8 @@ def paired(args: argparse.Namespace) -> None:
                         plain_runs.append(plain(procs, args.steps, Path(tmp), base_env))
                     elif run[0] == LIGHTNING:
                         ours_runs[run[0]].append(lightning(procs, args.steps, Path(tmp), base_env))
+                    elif run[0] in trees:
+                        ours_runs[run[0]].append(at_commit(trees[run[0]], procs, args.steps, Path(tmp), base_env))
                     else:
                         ours_runs[run[0]].append(ours(procs, args.steps, Path(tmp), env, run[1]))
                 print(f"repeat {i + 1}: plain {plain_runs[-1][0]:.0f}, "
@@ -195,6 +225,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="K=V", help="a job override for ours")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL=K=V;K=V",
                         help="paired mode: every repeat runs plain, then ours once per variant; ratios are per repeat")
+    parser.add_argument("--commit", action="append", default=[], metavar="LABEL=REV",
+                        help="paired mode: also run launch as it was at git revision REV (its own job file and "
+                             "bench code, exported with git archive), with the baselines' environment")
     parser.add_argument("--rotate", action="store_true",
                         help="paired mode: repeat i starts i places later in the order plain, variants")
     parser.add_argument("--lightning", action="store_true",
@@ -206,7 +239,7 @@ def main() -> None:
     parser.add_argument("--label", help="a name for this configuration in --out")
     parser.add_argument("--out", help="append the results as JSON lines here (bench/charts.py draws them)")
     args = parser.parse_args()
-    if args.variant or args.lightning or args.against:
+    if args.variant or args.lightning or args.against or args.commit:
         paired(args)
         return
     for procs in args.procs:
