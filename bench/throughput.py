@@ -76,10 +76,13 @@ def paired_ratios(runs: list[Measured], base: list[Measured]) -> list[list[float
     return [[r[0] / b[0] for r, b in pairs], *[[b[i] / r[i] for r, b in pairs] for i in (1, 2)]]
 
 
-def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str]) -> Measured:
+def measured(cmd: list[str], timings: Path, procs: int, env: dict[str, str], cwd: Path = REPO) -> Measured:
     """Run one configuration: its samples/s, its median step, its median CPU a step and what its
-    epoch ends cost a step (ms)."""
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    epoch ends cost a step (ms). A run that fails stops the benchmark with the end of its output."""
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
+        raise SystemExit(f"{' '.join(cmd[:6])} ... (in {cwd}) exited {done.returncode}:\n{tail}")
     return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings), epoch_end_ms(timings, procs)
 
 
@@ -112,12 +115,22 @@ def ours(procs: int, steps: int, tmp: Path, env: dict[str, str], sets: list[str]
     return measured(*ours_command(procs, steps, tmp, sets), procs, env)
 
 
-def exported(rev: str, tmp: Path) -> Path:
-    """The repository's tree at `rev` (`git archive`: no worktree registered, nothing of this checkout
-    touched), where launch at that commit runs from its own job file and bench/common.py."""
-    tree = tmp / f"tree-{rev}"
+def commit_of(item: str) -> tuple[str, str]:
+    """`--commit LABEL=REV` as (label, full commit hash); a one-line error for anything else."""
+    label, _, rev = item.partition("=")
+    found = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=REPO,
+                           capture_output=True, text=True) if label and rev else None
+    if found is None or found.returncode:
+        raise SystemExit(f"--commit {item}: expected LABEL=REV with REV a commit of {REPO}")
+    return label, found.stdout.strip()
+
+
+def exported(commit: str, tmp: Path) -> Path:
+    """The repository's tree at `commit` (`git archive`: no worktree registered, nothing of this
+    checkout touched), where launch at that commit runs from its own job file and bench/common.py."""
+    tree = tmp / f"tree-{commit}"
     tree.mkdir()
-    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, check=True, capture_output=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=REPO, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
     return tree
 
@@ -129,8 +142,7 @@ def at_commit(tree: Path, procs: int, steps: int, tmp: Path, env: dict[str, str]
     own = tmp / f"at-{tree.name}"  # its own timings: an older StepTimer writes no .cpu, none of ours may be read
     own.mkdir(exist_ok=True)
     cmd, timings = ours_command(procs, steps, own, [])
-    subprocess.run(cmd, cwd=tree, env={**env, "PYTHONPATH": str(tree)}, check=True, capture_output=True)
-    return samples_per_s(timings, procs), median_step_ms(timings), median_cpu_ms(timings), epoch_end_ms(timings, procs)
+    return measured(cmd, timings, procs, {**env, "PYTHONPATH": str(tree)}, cwd=tree)
 
 
 def plain(procs: int, steps: int, tmp: Path, env: dict[str, str]) -> Measured:
@@ -164,8 +176,11 @@ def paired(args: argparse.Namespace) -> None:
     for item in args.variant:
         label, _, sets = item.partition("=")
         variants.append((label, [s for s in sets.split(";") if s]))
-    commits = dict(item.partition("=")[::2] for item in args.commit)  # label -> rev
+    commits = dict(commit_of(item) for item in args.commit)  # label -> commit
     variants += [(label, []) for label in commits]
+    labels = [v for v, _ in variants]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"--variant/--commit: each label once ({', '.join(labels)})")
     against = args.against or ([LIGHTNING] if args.lightning else [])
     for label in against:
         if label not in [v for v, _ in variants]:
