@@ -183,8 +183,8 @@ def paired(args: argparse.Namespace) -> None:
         raise SystemExit(f"--variant/--commit: each label once ({', '.join(labels)})")
     against = args.against or ([LIGHTNING] if args.lightning else [])
     for label in against:
-        if label not in [v for v, _ in variants]:
-            raise SystemExit(f"--against {label}: not a variant ({', '.join(v for v, _ in variants)})")
+        if label not in labels:
+            raise SystemExit(f"--against {label}: not a variant ({', '.join(labels)})")
     for procs in args.procs:
         threads, env, base_env = environments(procs, args)
         plain_runs: list[Measured] = []
@@ -229,7 +229,7 @@ def paired(args: argparse.Namespace) -> None:
                 with open(args.out, "a") as fh:
                     fh.write(json.dumps({"label": label, "procs": procs, "ours": [r[0] for r in runs],
                                          "plain": [p[0] for p in plain_runs], "ratio": statistics.median(ratios),
-                                         "paired": ratios, "sets": sets}) + "\n")
+                                         "paired": ratios, "sets": sets, "commit": commits.get(label)}) + "\n")
 
 
 def main() -> None:
